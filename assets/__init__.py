@@ -1,0 +1,1 @@
+"""Assets (vehicles, charge points) and their encrypted signer keys."""

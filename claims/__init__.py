@@ -1,0 +1,1 @@
+"""Claim records and history, inbound NATS messages, the listener, reconciliation."""

@@ -1,0 +1,230 @@
+"""Django settings for evops, read from the environment with django-environ.
+
+Every variable is documented in `.env.example` and the README. A `.env` file beside
+`manage.py` is read when present (the sandbox writes one); real environment wins.
+A missing or malformed mandatory variable stops start-up with `ImproperlyConfigured`
+naming it; rules that span several settings are system checks (`evops/checks.py`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+_dotenv = BASE_DIR / ".env"
+if _dotenv.is_file():
+    environ.Env.read_env(str(_dotenv), overwrite=False)
+
+
+def _required(name: str) -> str:
+    value: str = env.str(name, default="")
+    if not value.strip():
+        raise ImproperlyConfigured(f"Set the {name} environment variable.")
+    return value.strip()
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw: str = env.str(name, default="")
+    if raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {raw!r}.")
+
+
+def _int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw: str = env.str(name, default="")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}.") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {value}.")
+    return value
+
+
+_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def parse_key_encryption_keys(raw: str) -> list[tuple[str, bytes]]:
+    """Parse `EVOPS_KEY_ENCRYPTION_KEYS`: `id:base64key[,id:base64key...]`.
+
+    The first key encrypts; every key decrypts. Each key is 32 bytes (AES-256), given as
+    standard or URL-safe base64. The key id is stored beside each ciphertext so that a
+    rotation can tell which key a row was sealed with. The error never echoes key bytes.
+    """
+    name = "EVOPS_KEY_ENCRYPTION_KEYS"
+    keys: list[tuple[str, bytes]] = []
+    seen: set[str] = set()
+    for position, item in enumerate(raw.split(","), start=1):
+        item = item.strip()
+        if not item:
+            continue
+        key_id, sep, material = item.partition(":")
+        if not sep or not _KEY_ID.match(key_id):
+            raise ImproperlyConfigured(
+                f"{name}: entry {position} must look like 'id:base64key' with an id of "
+                "1-32 letters, digits, '-' or '_'."
+            )
+        if key_id in seen:
+            raise ImproperlyConfigured(f"{name}: key id {key_id!r} appears twice.")
+        try:
+            padded = material.strip() + "=" * (-len(material.strip()) % 4)
+            key = base64.urlsafe_b64decode(padded.replace("+", "-").replace("/", "_"))
+        except (binascii.Error, ValueError):
+            raise ImproperlyConfigured(
+                f"{name}: key {key_id!r} is not valid base64."
+            ) from None
+        if len(key) != 32:
+            raise ImproperlyConfigured(
+                f"{name}: key {key_id!r} must decode to 32 bytes, not {len(key)}."
+            )
+        seen.add(key_id)
+        keys.append((key_id, key))
+    if not keys:
+        raise ImproperlyConfigured(f"Set the {name} environment variable.")
+    return keys
+
+
+# --- Core Django ---------------------------------------------------------------------
+
+SECRET_KEY = _required("SECRET_KEY")
+DEBUG = _bool("DEBUG", False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "evops",
+    "assets",
+    "claims",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "evops.urls"
+WSGI_APPLICATION = "evops.wsgi.application"
+ASGI_APPLICATION = "evops.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_DATABASE_SCHEMES = ("sqlite:", "postgres://", "postgresql://", "pgsql://")
+if not env.str("DATABASE_URL", default="sqlite:").startswith(_DATABASE_SCHEMES):
+    raise ImproperlyConfigured(
+        "DATABASE_URL is malformed: use sqlite:///path or postgres://user@host:port/name."
+    )
+try:
+    DATABASES = {
+        "default": env.db_url(
+            "DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+        )
+    }
+except (ImproperlyConfigured, KeyError, ValueError) as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from None
+DATABASES["default"].setdefault("CONN_MAX_AGE", _int("DATABASE_CONN_MAX_AGE", 60))
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {
+        "NAME": "django.contrib.auth.password_validation."
+        "UserAttributeSimilarityValidator"
+    },
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+
+# --- Security (production defaults; relaxed only when DEBUG is on) ------------------
+
+SECURE_SSL_REDIRECT = _bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = _bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = _bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = _int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = _bool("SECURE_HSTS_PRELOAD", not DEBUG)
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if _bool("BEHIND_TLS_PROXY", False) else None
+)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Key custody ---------------------------------------------------------------------
+
+# [(key id, 32-byte AES key), ...]; the first encrypts, all decrypt.
+EVOPS_KEY_ENCRYPTION_KEYS = parse_key_encryption_keys(
+    _required("EVOPS_KEY_ENCRYPTION_KEYS")
+)
+
+# --- Logging -------------------------------------------------------------------------
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOG_FORMAT = env.str("LOG_FORMAT", default="text")
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(
+        f"LOG_FORMAT must be 'text' or 'json', not {LOG_FORMAT!r}."
+    )
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "evops.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False}
+    },
+}

@@ -1,0 +1,24 @@
+"""Settings for the test suite: the real settings module with test defaults.
+
+Tests run against PostgreSQL (`DATABASE_URL` may point elsewhere). The encryption key
+here is a fixed test key; never use it for anything else.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/evops")
+os.environ.setdefault(
+    "SECRET_KEY", "test-only-secret-key-not-for-production-use-0123456789"
+)
+os.environ.setdefault(
+    "EVOPS_KEY_ENCRYPTION_KEYS",
+    "test1:dGVzdC1vbmx5LWtleS1lbmNyeXB0aW9uLWtleS0wMDE=",
+)
+os.environ.setdefault("DEBUG", "false")
+os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
+
+from evops.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

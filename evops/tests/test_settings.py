@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from evops.settings import parse_key_encryption_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY_A = base64.b64encode(b"a" * 32).decode()
+KEY_B = base64.urlsafe_b64encode(b"b" * 32).decode().rstrip("=")
+
+
+def test_parses_several_keys_first_encrypts():
+    keys = parse_key_encryption_keys(f"new:{KEY_A}, old:{KEY_B}")
+    assert keys == [("new", b"a" * 32), ("old", b"b" * 32)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("", "Set the EVOPS_KEY_ENCRYPTION_KEYS"),
+        (KEY_A, "must look like 'id:base64key'"),
+        (f"bad id:{KEY_A}", "must look like 'id:base64key'"),
+        ("k1:not*base64", "is not valid base64"),
+        (f"k1:{base64.b64encode(b'short').decode()}", "must decode to 32 bytes, not 5"),
+        (f"k1:{KEY_A},k1:{KEY_B}", "appears twice"),
+    ],
+)
+def test_malformed_keys_name_the_variable(raw, fragment):
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        parse_key_encryption_keys(raw)
+    message = str(excinfo.value)
+    assert "EVOPS_KEY_ENCRYPTION_KEYS" in message
+    assert fragment in message
+    assert KEY_A not in message
+
+
+def _check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    # Start from an empty environment so the test settings of this process do not leak.
+    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **env}
+    clean["DJANGO_SETTINGS_MODULE"] = "evops.settings"
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", *args],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+GOOD = {
+    "SECRET_KEY": "x" * 60 + "-production-grade-secret-key",
+    "EVOPS_KEY_ENCRYPTION_KEYS": f"k1:{KEY_A}",
+    "DATABASE_URL": "sqlite:////tmp/evops-settings-test.sqlite3",
+}
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "EVOPS_KEY_ENCRYPTION_KEYS"])
+def test_missing_mandatory_setting_stops_startup(missing):
+    env = {k: v for k, v in GOOD.items() if k != missing}
+    result = _check(env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert f"Set the {missing} environment variable." in result.stderr
+
+
+def test_malformed_boolean_is_named():
+    result = _check({**GOOD, "DEBUG": "maybe"})
+    assert result.returncode != 0
+    assert "DEBUG must be true or false, not 'maybe'." in result.stderr
+
+
+def test_malformed_database_url_is_named():
+    result = _check({**GOOD, "DATABASE_URL": "nosuchscheme://x"})
+    assert result.returncode != 0
+    assert "DATABASE_URL is malformed" in result.stderr
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    result = _check(
+        {**GOOD, "ALLOWED_HOSTS": "evops.example.org"},
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "System check identified no issues" in result.stdout
+
+
+def test_duplicate_key_material_is_a_system_error():
+    result = _check(
+        {**GOOD, "EVOPS_KEY_ENCRYPTION_KEYS": f"k1:{KEY_A},k2:{KEY_A}"}, "--deploy"
+    )
+    assert result.returncode != 0
+    assert "evops.E001" in result.stderr + result.stdout
