@@ -1,0 +1,294 @@
+"""Sealing and using asset private keys: the one module that holds plaintext keys.
+
+Keys are encrypted at rest with AES-256-GCM under a master key from
+`EVOPS_KEY_ENCRYPTION_KEYS` (the first encrypts, every listed key decrypts). The
+associated data is the asset's address, so a ciphertext copied onto another asset's
+row fails authentication, and after every decryption the address derived from the key
+must equal the asset's address. Plaintext key bytes exist only inside the functions
+below, for the moment of sealing or signing; callers get addresses, sealed envelopes
+and signatures, never keys. No message raised here contains key bytes or their hex.
+
+secp256k1 work goes straight to libsecp256k1 through coincurve's cffi binding:
+`coincurve.PrivateKey()` derives both the ECDSA and the x-only public key on
+construction, which would double the cost of a decrypt-and-sign.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from coincurve._libsecp256k1 import ffi, lib
+from coincurve.context import GLOBAL_CONTEXT
+from Crypto.Hash import keccak as _keccak
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.conf import settings
+from eth_utils.address import to_checksum_address
+
+ALGORITHM = "aes-256-gcm/v1"
+SETTING = "EVOPS_KEY_ENCRYPTION_KEYS"
+_AAD_PREFIX = b"evops/asset-key/v1|"
+_NONCE_BYTES = 12
+_EIP191_PREFIX = b"\x19Ethereum Signed Message:\n"
+# secp256k1 group order: valid private keys are 1 .. N-1.
+_CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+MASTER_KEY_MISSING = (
+    "This asset key was sealed with master key {key_id!r}, which is not listed in "
+    f"{SETTING}. Add that key back to {SETTING} (any position) to use it."
+)
+DECRYPT_FAILED = (
+    "Cannot decrypt the key of {address} with master key {key_id!r} from "
+    f"{SETTING}: that master key is wrong, or the ciphertext was tampered with or "
+    "belongs to another asset."
+)
+ADDRESS_MISMATCH = (
+    "The key stored for {address} derives a different address; the key row does not "
+    "belong to this asset."
+)
+UNSUPPORTED_ALGORITHM = "Unsupported key envelope algorithm {algorithm!r}."
+INVALID_KEY = (
+    "not a valid secp256k1 private key (expected 64 hex digits, optionally "
+    "0x-prefixed, between 1 and the curve order)"
+)
+KEYSTORE_FAILED = "cannot decrypt the keystore: wrong password or corrupt file"
+KEYSTORE_MALFORMED = "not an Ethereum V3/V4 keystore"
+
+
+class KeyCustodyError(Exception):
+    """Base of every error about stored asset keys."""
+
+
+class MasterKeyMissing(KeyCustodyError):
+    """The master key that sealed a row is not configured."""
+
+
+class KeyDecryptionFailed(KeyCustodyError):
+    """Authentication failed: wrong master key, tampered or moved ciphertext."""
+
+
+class KeyAddressMismatch(KeyCustodyError):
+    """The decrypted key does not derive the asset's address."""
+
+
+class InvalidPrivateKey(KeyCustodyError, ValueError):
+    """Input that should be a private key is not one (the message never shows it)."""
+
+
+class KeystoreError(KeyCustodyError, ValueError):
+    """A keystore file cannot be decrypted."""
+
+
+@dataclass(frozen=True)
+class SealedKey:
+    """An encrypted private key as stored in `AssetKey`."""
+
+    key_id: str
+    algorithm: str
+    nonce: bytes
+    ciphertext: bytes
+
+    def __repr__(self) -> str:
+        return f"SealedKey(key_id={self.key_id!r}, algorithm={self.algorithm!r})"
+
+
+# --- master keys ---------------------------------------------------------------------
+
+_ciphers: dict[bytes, AESGCM] = {}
+
+
+def _cipher(material: bytes) -> AESGCM:
+    cipher = _ciphers.get(material)
+    if cipher is None:
+        cipher = _ciphers[material] = AESGCM(material)
+    return cipher
+
+
+def current_key_id() -> str:
+    """The id of the master key new envelopes are sealed with (the first listed)."""
+    return str(settings.EVOPS_KEY_ENCRYPTION_KEYS[0][0])
+
+
+def _encrypting_key() -> tuple[str, AESGCM]:
+    key_id, material = settings.EVOPS_KEY_ENCRYPTION_KEYS[0]
+    return key_id, _cipher(material)
+
+
+def _decrypting_key(key_id: str) -> AESGCM:
+    for candidate, material in settings.EVOPS_KEY_ENCRYPTION_KEYS:
+        if candidate == key_id:
+            return _cipher(material)
+    raise MasterKeyMissing(MASTER_KEY_MISSING.format(key_id=key_id))
+
+
+def _aad(address: str) -> bytes:
+    return _AAD_PREFIX + address.lower().encode("ascii")
+
+
+# --- secp256k1 -----------------------------------------------------------------------
+
+
+def keccak256(data: bytes) -> bytes:
+    return bytes(_keccak.new(digest_bits=256, data=data).digest())
+
+
+def eip191_digest(message: bytes) -> bytes:
+    """The hash `personal_sign` signs: prefix, decimal length, message."""
+    return keccak256(_EIP191_PREFIX + str(len(message)).encode("ascii") + message)
+
+
+def _address_bytes(secret: bytes) -> bytes:
+    pubkey = ffi.new("secp256k1_pubkey *")
+    if not lib.secp256k1_ec_pubkey_create(GLOBAL_CONTEXT.ctx, pubkey, secret):
+        raise InvalidPrivateKey(INVALID_KEY)
+    out = ffi.new("unsigned char[65]")
+    size = ffi.new("size_t *", 65)
+    lib.secp256k1_ec_pubkey_serialize(
+        GLOBAL_CONTEXT.ctx, out, size, pubkey, lib.SECP256K1_EC_UNCOMPRESSED
+    )
+    return keccak256(bytes(ffi.buffer(out, 65))[1:])[-20:]
+
+
+def _address_of(secret: bytes) -> str:
+    return str(to_checksum_address(_address_bytes(secret)))
+
+
+def _sign(secret: bytes, digest: bytes) -> bytes:
+    if len(digest) != 32:
+        raise ValueError("sign_hash needs exactly 32 bytes")
+    signature = ffi.new("secp256k1_ecdsa_recoverable_signature *")
+    if not lib.secp256k1_ecdsa_sign_recoverable(
+        GLOBAL_CONTEXT.ctx, signature, digest, secret, ffi.NULL, ffi.NULL
+    ):
+        raise KeyCustodyError("libsecp256k1 refused to sign")
+    compact = ffi.new("unsigned char[64]")
+    recid = ffi.new("int *")
+    lib.secp256k1_ecdsa_recoverable_signature_serialize_compact(
+        GLOBAL_CONTEXT.ctx, compact, recid, signature
+    )
+    return bytes(ffi.buffer(compact, 64)) + bytes([27 + recid[0]])
+
+
+def _parse_private_key(text: str | bytes) -> bytes:
+    if isinstance(text, bytes):
+        secret = text
+    else:
+        digits = text.strip()
+        if digits[:2] in ("0x", "0X"):
+            digits = digits[2:]
+        if len(digits) != 64:
+            raise InvalidPrivateKey(INVALID_KEY)
+        try:
+            secret = bytes.fromhex(digits)
+        except ValueError:
+            raise InvalidPrivateKey(INVALID_KEY) from None
+    if len(secret) != 32 or not 0 < int.from_bytes(secret, "big") < _CURVE_ORDER:
+        raise InvalidPrivateKey(INVALID_KEY)
+    return secret
+
+
+# --- sealing -------------------------------------------------------------------------
+
+
+def _seal(secret: bytes, address: str) -> SealedKey:
+    key_id, cipher = _encrypting_key()
+    nonce = os.urandom(_NONCE_BYTES)
+    return SealedKey(
+        key_id=key_id,
+        algorithm=ALGORITHM,
+        nonce=nonce,
+        ciphertext=cipher.encrypt(nonce, secret, _aad(address)),
+    )
+
+
+def _open(sealed: SealedKey, address: str) -> bytes:
+    """Decrypt and check that the key derives `address`; the only path to a key."""
+    if sealed.algorithm != ALGORITHM:
+        raise KeyCustodyError(UNSUPPORTED_ALGORITHM.format(algorithm=sealed.algorithm))
+    cipher = _decrypting_key(sealed.key_id)
+    try:
+        secret = cipher.decrypt(
+            bytes(sealed.nonce), bytes(sealed.ciphertext), _aad(address)
+        )
+    except InvalidTag:
+        raise KeyDecryptionFailed(
+            DECRYPT_FAILED.format(address=address, key_id=sealed.key_id)
+        ) from None
+    if len(secret) != 32 or _address_bytes(secret) != bytes.fromhex(address[2:]):
+        raise KeyAddressMismatch(ADDRESS_MISMATCH.format(address=address))
+    return secret
+
+
+def seal_private_key(text: str | bytes) -> tuple[str, SealedKey]:
+    """Seal a key given as hex (optional 0x) or 32 bytes; return (address, envelope).
+
+    Raises `InvalidPrivateKey` (whose message never contains the input).
+    """
+    secret = _parse_private_key(text)
+    address = _address_of(secret)
+    return address, _seal(secret, address)
+
+
+def seal_new_key() -> tuple[str, SealedKey]:
+    """Make a fresh random key and seal it; the plaintext never leaves this call."""
+    while True:
+        secret = secrets.token_bytes(32)
+        if 0 < int.from_bytes(secret, "big") < _CURVE_ORDER:
+            break
+    address = _address_of(secret)
+    return address, _seal(secret, address)
+
+
+def seal_keystore(keystore: Mapping[str, Any], password: str) -> tuple[str, SealedKey]:
+    """Decrypt an Ethereum V3/V4 keystore with eth-account and seal its key."""
+    from eth_account import Account
+
+    if not isinstance(keystore, Mapping) or "crypto" not in {
+        str(k).lower() for k in keystore
+    }:
+        raise KeystoreError(KEYSTORE_MALFORMED)
+    try:
+        secret = bytes(Account.decrypt(dict(keystore), password))
+    except (ValueError, KeyError, TypeError, NotImplementedError):
+        raise KeystoreError(KEYSTORE_FAILED) from None
+    return seal_private_key(secret)
+
+
+def verify(sealed: SealedKey, *, address: str) -> None:
+    """Check that `sealed` decrypts and derives `address` (raises otherwise)."""
+    _open(sealed, address)
+
+
+def reseal(sealed: SealedKey, *, address: str) -> SealedKey:
+    """Re-encrypt under the current first master key, verifying before and after."""
+    secret = _open(sealed, address)
+    fresh = _seal(secret, address)
+    _open(fresh, address)
+    return fresh
+
+
+# --- signing -------------------------------------------------------------------------
+
+
+def sign_hash(sealed: SealedKey, *, address: str, digest: bytes) -> bytes:
+    """Raw signature of a 32-byte hash (no prefix): 65 bytes r||s||v, v in {27,28}."""
+    return _sign(_open(sealed, address), digest)
+
+
+def sign_message(sealed: SealedKey, *, address: str, message: bytes) -> bytes:
+    """EIP-191 `personal_sign` of `message`: 65 bytes r||s||v, v in {27,28}."""
+    return _sign(_open(sealed, address), eip191_digest(message))
+
+
+def sign_transaction(
+    sealed: SealedKey, *, address: str, transaction: Mapping[str, Any]
+) -> bytes:
+    """Sign a transaction dict (web3 field names); return the raw signed bytes."""
+    from eth_account import Account
+
+    signed = Account.sign_transaction(dict(transaction), _open(sealed, address))
+    return bytes(signed.raw_transaction)

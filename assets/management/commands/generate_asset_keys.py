@@ -1,0 +1,42 @@
+"""Create assets with fresh random keys, sealed under the current master key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from assets import crypto
+from assets.management.progress import tqdm_progress
+from assets.models import AssetKind
+from assets.services import asset_generate
+from evops.protocol.dids import VOLTA
+
+
+class Command(BaseCommand):
+    help = "Generate N assets with new private keys (encrypted at rest)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--count", type=int, required=True)
+        parser.add_argument("--kind", choices=AssetKind.values, default=AssetKind.OTHER)
+        parser.add_argument("--label-prefix", default="")
+        parser.add_argument("--chain", default=VOLTA)
+        parser.add_argument("--no-progress", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["count"] < 1:
+            raise CommandError("--count must be at least 1.")
+        assets = asset_generate(
+            count=options["count"],
+            kind=options["kind"],
+            label_prefix=options["label_prefix"],
+            chain=options["chain"],
+            progress=tqdm_progress(self.stderr, enabled=not options["no_progress"]),
+        )
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Generated {len(assets)} {options['kind']} asset(s), keys sealed "
+                f"with master key {crypto.current_key_id()!r}: "
+                f"{assets[0].did} .. {assets[-1].did}"
+            )
+        )

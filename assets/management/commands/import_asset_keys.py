@@ -1,0 +1,84 @@
+"""Import asset keys from keymanager.db, keystore JSON or CSV files."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from assets import crypto
+from assets.importers import FORMATS
+from assets.management.progress import tqdm_progress
+from assets.models import AssetKind
+from assets.services import ImportRejected, asset_import_keys
+from evops.protocol.dids import VOLTA
+
+ERR_UNREADABLE_FILE = "Cannot read --password-file: {reason}."
+ERR_REJECTED = (
+    "{count} invalid entr{plural}; nothing was imported. Fix them, or pass "
+    "--skip-invalid to import the rest."
+)
+
+
+class Command(BaseCommand):
+    help = (
+        "Import private keys as assets from the Node tool's keymanager.db, Ethereum "
+        "keystore JSON files (or directories of them) or CSV/text files of hex keys. "
+        "Keys already present are skipped; any invalid entry stops the whole import "
+        "unless --skip-invalid is given."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("paths", nargs="+", type=Path)
+        parser.add_argument("--format", choices=FORMATS, default=None)
+        parser.add_argument("--password-file", type=Path, default=None)
+        parser.add_argument("--skip-invalid", action="store_true")
+        parser.add_argument("--kind", choices=AssetKind.values, default=AssetKind.OTHER)
+        parser.add_argument("--chain", default=VOLTA)
+        parser.add_argument("--no-progress", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        password: str | Any
+        if options["password_file"] is not None:
+            try:
+                text = options["password_file"].read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise CommandError(ERR_UNREADABLE_FILE.format(reason=reason)) from None
+            password = text.rstrip("\r\n")
+        else:
+            password = lambda: getpass.getpass("Keystore password: ")  # noqa: E731
+        for path in options["paths"]:
+            if not path.exists():
+                raise CommandError(f"{path}: no such file or directory.")
+        try:
+            report = asset_import_keys(
+                paths=options["paths"],
+                format=options["format"],
+                password=password,
+                skip_invalid=options["skip_invalid"],
+                kind=options["kind"],
+                chain=options["chain"],
+                progress=tqdm_progress(self.stderr, enabled=not options["no_progress"]),
+            )
+        except ImportRejected as exc:
+            for problem in exc.report.problems:
+                self.stderr.write(str(problem))
+            count = len(exc.report.problems)
+            raise CommandError(
+                ERR_REJECTED.format(count=count, plural="y" if count == 1 else "ies")
+            ) from None
+        except crypto.KeyCustodyError as exc:
+            raise CommandError(str(exc)) from None
+        for problem in report.problems:
+            self.stderr.write(f"skipped invalid: {problem}")
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Imported {report.created} asset(s); skipped {report.skipped} "
+                f"already present or repeated; {len(report.problems)} invalid "
+                f"(of {report.entries} entries). Keys sealed with master key "
+                f"{crypto.current_key_id()!r}."
+            )
+        )

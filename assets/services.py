@@ -1,0 +1,439 @@
+"""Writes for assets: creating, generating, importing and re-encrypting their keys.
+
+Every path that stores a key goes through `assets.crypto` (which seals it) and writes
+the asset and its `AssetKey` row together. Imports are all or nothing by default: every
+entry is checked first, and nothing is written while any entry is invalid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from assets import crypto, importers
+from assets.importers import KeyEntry
+from assets.models import Asset, AssetKey, AssetKind
+from assets.signers import sealed_from_row
+from evops.protocol.dids import DID, VOLTA
+from evops.protocol.errors import DIDError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# progress(iterable, total, description) -> the same items, e.g. wrapped in tqdm.
+Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
+
+BATCH_SIZE = 1000
+
+ERR_DID_MISMATCH = "the DID does not match its key (the key is for {address})"
+ERR_BAD_DID = "malformed DID ({reason})"
+ERR_BAD_KIND = "unknown kind; use one of: {choices}"
+ERR_EXTERNAL_ID_TAKEN = "external id {external_id} already belongs to {did}"
+ERR_EXTERNAL_ID_TWICE = "external id {external_id} appears twice (first at {first})"
+ERR_TOO_LONG = "{field} is longer than {limit} characters"
+ERR_KEYSTORE_LOCKED = "a keystore needs a password (--password-file or the prompt)"
+ERR_ASSET_EXISTS = "An asset with address {address} already exists ({did})."
+ERR_RACE = (
+    "Another process created some of these assets while this import ran; nothing "
+    "was written. Run the import again."
+)
+ERR_ROTATION_FAILED = "Re-encryption stopped at {did}; nothing was changed. {reason}"
+
+
+class AssetExists(Exception):
+    """The key's address already has an asset."""
+
+
+class ImportRejected(Exception):
+    """Invalid entries and no `skip_invalid`: nothing was written."""
+
+    def __init__(self, report: ImportReport) -> None:
+        super().__init__(
+            f"{len(report.problems)} invalid entr"
+            f"{'y' if len(report.problems) == 1 else 'ies'}; nothing was imported."
+        )
+        self.report = report
+
+
+class RotationFailed(crypto.KeyCustodyError):
+    """A key could not be re-encrypted; the rotation was rolled back."""
+
+
+@dataclass(frozen=True)
+class ImportProblem:
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+@dataclass
+class ImportReport:
+    """What an import found and did. `written` is False when it wrote nothing."""
+
+    entries: int = 0
+    created: int = 0
+    skipped: int = 0
+    problems: list[ImportProblem] = field(default_factory=list)
+    written: bool = False
+
+
+@dataclass
+class RotationReport:
+    total: int = 0
+    by_previous_key: Counter[str] = field(default_factory=Counter)
+    key_id: str = ""
+
+
+def _no_progress(items: Iterable[Any], total: int, description: str) -> Iterable[Any]:
+    return items
+
+
+def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _safe(value: str) -> str:
+    """Quote a value for a message, hiding anything shaped like a private key."""
+    if importers.looks_like_key(value):
+        return "<hidden: looks like a private key>"
+    return repr(value[:60])
+
+
+def _kind(value: str | None, default: str) -> str | None:
+    if not value:
+        return default
+    normalized = value.strip().lower().replace(" ", "_").replace("-", "_")
+    if normalized == "chargepoint":
+        normalized = AssetKind.CHARGE_POINT
+    return normalized if normalized in AssetKind.values else None
+
+
+def _new_asset(
+    address: str,
+    sealed: crypto.SealedKey,
+    *,
+    chain: str,
+    kind: str,
+    external_id: str = "",
+    label: str = "",
+) -> tuple[Asset, crypto.SealedKey]:
+    did = DID.for_address(address, chain)
+    asset = Asset(
+        did=did.canonical,
+        address=did.address,
+        chain=did.chain,
+        kind=kind,
+        external_id=external_id,
+        label=label,
+    )
+    return asset, sealed
+
+
+def _key_row(asset: Asset, sealed: crypto.SealedKey) -> AssetKey:
+    return AssetKey(
+        asset=asset,
+        key_id=sealed.key_id,
+        algorithm=sealed.algorithm,
+        nonce=sealed.nonce,
+        ciphertext=sealed.ciphertext,
+    )
+
+
+def _write(pairs: Sequence[tuple[Asset, crypto.SealedKey]], progress: Progress) -> None:
+    """Insert assets and their key rows in batches, inside the caller's transaction."""
+    batches = list(_batches(pairs, BATCH_SIZE))
+    for batch in progress(batches, len(batches), "writing"):
+        created = Asset.objects.bulk_create([asset for asset, _ in batch])
+        sealed_keys = [sealed for _, sealed in batch]
+        AssetKey.objects.bulk_create(
+            [
+                _key_row(asset, sealed)
+                for asset, sealed in zip(created, sealed_keys, strict=True)
+            ]
+        )
+
+
+def asset_create_from_key(
+    *,
+    private_key: str | bytes,
+    kind: str = AssetKind.OTHER,
+    external_id: str = "",
+    label: str = "",
+    chain: str = VOLTA,
+) -> Asset:
+    """Create one asset for an existing key (hex or 32 bytes).
+
+    Raises `crypto.InvalidPrivateKey` or `AssetExists`.
+    """
+    address, sealed = crypto.seal_private_key(private_key)
+    existing = Asset.objects.filter(address=address).first()
+    if existing is not None:
+        raise AssetExists(ERR_ASSET_EXISTS.format(address=address, did=existing.did))
+    asset, _ = _new_asset(
+        address, sealed, chain=chain, kind=kind, external_id=external_id, label=label
+    )
+    asset.full_clean()
+    with transaction.atomic():
+        asset.save()
+        _key_row(asset, sealed).save()
+    logger.info("asset created", extra={"asset_did": asset.did})
+    return asset
+
+
+def asset_generate(
+    *,
+    count: int,
+    kind: str = AssetKind.OTHER,
+    label_prefix: str = "",
+    chain: str = VOLTA,
+    progress: Progress = _no_progress,
+) -> list[Asset]:
+    """Create `count` assets with fresh random keys, in one transaction.
+
+    Labels are `label_prefix` followed by a running number that continues after the
+    assets already labelled with that prefix.
+    """
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    if kind not in AssetKind.values:
+        raise ValueError(ERR_BAD_KIND.format(choices=", ".join(AssetKind.values)))
+    start = (
+        Asset.objects.filter(label__startswith=label_prefix).count() + 1
+        if label_prefix
+        else 1
+    )
+    pairs = []
+    for number in progress(range(start, start + count), count, "generating"):
+        address, sealed = crypto.seal_new_key()
+        label = f"{label_prefix}{number}" if label_prefix else ""
+        pairs.append(_new_asset(address, sealed, chain=chain, kind=kind, label=label))
+    with transaction.atomic():
+        _write(pairs, progress)
+    logger.info("assets generated", extra={"count": count, "kind": kind})
+    return [asset for asset, _ in pairs]
+
+
+def asset_import_keys(
+    *,
+    paths: Sequence[Path],
+    format: str | None = None,
+    password: str | Callable[[], str] | None = None,
+    skip_invalid: bool = False,
+    kind: str = AssetKind.OTHER,
+    chain: str = VOLTA,
+    progress: Progress = _no_progress,
+) -> ImportReport:
+    """Import keys from key files (see `assets.importers` for the formats).
+
+    Every entry is sealed and checked first: a malformed key, a DID that does not
+    match its key, an unknown kind or an external id that is already taken is a
+    problem reported with its file and line. With any problem and not `skip_invalid`,
+    `ImportRejected` is raised and nothing is written; otherwise the valid entries are
+    written in one transaction. A key whose address already has an asset, or that
+    appeared earlier in the same run, is skipped. `password` (or a callable asked
+    once, only when a keystore is met) unlocks keystores.
+    """
+    if kind not in AssetKind.values:
+        raise ValueError(ERR_BAD_KIND.format(choices=", ".join(AssetKind.values)))
+    read = importers.read_paths(paths, format=format)
+    report = ImportReport(entries=len(read.entries) + len(read.problems))
+    report.problems.extend(ImportProblem(p.location, p.message) for p in read.problems)
+
+    password_cache: list[str] = []
+
+    def keystore_password() -> str | None:
+        if not password_cache:
+            value = password() if callable(password) else password
+            if value is None:
+                return None
+            password_cache.append(value)
+        return password_cache[0]
+
+    checked: list[tuple[KeyEntry, Asset, crypto.SealedKey]] = []
+    seen: set[str] = set()
+    for entry in progress(read.entries, len(read.entries), "checking"):
+        problem = _check_entry(entry, kind, chain, keystore_password, checked, seen)
+        if isinstance(problem, str):
+            report.problems.append(ImportProblem(entry.location, problem))
+        elif problem is None:
+            report.skipped += 1
+
+    fresh = _drop_existing(checked, report)
+    _check_external_ids(fresh, report)
+    invalid = {p.location for p in report.problems}
+    fresh = [item for item in fresh if item[0].location not in invalid]
+
+    if report.problems and not skip_invalid:
+        raise ImportRejected(report)
+    try:
+        with transaction.atomic():
+            _write([(asset, sealed) for _, asset, sealed in fresh], progress)
+    except IntegrityError:
+        raise crypto.KeyCustodyError(ERR_RACE) from None
+    report.created = len(fresh)
+    report.written = True
+    logger.info(
+        "asset keys imported",
+        extra={
+            "created": report.created,
+            "skipped": report.skipped,
+            "invalid": len(report.problems),
+        },
+    )
+    return report
+
+
+def _check_entry(
+    entry: KeyEntry,
+    default_kind: str,
+    chain: str,
+    keystore_password: Callable[[], str | None],
+    checked: list[tuple[KeyEntry, Asset, crypto.SealedKey]],
+    seen: set[str],
+) -> str | bool | None:
+    """Seal and check one entry: a problem message, True when queued, None if seen."""
+    try:
+        if entry.keystore is not None:
+            secret_password = keystore_password()
+            if secret_password is None:
+                return ERR_KEYSTORE_LOCKED
+            address, sealed = crypto.seal_keystore(entry.keystore, secret_password)
+        else:
+            address, sealed = crypto.seal_private_key(entry.key_hex or "")
+    except crypto.KeyCustodyError as exc:
+        return str(exc)
+    asset_chain = chain
+    if entry.did:
+        try:
+            did = DID.parse(entry.did, default_chain=chain)
+        except DIDError as exc:
+            return ERR_BAD_DID.format(reason=exc)
+        if did.address != address:
+            return ERR_DID_MISMATCH.format(address=address)
+        asset_chain = did.chain
+    kind = _kind(entry.kind, default_kind)
+    if kind is None:
+        return ERR_BAD_KIND.format(choices=", ".join(AssetKind.values))
+    for name, value, limit in (
+        ("external id", entry.external_id, 200),
+        ("label", entry.label, 200),
+    ):
+        if len(value) > limit:
+            return ERR_TOO_LONG.format(field=name, limit=limit)
+    if address in seen:
+        return None
+    seen.add(address)
+    asset, _ = _new_asset(
+        address,
+        sealed,
+        chain=asset_chain,
+        kind=kind,
+        external_id=entry.external_id,
+        label=entry.label,
+    )
+    checked.append((entry, asset, sealed))
+    return True
+
+
+def _drop_existing(
+    checked: list[tuple[KeyEntry, Asset, crypto.SealedKey]], report: ImportReport
+) -> list[tuple[KeyEntry, Asset, crypto.SealedKey]]:
+    existing: set[str] = set()
+    for batch in _batches([asset.address for _, asset, _ in checked], BATCH_SIZE):
+        existing.update(
+            Asset.objects.filter(address__in=batch).values_list("address", flat=True)
+        )
+    report.skipped += sum(1 for _, asset, _ in checked if asset.address in existing)
+    return [item for item in checked if item[1].address not in existing]
+
+
+def _check_external_ids(
+    fresh: list[tuple[KeyEntry, Asset, crypto.SealedKey]], report: ImportReport
+) -> None:
+    wanted = [asset.external_id for _, asset, _ in fresh if asset.external_id]
+    taken: dict[str, str] = {}
+    for batch in _batches(wanted, BATCH_SIZE):
+        taken.update(
+            Asset.objects.filter(external_id__in=batch).values_list(
+                "external_id", "did"
+            )
+        )
+    first_seen: dict[str, str] = {}
+    for entry, asset, _ in fresh:
+        external_id = asset.external_id
+        if not external_id:
+            continue
+        if external_id in taken:
+            report.problems.append(
+                ImportProblem(
+                    entry.location,
+                    ERR_EXTERNAL_ID_TAKEN.format(
+                        external_id=_safe(external_id), did=taken[external_id]
+                    ),
+                )
+            )
+        elif external_id in first_seen:
+            report.problems.append(
+                ImportProblem(
+                    entry.location,
+                    ERR_EXTERNAL_ID_TWICE.format(
+                        external_id=_safe(external_id),
+                        first=first_seen[external_id],
+                    ),
+                )
+            )
+        else:
+            first_seen[external_id] = entry.location
+
+
+def asset_rotate_encryption_keys(
+    *, progress: Progress = _no_progress
+) -> RotationReport:
+    """Re-encrypt every stored key under the first master key, all or nothing.
+
+    Each key is decrypted with the master key that sealed it, its address re-derived
+    and compared, sealed again under the current first key and the new envelope
+    verified, all inside one transaction holding row locks; any failure rolls back.
+    """
+    report = RotationReport(key_id=crypto.current_key_id())
+    with transaction.atomic():
+        rows = list(
+            AssetKey.objects.select_for_update(of=("self",))
+            .select_related("asset")
+            .order_by("pk")
+        )
+        report.total = len(rows)
+        now = timezone.now()
+        for row in progress(rows, len(rows), "re-encrypting"):
+            try:
+                sealed = crypto.reseal(sealed_from_row(row), address=row.asset.address)
+            except crypto.KeyCustodyError as exc:
+                raise RotationFailed(
+                    ERR_ROTATION_FAILED.format(did=row.asset.did, reason=exc)
+                ) from None
+            report.by_previous_key[row.key_id] += 1
+            row.key_id = sealed.key_id
+            row.algorithm = sealed.algorithm
+            row.nonce = sealed.nonce
+            row.ciphertext = sealed.ciphertext
+            row.updated_at = now
+        AssetKey.objects.bulk_update(
+            rows,
+            ["key_id", "algorithm", "nonce", "ciphertext", "updated_at"],
+            batch_size=500,
+        )
+    logger.info(
+        "asset keys re-encrypted",
+        extra={"count": report.total, "key_id": report.key_id},
+    )
+    return report
