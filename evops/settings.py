@@ -204,6 +204,50 @@ EVOPS_KEY_ENCRYPTION_KEYS = parse_key_encryption_keys(
     _required("EVOPS_KEY_ENCRYPTION_KEYS")
 )
 
+# --- Cache server (SSI Hub) --------------------------------------------------------
+
+
+def _float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw: str = env.str(name, default="")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}.") from None
+    if not value > minimum:
+        raise ImproperlyConfigured(f"{name} must be more than {minimum}, not {raw}.")
+    return value
+
+
+# Base URL of the Energy Web cache server; a trailing /v1 is accepted and ignored.
+CACHE_SERVER_URL = env.str(
+    "CACHE_SERVER_URL", default="https://identitycache-dev.energyweb.org"
+).rstrip("/")
+if not CACHE_SERVER_URL.startswith(("https://", "http://")):
+    raise ImproperlyConfigured("CACHE_SERVER_URL must be an http(s) URL.")
+CACHE_SERVER_TIMEOUT = _float("CACHE_SERVER_TIMEOUT", 10.0)
+CACHE_SERVER_MAX_CONCURRENCY = _int("CACHE_SERVER_MAX_CONCURRENCY", 50, minimum=1)
+CACHE_SERVER_LOGIN = env.str("CACHE_SERVER_LOGIN", default="auto").strip().lower()
+if CACHE_SERVER_LOGIN not in {"identity", "siwe", "auto"}:
+    raise ImproperlyConfigured(
+        "CACHE_SERVER_LOGIN must be identity, siwe or auto, "
+        f"not {CACHE_SERVER_LOGIN!r}."
+    )
+# The role evops requests for each asset, and the claim types it accepts as issued.
+PREQUALIFICATION_ROLE = env.str(
+    "PREQUALIFICATION_ROLE", default="prequalified.roles.tso.apps.elia.iam.ewc"
+).strip()
+if not PREQUALIFICATION_ROLE:
+    raise ImproperlyConfigured("Set the PREQUALIFICATION_ROLE environment variable.")
+ALLOWED_CLAIM_TYPES = [
+    item.strip()
+    for item in env.list("ALLOWED_CLAIM_TYPES", default=[PREQUALIFICATION_ROLE])
+    if item.strip()
+]
+if PREQUALIFICATION_ROLE not in ALLOWED_CLAIM_TYPES:
+    ALLOWED_CLAIM_TYPES.insert(0, PREQUALIFICATION_ROLE)
+
 # --- Logging -------------------------------------------------------------------------
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()

@@ -1,0 +1,1 @@
+"""Local peers for tests and the sandbox: chain, NATS, IPFS, cache-server stand-in."""
