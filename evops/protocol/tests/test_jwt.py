@@ -1,0 +1,437 @@
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from evops.protocol import jwt
+from evops.protocol._crypto import keccak256
+from evops.protocol.dids import DID
+from evops.protocol.errors import (
+    DIDError,
+    EncodingError,
+    ProtocolError,
+    SignatureError,
+    TokenError,
+)
+from evops.protocol.jwt import (
+    DecodedToken,
+    b64url_decode,
+    b64url_encode,
+    claim_request_token,
+    compact_json,
+    decode_token,
+    identity_token,
+    issued_token,
+    recover_addresses,
+    sign_token,
+    verify_token,
+)
+from evops.protocol.keys import LocalKeySigner
+from evops.protocol.tests.vectors import (
+    ASSET,
+    ISSUER,
+    ROLE,
+    SHARED_VECTORS_PATH,
+    VECTORS_PATH,
+    V,
+)
+
+ASSET_SIGNER = LocalKeySigner(ASSET["private_key"])
+ISSUER_SIGNER = LocalKeySigner(ISSUER["private_key"])
+CLAIM_DATA = {"claimType": ROLE["namespace"], "claimTypeVersion": ROLE["version"]}
+
+
+def test_vectors_copy_is_current():
+    if not SHARED_VECTORS_PATH.exists():
+        pytest.skip("no shared checkout next to the repository")
+    assert VECTORS_PATH.read_bytes() == SHARED_VECTORS_PATH.read_bytes()
+
+
+# --- vectors, byte for byte -------------------------------------------------------
+
+
+def test_identity_token_vector():
+    token = identity_token(
+        ASSET_SIGNER, did=ASSET["did"], block_number=V["identity_token"]["block_number"]
+    )
+    assert token == V["identity_token"]["token"]
+
+
+def test_identity_token_from_legacy_lowercase_did_is_canonical():
+    legacy = "did:ethr:" + ASSET["address"].lower()
+    token = identity_token(
+        ASSET_SIGNER, did=legacy, block_number=V["identity_token"]["block_number"]
+    )
+    assert token == V["identity_token"]["token"]
+
+
+def test_claim_request_token_vector():
+    token = claim_request_token(
+        ASSET_SIGNER,
+        did=ASSET["did"],
+        subject=DID.parse(ASSET["did"]),
+        claim_type=ROLE["namespace"],
+        claim_type_version=ROLE["version"],
+        iat_ms=V["claim_request_token"]["iat_ms"],
+    )
+    assert token == V["claim_request_token"]["token"]
+
+
+def test_issued_token_vector():
+    token = issued_token(
+        ISSUER_SIGNER,
+        issuer_did=ISSUER["did"],
+        subject=ASSET["did"],
+        claim_data=CLAIM_DATA,
+    )
+    assert token == V["issued_token"]["token"]
+
+
+@pytest.mark.parametrize(
+    ("name", "signer"),
+    [
+        ("identity_token", ASSET),
+        ("claim_request_token", ASSET),
+        ("issued_token", ISSUER),
+    ],
+)
+def test_every_vector_token_verifies_to_its_signer(name, signer):
+    token = V[name]["token"]
+    decoded = verify_token(token, signer["did"])
+    _direct, prefixed = recover_addresses(decoded)
+    assert prefixed == signer["address"]
+    other = ISSUER if signer is ASSET else ASSET
+    with pytest.raises(SignatureError, match=jwt.ERR_SIGNER_MISMATCH):
+        verify_token(token, other["did"])
+
+
+def test_vector_key_orders_are_those_of_the_spec():
+    decoded = decode_token(V["issued_token"]["token"])
+    assert list(decoded.payload) == ["claimData", "did", "signer", "iss", "sub"]
+    decoded = decode_token(V["claim_request_token"]["token"])
+    assert list(decoded.payload) == ["did", "signer", "claimData", "iss", "sub", "iat"]
+    assert decoded.header == {"alg": "ES256K", "typ": "JWT"}
+    decoded = decode_token(V["identity_token"]["token"])
+    assert decoded.header == {"alg": "ES256", "typ": "JWT"}
+    assert decoded.payload == {
+        "iss": ASSET["did"],
+        "claimData": {"blockNumber": V["identity_token"]["block_number"]},
+    }
+
+
+def test_signature_segment_is_base64url_of_ascii_hex():
+    segment = V["identity_token"]["token"].split(".")[2]
+    text = b64url_decode(segment)
+    assert text.startswith(b"0x")
+    assert len(text) == 132
+    assert text[-2:] in (b"1b", b"1c")
+
+
+def test_issued_token_optional_fields_order():
+    token = issued_token(
+        ISSUER_SIGNER,
+        issuer_did=ISSUER["did"],
+        subject=ASSET["did"],
+        claim_data=CLAIM_DATA,
+        exp=1_900_000_000,
+        credential_status={"id": "https://status/1", "type": "StatusList2021Entry"},
+    )
+    decoded = verify_token(token, ISSUER["did"])
+    assert list(decoded.payload) == [
+        "claimData",
+        "did",
+        "signer",
+        "exp",
+        "credentialStatus",
+        "iss",
+        "sub",
+    ]
+
+
+def test_raw_digest_signature_is_accepted():
+    """Older signers signed the digest without the EIP-191 prefix; peers accept it."""
+    signing_input = "{}.{}".format(
+        b64url_encode(compact_json({"alg": "ES256K", "typ": "JWT"})),
+        b64url_encode(compact_json({"iss": ASSET["did"]})),
+    )
+    digest = keccak256(signing_input.encode())
+    signature = ASSET_SIGNER.sign_hash(digest)
+    token = signing_input + "." + b64url_encode(b"0x" + signature.hex().encode())
+    decoded = verify_token(token, ASSET["did"])
+    direct, _prefixed = recover_addresses(decoded)
+    assert direct == ASSET["address"]
+
+
+# --- delegates -----------------------------------------------------------------------
+
+
+def _document(did: str, entries: object) -> dict[str, object]:
+    return {"@context": "https://www.w3.org/ns/did/v1", "id": did, "publicKey": entries}
+
+
+def test_veri_key_delegate_by_address_is_accepted():
+    token = V["issued_token"]["token"]  # signed by ISSUER
+    doc = _document(
+        ASSET["did"],
+        [
+            {
+                "id": ASSET["did"] + "#delegate-veriKey-1",
+                "type": "veriKey",
+                "controller": ASSET["did"],
+                "ethereumAddress": ISSUER["address"].lower(),
+            }
+        ],
+    )
+    assert verify_token(token, ASSET["did"], did_document=doc).payload["iss"]
+
+
+def test_veri_key_delegate_by_public_key_hex_is_accepted():
+    public_hex = ISSUER_SIGNER._key.public_key.format(compressed=True).hex()
+    doc = _document(
+        ASSET["did"],
+        [
+            {
+                "id": "x#key-veriKey",
+                "type": "Secp256k1veriKey",
+                "publicKeyHex": public_hex,
+            }
+        ],
+    )
+    verify_token(V["issued_token"]["token"], ASSET["did"], did_document=doc)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        # sigAuth delegates may authenticate, not sign credentials
+        _document(
+            ASSET["did"], [{"type": "sigAuth", "ethereumAddress": ISSUER["address"]}]
+        ),
+        # a document of another identity does not grant delegates
+        _document(
+            ISSUER["did"].replace(ISSUER["address"], "0x" + "11" * 20),
+            [{"type": "veriKey", "ethereumAddress": ISSUER["address"]}],
+        ),
+        _document(ASSET["did"], [{"type": "veriKey", "ethereumAddress": "0xnothex"}]),
+        _document(
+            ASSET["did"], [{"type": "veriKey", "publicKeyHex": "02" + "00" * 32}]
+        ),
+        _document(ASSET["did"], "not a list"),
+        {"id": "garbage", "publicKey": []},
+    ],
+)
+def test_non_delegates_are_rejected(doc):
+    with pytest.raises(SignatureError):
+        verify_token(V["issued_token"]["token"], ASSET["did"], did_document=doc)
+
+
+# --- strict decoding ------------------------------------------------------------------
+
+GOOD = V["identity_token"]["token"]
+H, P, S = GOOD.split(".")
+
+
+def _seg(obj_bytes: bytes) -> str:
+    return b64url_encode(obj_bytes)
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        (GOOD.encode(), jwt.ERR_NOT_STR),
+        (GOOD + "." + S, jwt.ERR_SEGMENTS),
+        (H + "." + P, jwt.ERR_SEGMENTS),
+        (H + ".." + S, jwt.ERR_SEGMENTS),
+        (H + "=." + P + "." + S, jwt.ERR_BASE64),
+        (H + "." + P + "." + S + "=", jwt.ERR_BASE64),
+        (H.replace("J", "+") + "." + P + "." + S, jwt.ERR_BASE64),
+        (H + "." + P + " ." + S, jwt.ERR_BASE64),
+        ("é" + GOOD, jwt.ERR_NOT_ASCII),
+        ("a" * 70000, jwt.ERR_TOO_LARGE),
+        (_seg(b"[1]") + "." + P + "." + S, jwt.ERR_JSON_OBJECT),
+        (_seg(b"{bad") + "." + P + "." + S, jwt.ERR_JSON),
+        (_seg(b'{"a":NaN}') + "." + P + "." + S, jwt.ERR_JSON),
+        (_seg(b'{"a":1,"a":2}') + "." + P + "." + S, jwt.ERR_DUPLICATE_KEY),
+        (_seg(b"\xff\xfe{}") + "." + P + "." + S, jwt.ERR_JSON),
+        (H + "." + P + "." + _seg(b"0x" + b"ab" * 65), jwt.ERR_SIGNATURE_SHAPE),
+        (H + "." + P + "." + _seg(b"0x" + b"AB" * 64 + b"1b"), jwt.ERR_SIGNATURE_SHAPE),
+        (H + "." + P + "." + _seg(b"ab" * 65 + b"1b"), jwt.ERR_SIGNATURE_SHAPE),
+        (H + "." + P + "." + _seg(bytes(65)), jwt.ERR_SIGNATURE_SHAPE),
+    ],
+)
+def test_decode_rejects_malformed_tokens(token, message):
+    with pytest.raises(TokenError) as info:
+        decode_token(token)
+    assert str(info.value) == message
+
+
+def test_decode_rejects_non_canonical_trailing_bits():
+    # "Jw" and "Jx" decode to the same byte; only the canonical one is accepted.
+    assert base64.urlsafe_b64decode("Jw==") == base64.urlsafe_b64decode("Jx==")
+    with pytest.raises(TokenError, match=jwt.ERR_BASE64):
+        b64url_decode("Jx")
+    assert b64url_decode("Jw") == b"'"
+
+
+def test_max_size_is_configurable():
+    with pytest.raises(TokenError, match=jwt.ERR_TOO_LARGE):
+        decode_token(GOOD, max_size=len(GOOD) - 1)
+    assert decode_token(GOOD, max_size=len(GOOD)).payload["iss"] == ASSET["did"]
+
+
+def test_signature_that_does_not_recover_is_a_signature_error():
+    zero_sig = _seg(b"0x" + b"00" * 64 + b"1b")
+    with pytest.raises(SignatureError):
+        verify_token(H + "." + P + "." + zero_sig, ASSET["did"])
+
+
+def test_verify_rejects_malformed_signer_did():
+    with pytest.raises(DIDError):
+        verify_token(GOOD, "did:web:example.com")
+
+
+def test_sign_rejects_unencodable_payloads():
+    with pytest.raises(EncodingError):
+        sign_token({"alg": "ES256K"}, {"x": float("nan")}, ASSET_SIGNER)
+    with pytest.raises(EncodingError):
+        sign_token({"alg": "ES256K"}, {"x": "\ud800"}, ASSET_SIGNER)
+    with pytest.raises(EncodingError):
+        sign_token({"alg": "ES256K"}, {"x": object()}, ASSET_SIGNER)
+
+
+def test_sign_rejects_a_signer_returning_garbage():
+    class BadSigner:
+        address = ASSET["address"]
+
+        def sign_message(self, message):
+            return b"\x00" * 64
+
+        def sign_hash(self, digest):
+            return b"\x00" * 64
+
+        def sign_transaction(self, transaction):
+            return b""
+
+    with pytest.raises(EncodingError, match=jwt.ERR_SIGNATURE_BYTES):
+        sign_token({"alg": "ES256K"}, {}, BadSigner())
+
+
+def test_compact_json_matches_javascript_stringify():
+    value = {"b": "ü/\n\u0001", "a": [1, True, None], "n": -5}
+    assert (
+        compact_json(value) == '{"b":"ü/\\n\\u0001","a":[1,true,null],"n":-5}'.encode()
+    )
+
+
+# --- properties -----------------------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.text(st.characters(codec="utf-8"), max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+payloads = st.dictionaries(st.text(max_size=10), json_values, max_size=6)
+private_keys = st.integers(min_value=1, max_value=2**255).map(
+    lambda n: n.to_bytes(32, "big")
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=private_keys, payload=payloads)
+def test_sign_then_verify_round_trips(key, payload):
+    signer = LocalKeySigner(key)
+    header = {"alg": "ES256K", "typ": "JWT"}
+    token = sign_token(header, payload, signer)
+    decoded = verify_token(token, DID.for_address(signer.address))
+    assert decoded.header == header
+    assert decoded.payload == payload
+    assert list(decoded.payload) == list(payload)
+    assert recover_addresses(decoded)[1] == signer.address
+
+
+_TOKEN_FOR_MUTATION = issued_token(
+    ISSUER_SIGNER,
+    issuer_did=ISSUER["did"],
+    subject=ASSET["did"],
+    claim_data=CLAIM_DATA,
+    exp=1_900_000_000,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    token=st.sampled_from(
+        [
+            V["identity_token"]["token"],
+            V["claim_request_token"]["token"],
+            V["issued_token"]["token"],
+            _TOKEN_FOR_MUTATION,
+        ]
+    ),
+    data=st.data(),
+)
+def test_any_single_byte_change_fails(token, data):
+    signer_did = json.loads(
+        base64.urlsafe_b64decode(token.split(".")[1] + "==").decode()
+    )["iss"]
+    position = data.draw(st.integers(min_value=0, max_value=len(token) - 1))
+    replacement = data.draw(
+        st.integers(min_value=0, max_value=255).filter(
+            lambda b: b != ord(token[position])
+        )
+    )
+    raw = bytearray(token.encode())
+    raw[position] = replacement
+    mutated = raw.decode("latin-1")
+    with pytest.raises((TokenError, SignatureError)):
+        verify_token(mutated, signer_did)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1"))
+)
+def test_decoder_on_arbitrary_text_raises_only_protocol_errors(text):
+    try:
+        decoded = decode_token(text)
+    except ProtocolError as exc:
+        assert str(exc)
+    else:
+        assert isinstance(decoded, DecodedToken)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.binary(max_size=120).map(b64url_encode) | st.text(max_size=40),
+        min_size=3,
+        max_size=3,
+    )
+)
+def test_decoder_on_token_shaped_input_raises_only_protocol_errors(parts):
+    try:
+        decoded = verify_token(".".join(parts), ASSET["did"])
+    except ProtocolError as exc:
+        assert str(exc)
+    else:  # pragma: no cover - would need a forged signature
+        assert isinstance(decoded, DecodedToken)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300))
+def test_decoder_on_bytes_raises_only_protocol_errors(data):
+    with pytest.raises(ProtocolError):
+        decode_token(data)  # bytes are not a token
