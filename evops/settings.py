@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import environ
@@ -247,6 +248,55 @@ ALLOWED_CLAIM_TYPES = [
 ]
 if PREQUALIFICATION_ROLE not in ALLOWED_CLAIM_TYPES:
     ALLOWED_CLAIM_TYPES.insert(0, PREQUALIFICATION_ROLE)
+
+# --- Chain (ERC-1056 DID registry) ------------------------------------------------
+
+_DEFAULT_DID_REGISTRY = {
+    73799: "0xC15D5A57A8Eb0e1dCBE5D88B8f9a82017e5Cc4AF",  # Energy Web Volta
+    246: "0xE29672f34e92b56C9169f9D485fFc8b9A136BCE4",  # Energy Web Chain
+}
+_ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
+
+
+def _chain_decimal(name: str, default: str) -> Decimal:
+    raw: str = env.str(name, default="").strip() or default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}.") from None
+    if not value.is_finite() or value < 0:
+        raise ImproperlyConfigured(f"{name} must be a non-negative number, not {raw}.")
+    return value
+
+
+# JSON-RPC endpoint of the EVM chain holding the DID registry (Volta by default).
+CHAIN_RPC_URL = env.str("CHAIN_RPC_URL", default="https://volta-rpc.energyweb.org")
+if not CHAIN_RPC_URL.startswith(("https://", "http://")):
+    raise ImproperlyConfigured("CHAIN_RPC_URL must be an http(s) URL.")
+CHAIN_ID = _int("CHAIN_ID", 73799, minimum=1)
+DID_REGISTRY_ADDRESS = env.str(
+    "DID_REGISTRY_ADDRESS", default=""
+).strip() or _DEFAULT_DID_REGISTRY.get(CHAIN_ID, "")
+if not DID_REGISTRY_ADDRESS:
+    raise ImproperlyConfigured(
+        f"Set the DID_REGISTRY_ADDRESS environment variable (no default for chain "
+        f"{CHAIN_ID})."
+    )
+if not _ADDRESS_RE.match(DID_REGISTRY_ADDRESS):
+    raise ImproperlyConfigured("DID_REGISTRY_ADDRESS must be a 0x-prefixed address.")
+# asset: each asset signs and pays for its own setAttribute; relay: the asset signs
+# setAttributeSigned and the operator account sends it and pays.
+CHAIN_WRITE_MODE = env.str("CHAIN_WRITE_MODE", default="asset").strip().lower()
+if CHAIN_WRITE_MODE not in {"asset", "relay"}:
+    raise ImproperlyConfigured(
+        f"CHAIN_WRITE_MODE must be asset or relay, not {CHAIN_WRITE_MODE!r}."
+    )
+# Highest fee per gas (EIP-1559 maxFeePerGas, or legacy gasPrice) evops will pay.
+CHAIN_MAX_FEE_GWEI = _chain_decimal("CHAIN_MAX_FEE_GWEI", "50")
+CHAIN_CONFIRMATIONS = _int("CHAIN_CONFIRMATIONS", 0)
+CHAIN_RECEIPT_TIMEOUT = _int("CHAIN_RECEIPT_TIMEOUT", 120, minimum=1)
+# Fraction added to every gas estimate (estimates can be short; see test-stack.md).
+CHAIN_GAS_MARGIN = float(_chain_decimal("CHAIN_GAS_MARGIN", "0.25"))
 
 # --- Logging -------------------------------------------------------------------------
 

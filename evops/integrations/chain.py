@@ -1,0 +1,694 @@
+"""The ERC-1056 DID registry on an EVM chain, through web3.py's async API.
+
+One `Chain` object per process talks to one RPC endpoint. It writes service attributes
+into an asset's DID document in one of two modes and reads the registry back for the
+protocol core's resolver (`protocol.md` §7-§8).
+
+- `asset` mode: the asset signs `setAttribute` and pays the gas, as the original did.
+- `relay` mode: the asset signs the `setAttributeSigned` digest (it needs no funds) and
+  the operator account sends it and pays.
+
+Every failure surfaces as `ChainError` whose `permanent` flag tells the caller whether a
+retry can help: a revert, `status 0` or missing funds will not fix themselves; an
+unreachable RPC, a timeout or a base fee above the cap will.
+
+Ordering rules this module enforces (not the caller):
+
+- Nonces of a sending account are allocated locally under a per-account lock held only
+  for the `eth_sendRawTransaction` call, so concurrent publications through one operator
+  never collide, and a send that fails does not consume its nonce (no gap that stalls
+  the account). "nonce too low", a duplicate in the pool and a dropped transaction
+  resynchronise from the node's pending count.
+- Per identity at most one DID-document change is in flight (a per-identity lock held
+  until the receipt), and never two changes for one identity in one block: the reference
+  reader only reads the first log of each block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import aiohttp
+from eth_typing import HexStr
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+from web3 import AsyncWeb3
+from web3.exceptions import (
+    ContractLogicError,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3Exception,
+    Web3RPCError,
+)
+from web3.providers.rpc import AsyncHTTPProvider
+from web3.providers.rpc.utils import ExceptionRetryConfiguration
+from web3.types import BlockIdentifier
+
+from evops.protocol import erc1056
+
+if TYPE_CHECKING:
+    from evops.protocol.signer import Signer
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["asset", "relay"]
+MODES: tuple[Mode, ...] = ("asset", "relay")
+
+VOLTA_CHAIN_ID = 73799
+EWC_CHAIN_ID = 246
+DEFAULT_REGISTRY_BY_CHAIN: dict[int, str] = {
+    VOLTA_CHAIN_ID: "0xC15D5A57A8Eb0e1dCBE5D88B8f9a82017e5Cc4AF",
+    EWC_CHAIN_ID: "0xE29672f34e92b56C9169f9D485fFc8b9A136BCE4",
+}
+DEFAULT_GAS_MARGIN = 0.25
+# Fixed gas added on top of the proportional margin: the gas trap (test-stack.md) is a
+# constant ~631 gas, which a small proportional margin on a cheap call may not cover.
+GAS_MARGIN_FLOOR = 2_000
+
+# Error messages (tests assert on these; the reason string carries them first).
+RPC_UNREACHABLE = "chain RPC unreachable"
+RPC_TIMEOUT = "chain RPC timed out"
+RPC_ERROR = "chain RPC returned an error"
+REVERTED = "transaction reverted"
+REVERTED_ON_CHAIN = "transaction mined with status 0"
+OUT_OF_GAS = "transaction ran out of gas"
+INSUFFICIENT_FUNDS = "insufficient funds for gas"
+FEE_ABOVE_CAP = "network fee is above the configured cap"
+RECEIPT_TIMEOUT = "no receipt before the timeout"
+PREVIOUS_PENDING = "a previous change for this identity is still pending"
+TX_REPLACED = "the transaction's nonce was used by another transaction"
+TX_DROPPED = "the transaction was dropped by the node repeatedly"
+NONCE_RETRIES_EXHAUSTED = "could not get a nonce accepted"
+CHAIN_ID_MISMATCH = "the RPC endpoint serves another chain"
+NO_OPERATOR = "relay mode needs an operator signer"
+NOT_OWNER = "the signer is not the identity's owner"
+
+_ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+_SEND_ATTEMPTS = 4
+_DROP_RESENDS = 2
+# Consecutive "unknown transaction" answers before a sent transaction counts as dropped;
+# a load-balanced RPC can briefly answer from a node that has not seen it yet.
+_DROP_OBSERVATIONS = 3
+
+
+class ChainError(Exception):
+    """A chain operation failed; `permanent` says whether retrying can help."""
+
+    def __init__(
+        self, reason: str, *, permanent: bool, tx_hash: str | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+        self.tx_hash = tx_hash
+
+    def __repr__(self) -> str:
+        return (
+            f"ChainError({self.reason!r}, permanent={self.permanent}, "
+            f"tx_hash={self.tx_hash!r})"
+        )
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """A mined, successful DID-document write."""
+
+    tx_hash: str
+    block_number: int
+    gas_used: int
+    mode: str
+
+
+@dataclass
+class _InFlight:
+    """A sent change whose outcome we did not learn (receipt timeout, RPC loss)."""
+
+    tx_hash: str
+    name: bytes
+    value: bytes
+
+
+class _Dropped(Exception):
+    """The node forgot a transaction that never got mined: send it again."""
+
+
+class _Account:
+    """Local nonce bookkeeping for one sending account."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.next_nonce: int | None = None
+
+
+def _classify_rpc_error(exc: BaseException) -> tuple[str, bool]:
+    """Map a web3/transport exception to (reason, permanent)."""
+    if isinstance(exc, ContractLogicError):
+        detail = exc.message or "execution reverted"
+        return f"{REVERTED}: {detail}", True
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError | TimeExhausted):
+        return RPC_TIMEOUT, False
+    if isinstance(exc, aiohttp.ClientError | ConnectionError | OSError):
+        return f"{RPC_UNREACHABLE}: {type(exc).__name__}", False
+    if isinstance(exc, Web3RPCError):
+        message = _rpc_message(exc)
+        lowered = message.lower()
+        if "insufficient funds" in lowered:
+            return f"{INSUFFICIENT_FUNDS}: {message}", True
+        if "revert" in lowered:
+            return f"{REVERTED}: {message}", True
+        if "intrinsic gas too low" in lowered or "exceeds block gas limit" in lowered:
+            return f"{RPC_ERROR}: {message}", True
+        return f"{RPC_ERROR}: {message}", False
+    return f"{RPC_ERROR}: {type(exc).__name__}: {exc}", False
+
+
+def _rpc_message(exc: Web3RPCError) -> str:
+    response = exc.rpc_response or {}
+    error = response.get("error") if isinstance(response, Mapping) else None
+    if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return str(exc.message)
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
+
+
+class Chain:
+    """Async access to the ERC-1056 registry on one chain.
+
+    `operator` is the relay-mode sender (the caller owns its key storage). Fees are
+    EIP-1559 capped at `max_fee_gwei`, legacy when the chain has no base fee. Gas is the
+    node's estimate plus `gas_margin` (a fraction) plus a fixed floor. A publication
+    returns once its receipt is `confirmations` blocks deep, or fails after
+    `receipt_timeout` seconds.
+    """
+
+    def __init__(
+        self,
+        rpc_url: str,
+        *,
+        chain_id: int,
+        registry_address: str,
+        mode: str = "asset",
+        operator: Signer | None = None,
+        max_fee_gwei: Decimal | float | int,
+        confirmations: int = 0,
+        receipt_timeout: float = 60.0,
+        gas_margin: float = DEFAULT_GAS_MARGIN,
+        request_timeout: float = 10.0,
+        poll_interval: float = 0.25,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if mode == "relay" and operator is None:
+            raise ValueError(NO_OPERATOR)
+        if confirmations < 0 or receipt_timeout <= 0 or gas_margin < 0:
+            raise ValueError("confirmations, receipt_timeout and gas_margin are >= 0")
+        self.rpc_url = rpc_url
+        self.chain_id = chain_id
+        self.registry_address = to_checksum_address(registry_address)
+        self.mode: Mode = cast(Mode, mode)
+        self.operator = operator
+        self.max_fee_wei = int(Decimal(str(max_fee_gwei)) * 10**9)
+        self.confirmations = confirmations
+        self.receipt_timeout = receipt_timeout
+        self.gas_margin = gas_margin
+        self.poll_interval = poll_interval
+        # No automatic retries inside web3: a dead RPC must become a transient
+        # ChainError promptly, and retry policy belongs to the caller.
+        provider = AsyncHTTPProvider(
+            rpc_url,
+            request_kwargs={"timeout": aiohttp.ClientTimeout(total=request_timeout)},
+            exception_retry_configuration=ExceptionRetryConfiguration(
+                errors=(), retries=1
+            ),
+        )
+        self._w3 = AsyncWeb3(provider)
+        self._registry = self._w3.eth.contract(
+            address=self.registry_address, abi=erc1056.REGISTRY_ABI
+        )
+        self._accounts: dict[str, _Account] = {}
+        self._identity_locks: dict[str, asyncio.Lock] = {}
+        self._identity_users: dict[str, int] = {}
+        self._inflight: dict[str, _InFlight] = {}
+        self._chain_checked = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Chain({self.rpc_url!r}, chain_id={self.chain_id}, "
+            f"registry={self.registry_address}, mode={self.mode!r})"
+        )
+
+    # --- plumbing --------------------------------------------------------------------
+
+    async def _rpc(self, call: Any) -> Any:
+        """Await one RPC coroutine, turning every failure into a ChainError."""
+        try:
+            return await call
+        except ChainError:
+            raise
+        except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            reason, permanent = _classify_rpc_error(exc)
+            raise ChainError(reason, permanent=permanent) from exc
+
+    async def _ensure_chain(self) -> None:
+        if self._chain_checked:
+            return
+        served = await self._rpc(self._w3.eth.chain_id)
+        if served != self.chain_id:
+            raise ChainError(
+                f"{CHAIN_ID_MISMATCH}: expected {self.chain_id}, got {served}",
+                permanent=True,
+            )
+        self._chain_checked = True
+
+    @contextlib.asynccontextmanager
+    async def _identity_lock(self, identity: str) -> AsyncIterator[None]:
+        """One DID-document change per identity at a time; locks are freed when idle."""
+        lock = self._identity_locks.setdefault(identity, asyncio.Lock())
+        self._identity_users[identity] = self._identity_users.get(identity, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._identity_users[identity] -= 1
+            if self._identity_users[identity] == 0:
+                del self._identity_users[identity]
+                del self._identity_locks[identity]
+
+    # --- read side -------------------------------------------------------------------
+
+    async def block_number(self) -> int:
+        return int(await self._rpc(self._w3.eth.block_number))
+
+    async def changed(self, identity: str, block: BlockIdentifier = "latest") -> int:
+        """Block number of the identity's last change (0 when never changed)."""
+        fn = self._registry.functions.changed(to_checksum_address(identity))
+        return int(await self._rpc(fn.call(block_identifier=block)))
+
+    async def registry_nonce(self, identity: str) -> int:
+        """The registry's `nonce(identity)`, which `setAttributeSigned` signs over.
+
+        The shipped 0.0.3 bytecode uses `nonce[identity]` for `setAttributeSigned`
+        (and `nonce[identityOwner(identity)]` only for the owner/delegate calls); the
+        test suite pins this against the deployed bytecode.
+        """
+        fn = self._registry.functions.nonce(to_checksum_address(identity))
+        return int(await self._rpc(fn.call()))
+
+    async def identity_owner(self, identity: str) -> str:
+        fn = self._registry.functions.identityOwner(to_checksum_address(identity))
+        return to_checksum_address(await self._rpc(fn.call()))
+
+    async def logs(self, identity: str, block_number: int) -> list[Any]:
+        """Every registry event for `identity` in one block, in log order."""
+        topic = "0x" + bytes.fromhex(identity[2:].lower()).rjust(32, b"\0").hex()
+        raw = await self._rpc(
+            self._w3.eth.get_logs(
+                {
+                    "address": self.registry_address,
+                    "fromBlock": block_number,
+                    "toBlock": block_number,
+                    "topics": [None, topic],
+                }
+            )
+        )
+        events = []
+        for entry in sorted(raw, key=lambda e: int(e["logIndex"])):
+            events.append(
+                erc1056.decode_registry_log(
+                    [bytes(t) for t in entry["topics"]],
+                    bytes(entry["data"]),
+                    int(entry["blockNumber"]),
+                    int(entry["logIndex"]),
+                )
+            )
+        return events
+
+    def reader(self) -> Chain:
+        """The `AsyncRegistryReader` the protocol resolver walks."""
+        return self
+
+    async def resolve_document(self, did: str) -> dict[str, Any]:
+        """The DID document as every reader sees it, straight from chain."""
+        from evops.protocol.resolver import resolve_did_document_async
+
+        document = await resolve_did_document_async(
+            did, self.reader(), now=int(time.time())
+        )
+        return dict(document)
+
+    async def balance(self, address: str) -> int:
+        return int(
+            await self._rpc(self._w3.eth.get_balance(to_checksum_address(address)))
+        )
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._w3.provider.disconnect()
+
+    # --- write side ------------------------------------------------------------------
+
+    async def publish_attribute(
+        self, asset: Signer, *, name: bytes, value: bytes, validity: int
+    ) -> PublishResult:
+        """Write one attribute into `asset`'s DID document and wait for it to be mined.
+
+        Idempotent across a lost outcome: if the previous attempt for this identity
+        (same name and value) was sent but its receipt never arrived, its result is
+        returned once mined instead of writing the attribute twice.
+        """
+        await self._ensure_chain()
+        identity = to_checksum_address(asset.address)
+        async with self._identity_lock(identity):
+            previous = await self._settle_inflight(identity, name, value)
+            if previous is not None:
+                return previous
+            await self._wait_identity_free(identity)
+            if self.mode == "relay":
+                assert self.operator is not None
+                sender = self.operator
+                registry_nonce = await self.registry_nonce(identity)
+                digest = erc1056.set_attribute_signed_digest(
+                    registry=self.registry_address,
+                    nonce=registry_nonce,
+                    identity=identity,
+                    name=name,
+                    value=value,
+                    validity=validity,
+                )
+                v, r, s = erc1056.split_signature(asset.sign_hash(digest))
+                data = erc1056.set_attribute_signed_calldata(
+                    identity, v, r, s, name, value, validity
+                )
+            else:
+                sender = asset
+                data = erc1056.set_attribute_calldata(identity, name, value, validity)
+            return await self._transact(sender, identity, data, name, value)
+
+    async def _settle_inflight(
+        self, identity: str, name: bytes, value: bytes
+    ) -> PublishResult | None:
+        """Learn the outcome of a change sent earlier whose receipt never came."""
+        inflight = self._inflight.get(identity)
+        if inflight is None:
+            return None
+        receipt = await self._receipt_or_none(inflight.tx_hash)
+        if receipt is None:
+            try:
+                await self._rpc(self._w3.eth.get_transaction(HexStr(inflight.tx_hash)))
+            except ChainError as exc:
+                if not isinstance(exc.__cause__, TransactionNotFound):
+                    raise
+                # The node no longer knows it: it will never be mined.
+                del self._inflight[identity]
+                return None
+            raise ChainError(
+                PREVIOUS_PENDING, permanent=False, tx_hash=inflight.tx_hash
+            )
+        del self._inflight[identity]
+        if receipt["status"] == 1 and (inflight.name, inflight.value) == (name, value):
+            await self._wait_confirmations(receipt, inflight.tx_hash)
+            return PublishResult(
+                tx_hash=inflight.tx_hash,
+                block_number=int(receipt["blockNumber"]),
+                gas_used=int(receipt["gasUsed"]),
+                mode=self.mode,
+            )
+        return None
+
+    async def _wait_identity_free(self, identity: str) -> None:
+        """Never put two changes for one identity into one block.
+
+        A change by anyone else that sits in the pending block shows as
+        `changed@pending > latest block`; wait for it to be mined so ours lands in a
+        later block. (Our own changes are serialised by the identity lock.)
+        """
+        deadline = time.monotonic() + self.receipt_timeout
+        while True:
+            latest = await self.block_number()
+            pending_change = await self.changed(identity, "pending")
+            if pending_change <= latest:
+                return
+            if time.monotonic() > deadline:
+                raise ChainError(PREVIOUS_PENDING, permanent=False)
+            await asyncio.sleep(self.poll_interval)
+
+    async def _fees(self) -> dict[str, int]:
+        """EIP-1559 fields capped at `max_fee_wei`, or a capped legacy gas price."""
+        block = await self._rpc(self._w3.eth.get_block("latest"))
+        base_fee = block.get("baseFeePerGas")
+        if base_fee is None:
+            gas_price = int(await self._rpc(self._w3.eth.gas_price))
+            if gas_price > self.max_fee_wei:
+                raise ChainError(
+                    f"{FEE_ABOVE_CAP}: gas price {gas_price} wei > cap "
+                    f"{self.max_fee_wei} wei",
+                    permanent=False,
+                )
+            return {"gasPrice": gas_price}
+        base_fee = int(base_fee)
+        # The next block's base fee may rise 12.5%; the cap must still clear it.
+        if base_fee * 9 // 8 > self.max_fee_wei:
+            raise ChainError(
+                f"{FEE_ABOVE_CAP}: base fee {base_fee} wei > cap "
+                f"{self.max_fee_wei} wei",
+                permanent=False,
+            )
+        priority = int(await self._rpc(self._w3.eth.max_priority_fee))
+        max_fee = min(2 * base_fee + priority, self.max_fee_wei)
+        priority = min(priority, max_fee - base_fee)
+        return {"type": 2, "maxFeePerGas": max_fee, "maxPriorityFeePerGas": priority}
+
+    async def _transact(
+        self, sender: Signer, identity: str, data: bytes, name: bytes, value: bytes
+    ) -> PublishResult:
+        sender_address = to_checksum_address(sender.address)
+        call = {"from": sender_address, "to": self.registry_address, "data": _hex(data)}
+        try:
+            estimate = int(await self._w3.eth.estimate_gas(call))  # type: ignore[arg-type]
+        except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            reason, permanent = _classify_rpc_error(exc)
+            if permanent and self.mode == "relay":
+                reason = f"{reason} (bad signature, replay or {NOT_OWNER.lower()})"
+            elif permanent:
+                reason = f"{reason} ({NOT_OWNER} or invalid call)"
+            raise ChainError(reason, permanent=permanent) from exc
+        gas = int(estimate * (1 + self.gas_margin)) + GAS_MARGIN_FLOOR
+        fees = await self._fees()
+        price = fees.get("maxFeePerGas", fees.get("gasPrice", 0))
+        balance = await self.balance(sender_address)
+        if balance < gas * price:
+            raise ChainError(
+                f"{INSUFFICIENT_FUNDS}: {sender_address} holds {balance} wei, needs up "
+                f"to {gas * price} wei",
+                permanent=True,
+            )
+        transaction: dict[str, Any] = {
+            "chainId": self.chain_id,
+            "to": self.registry_address,
+            "value": 0,
+            "data": _hex(data),
+            "gas": gas,
+            **fees,
+        }
+        for _ in range(_DROP_RESENDS + 1):
+            tx_hash, nonce = await self._send(sender, transaction)
+            self._inflight[identity] = _InFlight(tx_hash, name, value)
+            try:
+                receipt = await self._wait_receipt(tx_hash, sender_address, nonce)
+            except _Dropped:
+                self._inflight.pop(identity, None)
+                logger.warning(
+                    "transaction dropped, resending",
+                    extra={"tx_hash": tx_hash, "identity": identity},
+                )
+                continue
+            del self._inflight[identity]
+            return self._result(receipt, tx_hash, gas)
+        raise ChainError(TX_DROPPED, permanent=False)
+
+    def _result(
+        self, receipt: Mapping[str, Any], tx_hash: str, gas: int
+    ) -> PublishResult:
+        gas_used = int(receipt["gasUsed"])
+        if receipt["status"] != 1:
+            reason = OUT_OF_GAS if gas_used >= gas else REVERTED_ON_CHAIN
+            raise ChainError(
+                f"{reason} (gas limit {gas}, used {gas_used})",
+                permanent=True,
+                tx_hash=tx_hash,
+            )
+        return PublishResult(
+            tx_hash=tx_hash,
+            block_number=int(receipt["blockNumber"]),
+            gas_used=gas_used,
+            mode=self.mode,
+        )
+
+    async def _send(
+        self, sender: Signer, transaction: Mapping[str, Any]
+    ) -> tuple[str, int]:
+        """Sign with a locally allocated nonce and send; return (tx hash, nonce).
+
+        The account lock is held only around signing and sending, so receipts are
+        awaited concurrently. The local counter advances only when the node accepted
+        the transaction, so a failed send leaves no nonce gap.
+        """
+        address = to_checksum_address(sender.address)
+        account = self._accounts.setdefault(address, _Account())
+        async with account.lock:
+            for _ in range(_SEND_ATTEMPTS):
+                if account.next_nonce is None:
+                    account.next_nonce = int(
+                        await self._rpc(
+                            self._w3.eth.get_transaction_count(address, "pending")
+                        )
+                    )
+                nonce = account.next_nonce
+                raw = sender.sign_transaction({**transaction, "nonce": nonce})
+                tx_hash = _hex(keccak(raw))
+                try:
+                    await self._w3.eth.send_raw_transaction(raw)
+                except Web3RPCError as exc:
+                    message = _rpc_message(exc).lower()
+                    if "already known" in message or "already imported" in message:
+                        # Our exact bytes are in the pool (an earlier send whose
+                        # answer got lost): that is a successful send.
+                        account.next_nonce = nonce + 1
+                        return tx_hash, nonce
+                    if "nonce too low" in message or "underpriced" in message:
+                        # Someone else used this nonce (another process, a manual
+                        # transfer): resync from the node and sign again.
+                        logger.warning(
+                            "nonce %s rejected for %s: %s; resyncing",
+                            nonce,
+                            address,
+                            message,
+                        )
+                        account.next_nonce = None
+                        continue
+                    reason, permanent = _classify_rpc_error(exc)
+                    raise ChainError(reason, permanent=permanent) from exc
+                except (
+                    Web3Exception,
+                    aiohttp.ClientError,
+                    OSError,
+                    TimeoutError,
+                ) as exc:
+                    # The node may or may not have the transaction: resync next time
+                    # rather than guess.
+                    account.next_nonce = None
+                    reason, permanent = _classify_rpc_error(exc)
+                    raise ChainError(reason, permanent=permanent) from exc
+                account.next_nonce = nonce + 1
+                return tx_hash, nonce
+        raise ChainError(NONCE_RETRIES_EXHAUSTED, permanent=False)
+
+    async def _receipt_or_none(self, tx_hash: str) -> Mapping[str, Any] | None:
+        try:
+            return cast(
+                Mapping[str, Any],
+                await self._w3.eth.get_transaction_receipt(HexStr(tx_hash)),
+            )
+        except TransactionNotFound:
+            return None
+        except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            reason, permanent = _classify_rpc_error(exc)
+            raise ChainError(reason, permanent=permanent, tx_hash=tx_hash) from exc
+
+    async def _wait_receipt(
+        self, tx_hash: str, sender: str, nonce: int
+    ) -> Mapping[str, Any]:
+        """Poll for the receipt until `receipt_timeout`, then for confirmations.
+
+        Raises `_Dropped` when the node no longer knows the transaction and its nonce
+        is still unused, so the caller can send it again.
+        """
+        deadline = time.monotonic() + self.receipt_timeout
+        unknown = 0
+        polls = 0
+        while True:
+            receipt = await self._receipt_or_none(tx_hash)
+            if receipt is not None:
+                await self._wait_confirmations(receipt, tx_hash, deadline)
+                return receipt
+            polls += 1
+            if polls % 4 == 0:
+                unknown = await self._check_dropped(tx_hash, sender, nonce, unknown)
+            if time.monotonic() > deadline:
+                raise ChainError(RECEIPT_TIMEOUT, permanent=False, tx_hash=tx_hash)
+            await asyncio.sleep(self.poll_interval)
+
+    async def _check_dropped(
+        self, tx_hash: str, sender: str, nonce: int, unknown: int
+    ) -> int:
+        try:
+            await self._w3.eth.get_transaction(HexStr(tx_hash))
+            return 0
+        except TransactionNotFound:
+            pass
+        except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            reason, permanent = _classify_rpc_error(exc)
+            raise ChainError(reason, permanent=permanent, tx_hash=tx_hash) from exc
+        unknown += 1
+        if unknown < _DROP_OBSERVATIONS:
+            return unknown
+        # A receipt may have appeared between the two calls.
+        if await self._receipt_or_none(tx_hash) is not None:
+            return 0
+        mined_count = int(
+            await self._rpc(self._w3.eth.get_transaction_count(sender, "latest"))  # type: ignore[arg-type]
+        )
+        account = self._accounts.get(sender)
+        if account is not None:
+            account.next_nonce = None
+        if mined_count > nonce:
+            raise ChainError(TX_REPLACED, permanent=False, tx_hash=tx_hash)
+        raise _Dropped(tx_hash)
+
+    async def _wait_confirmations(
+        self,
+        receipt: Mapping[str, Any],
+        tx_hash: str,
+        deadline: float | None = None,
+    ) -> None:
+        if self.confirmations == 0:
+            return
+        if deadline is None:
+            deadline = time.monotonic() + self.receipt_timeout
+        target = int(receipt["blockNumber"]) + self.confirmations
+        while await self.block_number() < target:
+            if time.monotonic() > deadline:
+                raise ChainError(RECEIPT_TIMEOUT, permanent=False, tx_hash=tx_hash)
+            await asyncio.sleep(self.poll_interval)
+
+
+def default_registry_address(chain_id: int) -> str | None:
+    """The registry Energy Web deployed on `chain_id`, if it is Volta or EWC."""
+    return DEFAULT_REGISTRY_BY_CHAIN.get(chain_id)
+
+
+def chain_from_settings(*, operator: Signer | None = None) -> Chain:
+    """Build the process's `Chain` from Django settings (read only here)."""
+    from django.conf import settings
+
+    return Chain(
+        settings.CHAIN_RPC_URL,
+        chain_id=settings.CHAIN_ID,
+        registry_address=settings.DID_REGISTRY_ADDRESS,
+        mode=settings.CHAIN_WRITE_MODE,
+        operator=operator,
+        max_fee_gwei=settings.CHAIN_MAX_FEE_GWEI,
+        confirmations=settings.CHAIN_CONFIRMATIONS,
+        receipt_timeout=settings.CHAIN_RECEIPT_TIMEOUT,
+        gas_margin=settings.CHAIN_GAS_MARGIN,
+    )
