@@ -206,11 +206,11 @@ def read_csv(path: Path) -> ReadResult:
     ]
     if not lines:
         return result
-    dialect = _sniff("\n".join(line for _, line in lines[:20]))
+    delimiter = _delimiter("\n".join(line for _, line in lines[:50]))
     columns: tuple[str, ...] = _POSITIONAL
     try:
         parsed = [
-            (number, next(csv.reader(io.StringIO(line), dialect)))
+            (number, next(csv.reader(io.StringIO(line), delimiter=delimiter)))
             for number, line in lines
         ]
     except csv.Error as exc:
@@ -249,11 +249,11 @@ def read_csv(path: Path) -> ReadResult:
     return result
 
 
-def _sniff(sample: str) -> type[csv.Dialect] | csv.Dialect:
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t")
-    except csv.Error:
-        return csv.excel
+def _delimiter(sample: str) -> str:
+    # csv.Sniffer gives up when some lines have fewer columns (a bare key line among
+    # labelled ones), so pick the most frequent candidate instead.
+    best = max(",;\t", key=sample.count)
+    return best if sample.count(best) else ","
 
 
 def _is_header(row: list[str]) -> bool:

@@ -219,7 +219,7 @@ def asset_generate(
         pairs.append(_new_asset(address, sealed, chain=chain, kind=kind, label=label))
     with transaction.atomic():
         _write(pairs, progress)
-    logger.info("assets generated", extra={"count": count, "kind": kind})
+    logger.info("assets generated", extra={"asset_count": count, "asset_kind": kind})
     return [asset for asset, _ in pairs]
 
 
@@ -285,9 +285,9 @@ def asset_import_keys(
     logger.info(
         "asset keys imported",
         extra={
-            "created": report.created,
-            "skipped": report.skipped,
-            "invalid": len(report.problems),
+            "assets_created": report.created,
+            "assets_skipped": report.skipped,
+            "entries_invalid": len(report.problems),
         },
     )
     return report
@@ -434,6 +434,6 @@ def asset_rotate_encryption_keys(
         )
     logger.info(
         "asset keys re-encrypted",
-        extra={"count": report.total, "key_id": report.key_id},
+        extra={"asset_count": report.total, "key_id": report.key_id},
     )
     return report
