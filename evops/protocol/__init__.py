@@ -6,12 +6,34 @@ See ../shared/docs/protocol.md §2, §3, §7, §8. Submodules: `dids`, `jwt`, `k
 
 from __future__ import annotations
 
+from evops.protocol.credentials import (
+    AcceptedCredential,
+    RejectedCredential,
+    RejectionReason,
+    check_issued_credential,
+    token_sha256,
+)
 from evops.protocol.dids import (
     DID,
     chain_id_for,
     chain_name_for,
     normalize_address,
     register_chain,
+)
+from evops.protocol.erc1056 import (
+    REGISTRY_EVENTS,
+    VALIDITY_FOREVER,
+    AttributeChanged,
+    DelegateChanged,
+    OwnerChanged,
+    RegistryEvent,
+    attribute_name,
+    decode_registry_log,
+    parse_service_value,
+    service_value,
+    set_attribute_calldata,
+    set_attribute_signed_calldata,
+    set_attribute_signed_digest,
 )
 from evops.protocol.errors import (
     DIDError,
@@ -31,28 +53,62 @@ from evops.protocol.jwt import (
     verify_token,
 )
 from evops.protocol.keys import LocalKeySigner, private_key_to_address
+from evops.protocol.resolver import (
+    AsyncRegistryReader,
+    RegistryReader,
+    build_did_document,
+    find_service_by_hash,
+    find_service_for_claim,
+    resolve_did_document,
+    resolve_did_document_async,
+)
 from evops.protocol.signer import Signer
 
 __all__ = [
     "DID",
+    "REGISTRY_EVENTS",
+    "VALIDITY_FOREVER",
+    "AcceptedCredential",
+    "AsyncRegistryReader",
+    "AttributeChanged",
     "DIDError",
     "DecodedToken",
+    "DelegateChanged",
     "EncodingError",
     "LocalKeySigner",
+    "OwnerChanged",
     "ProtocolError",
+    "RegistryEvent",
+    "RegistryReader",
+    "RejectedCredential",
+    "RejectionReason",
     "SignatureError",
     "Signer",
     "TokenError",
+    "attribute_name",
+    "build_did_document",
     "chain_id_for",
     "chain_name_for",
+    "check_issued_credential",
     "claim_request_token",
+    "decode_registry_log",
     "decode_token",
+    "find_service_by_hash",
+    "find_service_for_claim",
     "identity_token",
     "issued_token",
     "normalize_address",
+    "parse_service_value",
     "private_key_to_address",
     "recover_addresses",
     "register_chain",
+    "resolve_did_document",
+    "resolve_did_document_async",
+    "service_value",
+    "set_attribute_calldata",
+    "set_attribute_signed_calldata",
+    "set_attribute_signed_digest",
     "sign_token",
+    "token_sha256",
     "verify_token",
 ]
