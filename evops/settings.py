@@ -298,6 +298,73 @@ CHAIN_RECEIPT_TIMEOUT = _int("CHAIN_RECEIPT_TIMEOUT", 120, minimum=1)
 # Fraction added to every gas estimate (estimates can be short; see test-stack.md).
 CHAIN_GAS_MARGIN = float(_chain_decimal("CHAIN_GAS_MARGIN", "0.25"))
 
+# --- Pipeline (NATS listener, claim lifecycle, reconciliation) --------------------
+
+
+def _seconds(name: str, default: float) -> float:
+    raw: str = env.str(name, default="")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}.") from None
+    if not value >= 0:
+        raise ImproperlyConfigured(f"{name} must be zero or more, not {raw}.")
+    return value
+
+
+NATS_URL = env.str("NATS_URL", default="nats://127.0.0.1:4222")
+if not NATS_URL.startswith(("nats://", "tls://", "ws://", "wss://")):
+    raise ImproperlyConfigured("NATS_URL must be a nats:// or tls:// URL.")
+NATS_USER = env.str("NATS_USER", default="")
+NATS_PASSWORD = env.str("NATS_PASSWORD", default="")
+NATS_CREDS = env.str("NATS_CREDS", default="")
+NATS_TLS_CA = env.str("NATS_TLS_CA", default="")
+NATS_PREQUALIFICATION_SUBJECT = env.str(
+    "NATS_PREQUALIFICATION_SUBJECT", default="*.prequalification.exchange"
+)
+NATS_CLAIM_EXCHANGE_SUBJECTS = env.list(
+    "NATS_CLAIM_EXCHANGE_SUBJECTS", default=["*.claim-exchange.*.*", "*.claim.exchange"]
+)
+# Empty: core NATS (reconciliation covers downtime). A stream name: JetStream mode,
+# a durable consumer on that stream (created with the subjects above if missing).
+NATS_JETSTREAM_STREAM = env.str("NATS_JETSTREAM_STREAM", default="")
+NATS_JETSTREAM_DURABLE = env.str("NATS_JETSTREAM_DURABLE", default="evops-listener")
+NATS_QUEUE_GROUP = env.str("NATS_QUEUE_GROUP", default="")
+RECONCILE_INTERVAL = _int("RECONCILE_INTERVAL", 900)
+RECONCILE_CONCURRENCY = _int("RECONCILE_CONCURRENCY", 20, minimum=1)
+WORKER_CONCURRENCY = _int("WORKER_CONCURRENCY", 20, minimum=1)
+MAX_ATTEMPTS = _int("MAX_ATTEMPTS", 10, minimum=1)
+RETRY_BASE_SECONDS = _seconds("RETRY_BASE_SECONDS", 2.0)
+RETRY_MAX_SECONDS = _seconds("RETRY_MAX_SECONDS", 600.0)
+PUBLISH_LEASE_SECONDS = _seconds("PUBLISH_LEASE_SECONDS", 600.0)
+INBOUND_PAYLOAD_LIMIT = _int("INBOUND_PAYLOAD_LIMIT", 65536, minimum=256)
+DUPLICATE_WINDOW_SECONDS = _seconds("DUPLICATE_WINDOW_SECONDS", 300.0)
+HEARTBEAT_INTERVAL = _seconds("HEARTBEAT_INTERVAL", 5.0)
+DRAIN_TIMEOUT = _seconds("DRAIN_TIMEOUT", 30.0)
+METRICS_PORT = _int("METRICS_PORT", 0)
+
+# --- Credential store ----------------------------------------------------------------
+
+# Where issued tokens are kept (protocol.md section 6): `ipfs` (an IPFS node's HTTP API)
+# or `cache-server` (the cache server's own /v1/store). The cache server must be able to
+# read the CID, so match what the deployment's cache server is configured with.
+CREDENTIAL_STORE = env.str("CREDENTIAL_STORE", default="ipfs").strip().lower()
+if CREDENTIAL_STORE not in {"ipfs", "cache-server"}:
+    raise ImproperlyConfigured(
+        f"CREDENTIAL_STORE must be ipfs or cache-server, not {CREDENTIAL_STORE!r}."
+    )
+# Base URL of the IPFS HTTP API (kubo's default port is 5001); `/api/v0` is appended.
+IPFS_API_URL = env.str("IPFS_API_URL", default="http://127.0.0.1:5001").strip()
+if not re.match(r"^https?://[^/\s]+(/\S*)?$", IPFS_API_URL):
+    raise ImproperlyConfigured(
+        f"IPFS_API_URL must be an http(s) URL such as http://127.0.0.1:5001, "
+        f"not {IPFS_API_URL!r}."
+    )
+# Seconds one store call may take in all before it counts as a (transient) timeout.
+CREDENTIAL_STORE_TIMEOUT = _float("CREDENTIAL_STORE_TIMEOUT", 10.0)
+
 # --- Logging -------------------------------------------------------------------------
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()

@@ -1,0 +1,134 @@
+"""The external systems the pipeline uses, bundled so services take them as a parameter.
+
+`Integrations` holds the cache-server client, the credential store, the chain, the
+issued-credential checker and the asset-signer lookup. `integrations_from_settings()`
+is the one place that builds the real ones; tests and the console pass their own.
+The `Protocol`s below name exactly what the pipeline calls on each system, so a small
+fake satisfies them in unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from evops.protocol.signer import Signer
+
+
+class RoleLike(Protocol):
+    namespace: str
+    name: str
+    version: int
+
+
+class RoleClaimLike(Protocol):
+    id: str
+    subject: str
+    claim_type: str
+    claim_type_version: Any
+    issued_token: str | None
+    is_accepted: bool
+    is_rejected: bool
+    rejection_reason: str | None
+
+
+class ClaimRequestResultLike(Protocol):
+    claim_id: str | None
+    already_existed: bool
+
+
+class CacheServer(Protocol):
+    async def role(self, signer: Signer, did: str, namespace: str) -> Any: ...
+
+    async def request_claim(
+        self,
+        signer: Signer,
+        did: str,
+        *,
+        role: Any,
+        subject: str | None = None,
+        claim_id: str | None = None,
+    ) -> Any: ...
+
+    async def get_claim(self, signer: Signer, did: str, claim_id: str) -> Any: ...
+
+    async def accepted_claims(self, signer: Signer, did: str) -> Sequence[Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class CredentialStore(Protocol):
+    async def put(self, token: str) -> str: ...
+
+
+class Chain(Protocol):
+    async def publish_attribute(
+        self, asset_signer: Signer, *, name: bytes, value: bytes, validity: int
+    ) -> Any: ...
+
+    async def resolve_document(self, did: str) -> dict[str, Any]: ...
+
+
+CredentialChecker = Callable[..., Any]
+"""`check_issued_credential(token, *, asset_did, allowed_claim_types,
+role_definition, now, issuer_document=None)` from `evops.protocol.credentials`."""
+
+
+@dataclass
+class Integrations:
+    """Everything outside evops' database that a pipeline step may call."""
+
+    cache: CacheServer
+    store: CredentialStore
+    chain: Chain
+    check_credential: CredentialChecker
+    signer_for: Callable[[Any], Signer]
+    prequalification_role: str
+    allowed_claim_types: tuple[str, ...]
+    now: Callable[[], datetime] = field(default=lambda: _utcnow())
+    _closers: list[Any] = field(default_factory=list, repr=False)
+
+    async def aclose(self) -> None:
+        for closer in (self.cache, self.store, self.chain, *self._closers):
+            close = getattr(closer, "aclose", None)
+            if close is not None:
+                await close()
+
+
+def _utcnow() -> datetime:
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+def integrations_from_settings(*, operator: Signer | None = None) -> Integrations:
+    """Build the real integrations from settings (the one place that does).
+
+    In relay mode the chain needs the operator's signer; pass it, or let
+    `assets.signers.operator_signer()` provide it when that backend exists.
+    """
+    from django.conf import settings
+
+    import assets.signers
+    from evops.integrations.cache_server import cache_server_client_from_settings
+    from evops.integrations.chain import chain_from_settings
+    from evops.integrations.credential_store import credential_store_from_settings
+    from evops.protocol.credentials import check_issued_credential
+
+    if operator is None and settings.CHAIN_WRITE_MODE == "relay":
+        factory = getattr(assets.signers, "operator_signer", None)
+        operator = factory() if factory is not None else None
+    chain = chain_from_settings(operator=operator)
+    allowed = tuple(getattr(settings, "ALLOWED_CLAIM_TYPES", ()) or ())
+    role = settings.PREQUALIFICATION_ROLE
+    return Integrations(
+        cache=cache_server_client_from_settings(block_number=chain.block_number),
+        store=credential_store_from_settings(),
+        chain=chain,
+        check_credential=check_issued_credential,
+        signer_for=assets.signers.signer_for_asset,
+        prequalification_role=role,
+        allowed_claim_types=allowed or (role,),
+    )

@@ -1,0 +1,232 @@
+"""Claim records, their history, inbound NATS messages and the listener heartbeat.
+
+A `ClaimRecord` is a state machine (requested → issued → stored → publishing →
+published, plus rejected and failed). Transitions are made by `claims.services` with a
+conditional update (`filter(pk=..., status=expected).update(...)`) that proceeds only
+when exactly one row changed: that single row update is the lock that keeps a
+duplicate message, a racing reconciler and a staff retry from writing to the chain
+twice. Every transition appends a `ClaimEvent`. Every NATS message is stored as an
+`InboundMessage` before anything else happens, so nothing received is ever lost.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class ClaimStatus(models.TextChoices):
+    REQUESTED = "requested", "Requested"
+    ISSUED = "issued", "Issued"
+    STORED = "stored", "Stored"
+    PUBLISHING = "publishing", "Publishing"
+    PUBLISHED = "published", "Published"
+    REJECTED = "rejected", "Rejected"
+    FAILED = "failed", "Failed"
+
+
+# Statuses a claim may still move on from without a staff action.
+OPEN_STATUSES = (
+    ClaimStatus.REQUESTED,
+    ClaimStatus.ISSUED,
+    ClaimStatus.STORED,
+    ClaimStatus.PUBLISHING,
+)
+
+
+class ClaimRecord(models.Model):
+    """One claim of one asset, keyed by the cache server's claim id."""
+
+    asset = models.ForeignKey(
+        "assets.Asset", on_delete=models.PROTECT, related_name="claims"
+    )
+    claim_id = models.CharField(
+        "cache-server claim id", max_length=100, help_text="Id on the cache server."
+    )
+    role = models.CharField("claim type", max_length=200, blank=True, default="")
+    role_version = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(
+        max_length=20,
+        choices=ClaimStatus.choices,
+        default=ClaimStatus.REQUESTED,
+        db_index=True,
+    )
+    issuer_did = models.CharField(max_length=100, blank=True, default="")
+    # The issued credential is a public artefact (it ends up readable by anyone
+    # through the DID document); keeping it lets a retry run without the cache server.
+    token = models.TextField(blank=True, default="")
+    token_sha256 = models.CharField(
+        max_length=64, blank=True, default="", db_index=True
+    )
+    cid = models.CharField("CID", max_length=200, blank=True, default="")
+    service_id = models.CharField(max_length=100, blank=True, default="")
+    tx_hash = models.CharField(max_length=66, blank=True, default="")
+    block_number = models.PositiveBigIntegerField(null=True, blank=True)
+    rejection_reason = models.CharField(max_length=100, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    next_retry_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_error = models.TextField(
+        blank=True, default="", help_text="Readable reason of the last failure."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+    issued_at = models.DateTimeField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["asset", "claim_id"], name="claims_record_asset_claim_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["status", "next_retry_at"], name="claims_record_due_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"claim {self.claim_id} ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+
+class EventActor(models.TextChoices):
+    LISTENER = "listener", "Listener"
+    RECONCILER = "reconciler", "Reconciler"
+    STAFF = "staff", "Staff"
+    SYSTEM = "system", "System"
+
+
+class ClaimEvent(models.Model):
+    """Append-only history of a claim record: what happened, when, by whom."""
+
+    record = models.ForeignKey(
+        ClaimRecord, on_delete=models.CASCADE, related_name="events"
+    )
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    kind = models.CharField(max_length=40)
+    from_status = models.CharField(max_length=20, blank=True, default="")
+    to_status = models.CharField(max_length=20, blank=True, default="")
+    actor = models.CharField(max_length=20, choices=EventActor.choices)
+    actor_label = models.CharField(max_length=150, blank=True, default="")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    message = models.TextField(blank=True, default="")
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} by {self.actor_label or self.actor}"
+
+
+class MessageKind(models.TextChoices):
+    PREQUALIFICATION = "prequalification", "Prequalification request"
+    ISSUE = "issue-credential", "Credential issued"
+    REJECT = "reject-credential", "Credential rejected"
+    REQUEST = "request-credential", "Credential requested"
+    LEGACY = "legacy", "Legacy full claim message"
+    UNKNOWN = "unknown", "Unknown"
+
+
+class MessageOutcome(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROCESSED = "processed", "Processed"
+    IGNORED = "ignored", "Ignored"
+    REJECTED = "rejected", "Rejected"
+    FAILED = "failed", "Failed"
+
+
+class InboundMessage(models.Model):
+    """One NATS message as received, stored before anything acts on it."""
+
+    subject = models.CharField(max_length=255)
+    payload = models.TextField(
+        blank=True, default="", help_text="Up to INBOUND_PAYLOAD_LIMIT bytes."
+    )
+    payload_size = models.PositiveIntegerField(default=0)
+    truncated = models.BooleanField(default=False)
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    dedupe_key = models.CharField(max_length=120, db_index=True)
+    stream_sequence = models.PositiveBigIntegerField(null=True, blank=True)
+    kind = models.CharField(
+        max_length=30, choices=MessageKind.choices, default=MessageKind.UNKNOWN
+    )
+    outcome = models.CharField(
+        max_length=20, choices=MessageOutcome.choices, default=MessageOutcome.PENDING
+    )
+    reason = models.TextField(blank=True, default="")
+    asset_did = models.CharField(max_length=100, blank=True, default="")
+    claim_id = models.CharField(max_length=100, blank=True, default="")
+    record = models.ForeignKey(
+        ClaimRecord,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="messages",
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    listener = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            # A JetStream redelivery (crash between commit and ack) is the same
+            # stream sequence: record it once.
+            models.UniqueConstraint(
+                fields=["dedupe_key"],
+                condition=Q(stream_sequence__isnull=False),
+                name="claims_inbound_stream_seq_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["outcome", "next_attempt_at"], name="claims_inbound_due_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} ({self.outcome})"
+
+
+class ConnectionState(models.TextChoices):
+    STARTING = "starting", "Starting"
+    CONNECTED = "connected", "Connected"
+    RECONNECTING = "reconnecting", "Reconnecting"
+    DISCONNECTED = "disconnected", "Disconnected"
+    DRAINING = "draining", "Draining"
+    STOPPED = "stopped", "Stopped"
+
+
+class ListenerHeartbeat(models.Model):
+    """The live state of one `run_nats_listener` process, for the console."""
+
+    name = models.CharField(max_length=150, unique=True)
+    state = models.CharField(
+        max_length=20, choices=ConnectionState.choices, default=ConnectionState.STARTING
+    )
+    last_heartbeat = models.DateTimeField()
+    started_at = models.DateTimeField()
+    pid = models.PositiveIntegerField(default=0)
+    host = models.CharField(max_length=255, blank=True, default="")
+    mode = models.CharField(max_length=20, blank=True, default="core")
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.state})"

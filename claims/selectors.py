@@ -1,0 +1,111 @@
+"""Reads of the pipeline's tables that are more than a one-line filter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from django.db.models import Count, Min
+from django.utils import timezone
+
+from assets.models import Asset
+from claims.models import (
+    ClaimRecord,
+    ClaimStatus,
+    InboundMessage,
+    ListenerHeartbeat,
+    MessageOutcome,
+)
+
+
+def asset_for_address(address: str) -> Asset | None:
+    """The asset holding `address` (EIP-55), whatever chain label its DID carries."""
+    return Asset.objects.filter(address=address).first()
+
+
+def assets_for_reconciliation(dids: Sequence[str] | None = None) -> list[Asset]:
+    """Active assets, or the ones named (by DID or address), in id order."""
+    query = Asset.objects.filter(active=True)
+    if dids:
+        from evops.protocol.dids import DID
+
+        addresses = [DID.parse(text).address for text in dids]
+        query = Asset.objects.filter(address__in=addresses)
+    return list(query.order_by("id"))
+
+
+def reusable_service_id(
+    *,
+    asset_id: int,
+    role: str,
+    role_version: int | None,
+    exclude_pk: int,
+    entries: Iterable[dict[str, object]],
+) -> str:
+    """Id of a document entry that holds an earlier credential of the same role.
+
+    protocol.md §7: a new credential for the same claimType and version replaces the
+    earlier entry (same service id). The on-chain entry carries no claim type, so
+    the earlier credential is recognised by its hash among this asset's records.
+    """
+    by_hash = {
+        str(entry.get("hash")): str(entry.get("id"))
+        for entry in entries
+        if isinstance(entry.get("hash"), str) and isinstance(entry.get("id"), str)
+    }
+    if not by_hash:
+        return ""
+    known = (
+        ClaimRecord.objects.filter(
+            asset_id=asset_id,
+            role=role,
+            role_version=role_version,
+            token_sha256__in=list(by_hash),
+        )
+        .exclude(pk=exclude_pk)
+        .order_by("-id")
+        .values_list("token_sha256", flat=True)
+        .first()
+    )
+    return by_hash.get(known, "") if known else ""
+
+
+def inbox_backlog(now: datetime | None = None) -> tuple[int, float]:
+    """(pending messages, age in seconds of the oldest one)."""
+    now = now or timezone.now()
+    row = InboundMessage.objects.filter(outcome=MessageOutcome.PENDING).aggregate(
+        count=Count("id"), oldest=Min("received_at")
+    )
+    oldest = row["oldest"]
+    return int(row["count"] or 0), (now - oldest).total_seconds() if oldest else 0.0
+
+
+def claims_by_status() -> dict[str, int]:
+    counts = dict.fromkeys(ClaimStatus.values, 0)
+    for status, count in ClaimRecord.objects.values_list("status").annotate(
+        n=Count("id")
+    ):
+        counts[status] = count
+    return counts
+
+
+def listener_heartbeats() -> list[ListenerHeartbeat]:
+    return list(ListenerHeartbeat.objects.order_by("name"))
+
+
+def claims_for_retry(
+    *,
+    statuses: Sequence[str] = (ClaimStatus.FAILED,),
+    asset_dids: Sequence[str] = (),
+    claim_ids: Sequence[str] = (),
+) -> list[ClaimRecord]:
+    """Records a staff retry would act on (`retry_claims`, the console)."""
+    query = ClaimRecord.objects.select_related("asset").filter(status__in=statuses)
+    if asset_dids:
+        from evops.protocol.dids import DID
+
+        addresses = [DID.parse(text).address for text in asset_dids]
+        query = query.filter(asset__address__in=addresses)
+    if claim_ids:
+        query = query.filter(claim_id__in=claim_ids)
+    return list(query.order_by("id"))

@@ -1,0 +1,735 @@
+"""Writes on claim records and inbound messages: the state machine and the inbox.
+
+Every status change goes through `claim_transition`, a compare-and-set
+(`filter(pk=..., status__in=expected).update(...)`) that proceeds only when exactly one
+row changed and appends a `ClaimEvent` in the same transaction. Whoever wins the CAS
+into `publishing` is the only one allowed to write to the chain for that record, which
+is what keeps a duplicate message, a racing reconciler and a staff retry from causing
+two chain writes. These functions are synchronous (the admin calls them directly);
+the async flows call them through `sync_to_async`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from assets.models import Asset
+from claims import signals
+from claims.models import (
+    ClaimEvent,
+    ClaimRecord,
+    ClaimStatus,
+    EventActor,
+    InboundMessage,
+    MessageKind,
+    MessageOutcome,
+)
+from evops.integrations import nats
+
+log = logging.getLogger(__name__)
+
+ERR_NOT_RETRYABLE = "Only failed claims can be retried (this one is {status})."
+REASON_DUPLICATE = "duplicate of message #{id}"
+REASON_GAVE_UP = "gave up after {attempts} attempts: {error}"
+
+_MAX_ERROR = 2000
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who caused an event: the listener, the reconciler, or a staff user."""
+
+    kind: str
+    label: str = ""
+    user_id: int | None = None
+
+
+LISTENER = Actor(EventActor.LISTENER, "listener")
+RECONCILER = Actor(EventActor.RECONCILER, "reconciler")
+SYSTEM = Actor(EventActor.SYSTEM, "system")
+
+
+def staff_actor(user: Any) -> Actor:
+    """The actor for a staff action (admin or command run by a named user)."""
+    if user is None:
+        return Actor(EventActor.STAFF, "staff")
+    return Actor(EventActor.STAFF, user.get_username(), user.pk)
+
+
+def retry_delay(attempts: int) -> float:
+    """Jittered exponential backoff: base * 2**(attempts-1), capped, times 0.5-1.5."""
+    base = float(settings.RETRY_BASE_SECONDS)
+    cap = float(settings.RETRY_MAX_SECONDS)
+    delay = min(cap, base * (2 ** max(0, attempts - 1)))
+    return float(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
+
+
+def readable_error(error: BaseException | str) -> str:
+    """One readable line for `last_error`: type and message, bounded in length."""
+    if isinstance(error, BaseException):
+        name = type(error).__name__
+        text = f"{name}: {error}" if str(error) else name
+    else:
+        text = error
+    return text[:_MAX_ERROR]
+
+
+# --- claim records -------------------------------------------------------------------
+
+
+def _event(
+    record_id: int,
+    *,
+    actor: Actor,
+    kind: str,
+    from_status: str = "",
+    to_status: str = "",
+    message: str = "",
+    details: Mapping[str, Any] | None = None,
+) -> ClaimEvent:
+    return ClaimEvent.objects.create(
+        record_id=record_id,
+        kind=kind,
+        from_status=from_status,
+        to_status=to_status,
+        actor=actor.kind,
+        actor_label=actor.label,
+        user_id=actor.user_id,
+        message=message[:_MAX_ERROR],
+        details=dict(details or {}),
+    )
+
+
+def _announce(record_id: int, status: str) -> None:
+    transaction.on_commit(
+        lambda: signals.claim_changed.send(
+            sender=ClaimRecord, record_id=record_id, status=status
+        )
+    )
+
+
+def claim_transition(
+    *,
+    record_id: int,
+    expected: Iterable[str],
+    to: str,
+    actor: Actor,
+    kind: str = "",
+    message: str = "",
+    details: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> bool:
+    """Move a record from one of `expected` to `to`, if (and only if) it is there.
+
+    Returns False when another worker, the reconciler or a staff user moved it first;
+    the caller then does nothing further. The event is written in the same
+    transaction as the change, and the live update goes out after commit.
+    """
+    expected = list(expected)
+    with transaction.atomic():
+        current = (
+            ClaimRecord.objects.filter(pk=record_id, status__in=expected)
+            .values_list("status", flat=True)
+            .first()
+        )
+        if current is None:
+            return False
+        changed = ClaimRecord.objects.filter(pk=record_id, status=current).update(
+            status=to, updated_at=timezone.now(), **fields
+        )
+        if changed != 1:
+            return False
+        _event(
+            record_id,
+            actor=actor,
+            kind=kind or to,
+            from_status=current,
+            to_status=to,
+            message=message,
+            details=details,
+        )
+        _announce(record_id, to)
+    return True
+
+
+def claim_note(
+    record_id: int,
+    *,
+    actor: Actor,
+    kind: str,
+    message: str = "",
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Append a history event that does not change the status."""
+    _event(record_id, actor=actor, kind=kind, message=message, details=details)
+
+
+def _lease() -> datetime:
+    return timezone.now() + timedelta(seconds=float(settings.PUBLISH_LEASE_SECONDS))
+
+
+def claim_record_requested(
+    *,
+    asset: Asset,
+    claim_id: str,
+    role: str,
+    role_version: int | None,
+    actor: Actor,
+    details: Mapping[str, Any] | None = None,
+) -> tuple[ClaimRecord, bool]:
+    """Record a filed claim request; an existing record for the id is left alone."""
+    with transaction.atomic():
+        record, created = ClaimRecord.objects.get_or_create(
+            asset=asset,
+            claim_id=claim_id,
+            defaults={
+                "role": role,
+                "role_version": role_version,
+                "status": ClaimStatus.REQUESTED,
+            },
+        )
+        if created:
+            _event(
+                record.pk,
+                actor=actor,
+                kind="requested",
+                to_status=ClaimStatus.REQUESTED,
+                message=f"Claim request filed for {role} v{role_version}.",
+                details=details,
+            )
+            _announce(record.pk, record.status)
+    return record, created
+
+
+def _get_or_create(asset: Asset, claim_id: str, actor: Actor) -> ClaimRecord:
+    try:
+        with transaction.atomic():
+            record, created = ClaimRecord.objects.get_or_create(
+                asset=asset, claim_id=claim_id
+            )
+            if created:
+                _event(
+                    record.pk,
+                    actor=actor,
+                    kind="discovered",
+                    to_status=record.status,
+                    message="First seen in an issue or rejection notice.",
+                )
+    except IntegrityError:
+        # A concurrent worker created it between our SELECT and INSERT.
+        record = ClaimRecord.objects.get(asset=asset, claim_id=claim_id)
+    return record
+
+
+def claim_record_issued(
+    *,
+    asset: Asset,
+    claim_id: str,
+    token: str,
+    token_sha256: str,
+    issuer_did: str,
+    role: str,
+    role_version: int | None,
+    actor: Actor,
+    details: Mapping[str, Any] | None = None,
+) -> tuple[ClaimRecord, bool]:
+    """Record a verified issued credential: requested → issued.
+
+    Returns the record and whether this call moved it. A record already issued (or
+    further along) is returned unchanged, so a duplicate notice is a no-op.
+    """
+    record = _get_or_create(asset, claim_id, actor)
+    moved = claim_transition(
+        record_id=record.pk,
+        expected=[ClaimStatus.REQUESTED],
+        to=ClaimStatus.ISSUED,
+        actor=actor,
+        message=f"Issued by {issuer_did}; token verified.",
+        details={**(details or {}), "token_sha256": token_sha256},
+        token=token,
+        token_sha256=token_sha256,
+        issuer_did=issuer_did,
+        role=role,
+        role_version=role_version,
+        issued_at=timezone.now(),
+        next_retry_at=_lease(),
+        last_error="",
+    )
+    record.refresh_from_db()
+    return record, moved
+
+
+def claim_record_rejected(
+    *,
+    asset: Asset,
+    claim_id: str,
+    reason: str,
+    message: str,
+    actor: Actor,
+    details: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> tuple[ClaimRecord, bool]:
+    """Mark a claim rejected (by its issuer, or because its token failed the checks).
+
+    Never from `publishing` or `published`: a credential already on its way to the
+    chain or on it is not undone by a late notice.
+    """
+    record = _get_or_create(asset, claim_id, actor)
+    moved = claim_transition(
+        record_id=record.pk,
+        expected=[
+            ClaimStatus.REQUESTED,
+            ClaimStatus.ISSUED,
+            ClaimStatus.STORED,
+            ClaimStatus.FAILED,
+        ],
+        to=ClaimStatus.REJECTED,
+        actor=actor,
+        message=message,
+        details={**(details or {}), "reason": reason},
+        rejection_reason=reason[:100],
+        last_error=message[:_MAX_ERROR],
+        next_retry_at=None,
+        **fields,
+    )
+    record.refresh_from_db()
+    return record, moved
+
+
+def claim_record_found(
+    *,
+    asset: Asset,
+    claim_id: str,
+    token: str,
+    token_sha256: str,
+    role: str,
+    role_version: int | None,
+    service_id: str,
+    actor: Actor,
+) -> bool:
+    """The reconciler found the credential in the DID document: mark it published.
+
+    Not from `publishing` (a worker holds it and will find the entry itself) and
+    not from `rejected` (a refused credential stays refused, whatever is on chain).
+    """
+    record = _get_or_create(asset, claim_id, actor)
+    if record.status == ClaimStatus.PUBLISHED:
+        return False
+    return claim_transition(
+        record_id=record.pk,
+        expected=[
+            ClaimStatus.REQUESTED,
+            ClaimStatus.ISSUED,
+            ClaimStatus.STORED,
+            ClaimStatus.FAILED,
+        ],
+        to=ClaimStatus.PUBLISHED,
+        actor=actor,
+        kind="found_published",
+        message="Found in the DID document resolved from chain; nothing written.",
+        details={"service_id": service_id, "token_sha256": token_sha256},
+        token=record.token or token,
+        token_sha256=token_sha256,
+        role=record.role or role,
+        role_version=record.role_version or role_version,
+        service_id=service_id,
+        published_at=timezone.now(),
+        next_retry_at=None,
+        last_error="",
+    )
+
+
+def claim_record_stored(*, record_id: int, cid: str, actor: Actor) -> bool:
+    """issued → stored, with the CID the credential store returned."""
+    return claim_transition(
+        record_id=record_id,
+        expected=[ClaimStatus.ISSUED],
+        to=ClaimStatus.STORED,
+        actor=actor,
+        message=f"Token stored as {cid}.",
+        details={"cid": cid},
+        cid=cid,
+        next_retry_at=_lease(),
+    )
+
+
+def claim_begin_publishing(*, record_id: int, actor: Actor) -> bool:
+    """stored → publishing: the lock that allows exactly one chain write."""
+    return claim_transition(
+        record_id=record_id,
+        expected=[ClaimStatus.STORED],
+        to=ClaimStatus.PUBLISHING,
+        actor=actor,
+        attempts=F("attempts") + 1,
+        next_retry_at=None,
+    )
+
+
+def claim_mark_published(
+    *,
+    record_id: int,
+    actor: Actor,
+    service_id: str,
+    tx_hash: str = "",
+    block_number: int | None = None,
+    message: str = "",
+    details: Mapping[str, Any] | None = None,
+) -> bool:
+    """publishing → published, after the document resolved from chain shows it."""
+    return claim_transition(
+        record_id=record_id,
+        expected=[ClaimStatus.PUBLISHING],
+        to=ClaimStatus.PUBLISHED,
+        actor=actor,
+        message=message,
+        details={**(details or {}), "tx_hash": tx_hash, "service_id": service_id},
+        service_id=service_id,
+        tx_hash=tx_hash,
+        block_number=block_number,
+        published_at=timezone.now(),
+        next_retry_at=None,
+        last_error="",
+    )
+
+
+def claim_schedule_retry(
+    *,
+    record_id: int,
+    expected: str,
+    back_to: str,
+    error: BaseException | str,
+    actor: Actor,
+    details: Mapping[str, Any] | None = None,
+) -> str:
+    """After a transient failure: back to `back_to` with a backoff, or failed.
+
+    Returns the status the record ended in ("" if someone else moved it first).
+    `attempts` counts publication attempts (incremented entering `publishing`), or
+    is incremented here for failures before that point.
+    """
+    text = readable_error(error)
+    row = (
+        ClaimRecord.objects.filter(pk=record_id)
+        .values_list("attempts", flat=True)
+        .first()
+    )
+    if row is None:
+        return ""
+    attempts = row if expected == ClaimStatus.PUBLISHING else row + 1
+    if attempts >= settings.MAX_ATTEMPTS:
+        moved = claim_transition(
+            record_id=record_id,
+            expected=[expected],
+            to=ClaimStatus.FAILED,
+            actor=actor,
+            kind="failed",
+            message=REASON_GAVE_UP.format(attempts=attempts, error=text),
+            details=details,
+            attempts=attempts,
+            last_error=REASON_GAVE_UP.format(attempts=attempts, error=text),
+            next_retry_at=None,
+        )
+        return ClaimStatus.FAILED if moved else ""
+    delay = retry_delay(attempts)
+    moved = claim_transition(
+        record_id=record_id,
+        expected=[expected],
+        to=back_to,
+        actor=actor,
+        kind="retry_scheduled",
+        message=f"{text} (attempt {attempts}; retry in {delay:.1f}s)",
+        details=details,
+        attempts=attempts,
+        last_error=text,
+        next_retry_at=timezone.now() + timedelta(seconds=delay),
+    )
+    return back_to if moved else ""
+
+
+def claim_fail(
+    *,
+    record_id: int,
+    expected: Iterable[str],
+    error: BaseException | str,
+    actor: Actor,
+    details: Mapping[str, Any] | None = None,
+) -> bool:
+    """A permanent failure: → failed with the readable reason."""
+    text = readable_error(error)
+    return claim_transition(
+        record_id=record_id,
+        expected=expected,
+        to=ClaimStatus.FAILED,
+        actor=actor,
+        message=text,
+        details=details,
+        last_error=text,
+        next_retry_at=None,
+    )
+
+
+def claim_retry(*, record: ClaimRecord, actor: Actor) -> bool:
+    """Staff retry of a failed claim: back to the step it failed at, due now.
+
+    A record with a CID goes back to `stored`, one with a token to `issued`,
+    otherwise to `requested`. The listener's worker (or the `retry_claims` command)
+    picks it up; the publication still goes through the CAS into `publishing` and
+    the check against the chain, so a retry never writes twice.
+    """
+    if record.status != ClaimStatus.FAILED:
+        raise ValueError(ERR_NOT_RETRYABLE.format(status=record.status))
+    if record.cid:
+        target = ClaimStatus.STORED
+    elif record.token:
+        target = ClaimStatus.ISSUED
+    else:
+        target = ClaimStatus.REQUESTED
+    return claim_transition(
+        record_id=record.pk,
+        expected=[ClaimStatus.FAILED],
+        to=target,
+        actor=actor,
+        kind="retry",
+        message=f"Retry requested by {actor.label or actor.kind}.",
+        details={"previous_error": record.last_error},
+        attempts=0,
+        next_retry_at=timezone.now(),
+    )
+
+
+def claims_lease_due(*, limit: int) -> list[int]:
+    """Take up to `limit` records due for another try (issued/stored, retry time past).
+
+    Rows are locked with SKIP LOCKED (PostgreSQL) while their retry time is pushed
+    forward by the publication lease, so two workers never take the same record and
+    a crashed worker's records come back when the lease runs out.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        query = ClaimRecord.objects.filter(
+            status__in=[ClaimStatus.ISSUED, ClaimStatus.STORED],
+            next_retry_at__lte=now,
+        ).order_by("next_retry_at")
+        ids = list(_locked(query).values_list("pk", flat=True)[:limit])
+        if ids:
+            ClaimRecord.objects.filter(pk__in=ids).update(next_retry_at=_lease())
+    return ids
+
+
+def claims_release_stale_publishing(*, actor: Actor) -> list[int]:
+    """Hand back records stuck in `publishing` longer than the lease (crashed worker).
+
+    The next attempt resolves the document from chain before writing, so a write
+    that did land is found rather than repeated.
+    """
+    cutoff = timezone.now() - timedelta(seconds=float(settings.PUBLISH_LEASE_SECONDS))
+    released = []
+    for pk in ClaimRecord.objects.filter(
+        status=ClaimStatus.PUBLISHING, updated_at__lt=cutoff
+    ).values_list("pk", flat=True):
+        if claim_transition(
+            record_id=pk,
+            expected=[ClaimStatus.PUBLISHING],
+            to=ClaimStatus.STORED,
+            actor=actor,
+            kind="lease_expired",
+            message="Publication did not finish within the lease; handed back.",
+            next_retry_at=timezone.now(),
+        ):
+            released.append(pk)
+    return released
+
+
+def _locked(query: Any) -> Any:
+    # SQLite has no row locks; there a single listener is the supported setup.
+    if connection.features.has_select_for_update_skip_locked:
+        return query.select_for_update(skip_locked=True)
+    return query
+
+
+# --- inbound messages ----------------------------------------------------------------
+
+
+def dedupe_key(subject: str, payload: bytes) -> str:
+    return hashlib.sha256(subject.encode("utf-8") + b"\n" + payload).hexdigest()
+
+
+def inbound_record(
+    *,
+    subject: str,
+    payload: bytes,
+    kind: str = MessageKind.UNKNOWN,
+    stream: str = "",
+    stream_sequence: int | None = None,
+    listener: str = "",
+) -> InboundMessage:
+    """Store a received message before anything acts on it.
+
+    In JetStream mode the stream sequence is the dedupe key (a redelivery after a
+    crash before the ack is the same row); in core mode the same subject and payload
+    again within `DUPLICATE_WINDOW_SECONDS` is stored as an ignored duplicate, so a
+    triple delivery does one piece of work. The payload is kept up to
+    `INBOUND_PAYLOAD_LIMIT` bytes; its full size is recorded.
+    """
+    limit = int(settings.INBOUND_PAYLOAD_LIMIT)
+    text = payload[:limit].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    fields: dict[str, Any] = {
+        "subject": subject[:255],
+        "payload": text,
+        "payload_size": len(payload),
+        "truncated": len(payload) > limit,
+        "kind": kind,
+        "listener": listener[:150],
+        "next_attempt_at": timezone.now(),
+    }
+    # What cannot be kept faithfully (too large, not UTF-8 text) is refused here:
+    # the worker only ever parses the stored text.
+    early = _unstorable(payload, limit)
+    if early:
+        fields.update(
+            outcome=MessageOutcome.REJECTED,
+            reason=early,
+            processed_at=timezone.now(),
+            next_attempt_at=None,
+        )
+    if stream_sequence is not None:
+        key = f"js:{stream}:{stream_sequence}"
+        try:
+            with transaction.atomic():
+                return InboundMessage.objects.create(
+                    dedupe_key=key, stream_sequence=stream_sequence, **fields
+                )
+        except IntegrityError:
+            return InboundMessage.objects.get(
+                dedupe_key=key, stream_sequence__isnull=False
+            )
+    key = dedupe_key(subject, payload)
+    window_seconds = float(settings.DUPLICATE_WINDOW_SECONDS)
+    window = timezone.now() - timedelta(seconds=window_seconds)
+    with transaction.atomic():
+        # Lock-free check: a duplicate slipping past it is still harmless, because
+        # the claim state machine makes every step idempotent.
+        original = (
+            InboundMessage.objects.filter(dedupe_key=key, received_at__gte=window)
+            .exclude(outcome=MessageOutcome.IGNORED, reason__startswith="duplicate")
+            .order_by("id")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if original is not None:
+            fields.update(
+                outcome=MessageOutcome.IGNORED,
+                reason=REASON_DUPLICATE.format(id=original),
+                processed_at=timezone.now(),
+                next_attempt_at=None,
+            )
+        return InboundMessage.objects.create(dedupe_key=key, **fields)
+
+
+def _unstorable(payload: bytes, limit: int) -> str:
+    if len(payload) > limit:
+        return f"{nats.REASON_TOO_LARGE}: {len(payload)} bytes > {limit}"
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return nats.REASON_NOT_UTF8
+    if "\x00" in text:
+        return nats.REASON_NOT_UTF8
+    return ""
+
+
+def inbound_lease_due(*, limit: int, lease_seconds: float) -> list[int]:
+    """Take up to `limit` pending messages (SKIP LOCKED), leasing them to a worker."""
+    now = timezone.now()
+    with transaction.atomic():
+        query = InboundMessage.objects.filter(
+            outcome=MessageOutcome.PENDING, next_attempt_at__lte=now
+        ).order_by("id")
+        ids = list(_locked(query).values_list("pk", flat=True)[:limit])
+        if ids:
+            InboundMessage.objects.filter(pk__in=ids).update(
+                next_attempt_at=now + timedelta(seconds=lease_seconds),
+                attempts=F("attempts") + 1,
+            )
+    return ids
+
+
+def inbound_finish(
+    *,
+    message_id: int,
+    outcome: str,
+    reason: str = "",
+    kind: str | None = None,
+    asset_did: str = "",
+    claim_id: str = "",
+    record_id: int | None = None,
+) -> None:
+    """Record the outcome of a message: processed, ignored, rejected or failed."""
+    fields: dict[str, Any] = {
+        "outcome": outcome,
+        "reason": reason[:_MAX_ERROR],
+        "processed_at": timezone.now(),
+        "next_attempt_at": None,
+    }
+    if kind:
+        fields["kind"] = kind
+    if asset_did:
+        fields["asset_did"] = asset_did[:100]
+    if claim_id:
+        fields["claim_id"] = claim_id[:100]
+    if record_id is not None:
+        fields["record_id"] = record_id
+    InboundMessage.objects.filter(pk=message_id).update(**fields)
+
+
+def inbound_defer(*, message_id: int, error: BaseException | str) -> str:
+    """A transient failure: try again after a backoff, or give up after MAX_ATTEMPTS."""
+    text = readable_error(error)
+    attempts = (
+        InboundMessage.objects.filter(pk=message_id)
+        .values_list("attempts", flat=True)
+        .first()
+    ) or 0
+    if attempts >= settings.MAX_ATTEMPTS:
+        inbound_finish(
+            message_id=message_id,
+            outcome=MessageOutcome.FAILED,
+            reason=REASON_GAVE_UP.format(attempts=attempts, error=text),
+        )
+        return MessageOutcome.FAILED
+    InboundMessage.objects.filter(pk=message_id).update(
+        reason=text,
+        next_attempt_at=timezone.now() + timedelta(seconds=retry_delay(attempts)),
+    )
+    return MessageOutcome.PENDING
+
+
+def inbound_release(*, message_ids: Iterable[int]) -> None:
+    """Hand leased messages back (shutdown): due now, attempt not counted."""
+    InboundMessage.objects.filter(
+        pk__in=list(message_ids), outcome=MessageOutcome.PENDING
+    ).update(next_attempt_at=timezone.now(), attempts=F("attempts") - 1)
+
+
+def inbound_requeue(*, message_ids: Iterable[int] | None = None) -> int:
+    """Make failed messages pending again (staff)."""
+    query = InboundMessage.objects.filter(outcome=MessageOutcome.FAILED)
+    if message_ids is not None:
+        query = query.filter(pk__in=list(message_ids))
+    return query.update(
+        outcome=MessageOutcome.PENDING,
+        attempts=0,
+        next_attempt_at=timezone.now(),
+        processed_at=None,
+    )

@@ -1,0 +1,185 @@
+"""Small in-memory stand-ins for the integrations, for unit tests of the flows.
+
+The end-to-end tests use the real peers; these fakes only let the state machine and
+the flows be exercised one step at a time, with failures injected on demand.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from claims.integrations import Integrations
+from evops.protocol.credentials import check_issued_credential
+from evops.protocol.dids import DID
+from evops.protocol.jwt import issued_token
+from evops.protocol.keys import LocalKeySigner
+
+ROLE = "prequalified.roles.tso.apps.test.iam.ewc"
+
+
+class FakeError(Exception):
+    def __init__(self, message: str, *, permanent: bool, tx_hash: str | None = None):
+        super().__init__(message)
+        self.permanent = permanent
+        self.tx_hash = tx_hash
+
+
+@dataclass
+class FakeCache:
+    issuer: LocalKeySigner
+    claims: dict[str, Any] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    fail_next: list[Exception] = field(default_factory=list)
+    pending: dict[str, str] = field(default_factory=dict)
+    calls: int = 0
+
+    def _maybe_fail(self) -> None:
+        self.calls += 1
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+
+    async def role(self, signer, did, namespace):
+        self._maybe_fail()
+        issuer = DID.for_address(self.issuer.address).canonical
+        raw = {
+            "namespace": namespace,
+            "definition": {
+                "version": 1,
+                "issuer": {"issuerType": "DID", "did": [issuer]},
+            },
+        }
+        return SimpleNamespace(
+            namespace=namespace, name="prequalified", version=1, raw=raw
+        )
+
+    async def request_claim(self, signer, did, *, role, subject=None, claim_id=None):
+        self._maybe_fail()
+        assert DID.parse(did).address == signer.address
+        self.requests.append((did, role.namespace))
+        if did in self.pending:
+            return SimpleNamespace(claim_id=self.pending[did], already_existed=True)
+        claim_id = claim_id or f"claim-{len(self.requests)}"
+        self.pending[did] = claim_id
+        self.claims[claim_id] = claim(claim_id, did)
+        return SimpleNamespace(claim_id=claim_id, already_existed=False)
+
+    async def get_claim(self, signer, did, claim_id):
+        self._maybe_fail()
+        return self.claims.get(claim_id)
+
+    async def accepted_claims(self, signer, did):
+        self._maybe_fail()
+        return [c for c in self.claims.values() if c.subject == did and c.is_accepted]
+
+    def issue(self, claim_id: str, *, token: str | None = None, **token_kw) -> str:
+        """Play the TSO: sign and attach an issued token to a stored claim."""
+        stored = self.claims[claim_id]
+        token = token or make_token(self.issuer, stored.subject, **token_kw)
+        self.claims[claim_id] = SimpleNamespace(
+            **{**vars(stored), "issued_token": token, "is_accepted": True}
+        )
+        self.pending.pop(stored.subject, None)
+        return token
+
+    def reject(self, claim_id: str, reason: str = "not eligible") -> None:
+        stored = self.claims[claim_id]
+        self.claims[claim_id] = SimpleNamespace(
+            **{**vars(stored), "is_rejected": True, "rejection_reason": reason}
+        )
+
+    async def aclose(self):
+        return None
+
+
+def claim(claim_id: str, did: str, claim_type: str = ROLE) -> SimpleNamespace:
+    return SimpleNamespace(
+        id=claim_id,
+        requester=did,
+        subject=did,
+        claim_type=claim_type,
+        claim_type_version=1,
+        token="request-token",
+        issued_token=None,
+        is_accepted=False,
+        is_rejected=False,
+        rejection_reason=None,
+    )
+
+
+def make_token(
+    issuer: LocalKeySigner,
+    subject: str,
+    *,
+    claim_type: str = ROLE,
+    exp: int | None = None,
+) -> str:
+    return issued_token(
+        issuer,
+        issuer_did=DID.for_address(issuer.address),
+        subject=subject,
+        claim_data={"claimType": claim_type, "claimTypeVersion": 1},
+        exp=exp,
+    )
+
+
+@dataclass
+class FakeStore:
+    puts: list[str] = field(default_factory=list)
+    fail_next: list[Exception] = field(default_factory=list)
+
+    async def put(self, token: str) -> str:
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        self.puts.append(token)
+        import hashlib
+
+        return "bafy" + hashlib.sha256(token.encode()).hexdigest()[:20]
+
+
+@dataclass
+class FakeChain:
+    documents: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    writes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    fail_next: list[Exception] = field(default_factory=list)
+    fail_resolve: list[Exception] = field(default_factory=list)
+    hide_writes: bool = False
+
+    async def publish_attribute(self, asset_signer, *, name, value, validity):
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        entry = json.loads(value)
+        did = DID.for_address(asset_signer.address).address
+        self.writes.append((did, entry))
+        if not self.hide_writes:
+            self.documents.setdefault(did, {})[entry["id"]] = entry
+        return SimpleNamespace(
+            tx_hash="0x" + f"{len(self.writes):064x}",
+            block_number=len(self.writes),
+            gas_used=50000,
+            mode="asset",
+        )
+
+    async def resolve_document(self, did: str) -> dict[str, Any]:
+        if self.fail_resolve:
+            raise self.fail_resolve.pop(0)
+        address = DID.parse(did).address
+        return {"id": did, "service": list(self.documents.get(address, {}).values())}
+
+
+def fake_integrations(
+    issuer: LocalKeySigner, signers: dict[int, LocalKeySigner]
+) -> tuple[Integrations, FakeCache, FakeStore, FakeChain]:
+    cache, store, chain = FakeCache(issuer), FakeStore(), FakeChain()
+    integrations = Integrations(
+        cache=cache,
+        store=store,
+        chain=chain,
+        check_credential=check_issued_credential,
+        signer_for=lambda asset: signers[asset.pk],
+        prequalification_role=ROLE,
+        allowed_claim_types=(ROLE,),
+    )
+    return integrations, cache, store, chain

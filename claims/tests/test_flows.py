@@ -1,0 +1,329 @@
+"""The flows against small fakes of the integrations (one step at a time).
+
+The same behaviours run against the real peers in test_end_to_end.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from claims import flows, services
+from claims.models import ClaimRecord, ClaimStatus, InboundMessage, MessageOutcome
+from claims.services import LISTENER, RECONCILER
+from claims.tests.fakes import FakeError, make_token
+from evops.protocol.keys import LocalKeySigner
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+async def _message(subject: str, payload) -> InboundMessage:
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return await sync_to_async(services.inbound_record)(subject=subject, payload=raw)
+
+
+async def _process(message: InboundMessage, integrations: Any) -> flows.Outcome:
+    return await flows.inbound_process(
+        message_id=message.pk, integrations=integrations, actor=LISTENER
+    )
+
+
+def _issue_subject(asset) -> str:
+    return f"issue-credential.claim-exchange.{asset.did}.ewf-dev"
+
+
+async def test_request_then_issue_publishes_once(make_asset, fakes):
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    request = await _message("tok.prequalification.exchange", {"did": asset.did})
+    outcome = await _process(request, integrations)
+    assert outcome.outcome == MessageOutcome.PROCESSED
+    record = await ClaimRecord.objects.aget(asset=asset)
+    assert record.status == ClaimStatus.REQUESTED
+    assert cache.requests == [(asset.did, integrations.prequalification_role)]
+
+    token = cache.issue(record.claim_id)
+    notice = {"type": "issue-credential", "claimId": record.claim_id}
+    outcome = await _process(
+        await _message(_issue_subject(asset), notice), integrations
+    )
+    assert outcome.outcome == MessageOutcome.PROCESSED
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.PUBLISHED
+    assert record.token_sha256 == flows.token_sha256(token)
+    assert record.tx_hash and record.cid and record.service_id
+    assert len(chain.writes) == 1
+    kinds = [e.kind async for e in record.events.order_by("id")]
+    assert kinds == [
+        "requested",
+        "issued",
+        "stored",
+        "publishing",
+        "written",
+        "published",
+    ]
+
+
+async def test_duplicate_and_racing_notices_write_once(make_asset, fakes, settings):
+    settings.DUPLICATE_WINDOW_SECONDS = 0  # defeat the inbox shortcut: test the CAS
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    await _process(
+        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
+    )
+    record = await ClaimRecord.objects.aget(asset=asset)
+    cache.issue(record.claim_id)
+    notice = {"type": "issue-credential", "claimId": record.claim_id}
+    messages = [await _message(_issue_subject(asset), notice) for _ in range(3)]
+    await asyncio.gather(
+        *(_process(m, integrations) for m in messages),
+        flows.reconcile_assets(
+            assets=[asset], integrations=integrations, actor=RECONCILER, concurrency=2
+        ),
+    )
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.PUBLISHED
+    assert len(chain.writes) == 1
+
+
+async def test_reconcile_publishes_missing_and_marks_present(make_asset, fakes):
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    signer = integrations.signer_for(asset)
+    await cache.request_claim(signer, asset.did, role=await cache.role(None, None, "r"))
+    claim_id = next(iter(cache.claims))
+    cache.issue(claim_id)
+    result = await flows.reconcile_assets(
+        assets=[asset], integrations=integrations, actor=RECONCILER, concurrency=1
+    )
+    assert (result.published, result.already_present, result.errors) == (1, 0, [])
+    again = await flows.reconcile_assets(
+        assets=[asset], integrations=integrations, actor=RECONCILER, concurrency=1
+    )
+    assert (again.published, again.already_present) == (0, 1)
+    assert len(chain.writes) == 1
+
+
+async def test_reconcile_finds_entry_written_before_a_crash(make_asset, fakes):
+    """A record stuck in publishing after its write landed: no second write."""
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    await _process(
+        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
+    )
+    record = await ClaimRecord.objects.aget(asset=asset)
+    cache.issue(record.claim_id)
+    chain.fail_resolve = [None]  # placeholder replaced below
+
+    # First attempt: written, then the confirming resolve fails (transient).
+    calls = {"n": 0}
+    real_resolve = chain.resolve_document
+
+    async def flaky(did):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise FakeError("rpc down", permanent=False)
+        return await real_resolve(did)
+
+    chain.fail_resolve = []
+    chain.resolve_document = flaky
+    notice = {"type": "issue-credential", "claimId": record.claim_id}
+    await _process(await _message(_issue_subject(asset), notice), integrations)
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.STORED
+    assert record.tx_hash  # kept for the operator
+    status = await flows.claim_advance(
+        record_id=record.pk, integrations=integrations, actor=LISTENER
+    )
+    assert status == ClaimStatus.PUBLISHED
+    assert len(chain.writes) == 1
+
+
+async def test_transient_failures_retry_until_published(
+    make_asset, fakes, fast_retries
+):
+    integrations, cache, store, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    await _process(
+        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
+    )
+    record = await ClaimRecord.objects.aget(asset=asset)
+    cache.issue(record.claim_id)
+    store.fail_next = [FakeError("store 503", permanent=False)]
+    chain.fail_next = [FakeError("rpc unreachable", permanent=False)] * 2
+    notice = {"type": "issue-credential", "claimId": record.claim_id}
+    await _process(await _message(_issue_subject(asset), notice), integrations)
+    for _ in range(5):
+        for pk in await sync_to_async(services.claims_lease_due)(limit=10):
+            await flows.claim_process_due(
+                record_id=pk, integrations=integrations, actor=LISTENER
+            )
+        await record.arefresh_from_db()
+        if record.status == ClaimStatus.PUBLISHED:
+            break
+    assert record.status == ClaimStatus.PUBLISHED
+    assert len(chain.writes) == 1
+    assert await record.events.filter(kind="retry_scheduled").acount() == 3
+
+
+async def test_permanent_chain_error_fails_with_reason(make_asset, fakes):
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    await _process(
+        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
+    )
+    record = await ClaimRecord.objects.aget(asset=asset)
+    cache.issue(record.claim_id)
+    chain.fail_next = [FakeError("transaction reverted: not owner", permanent=True)]
+    notice = {"type": "issue-credential", "claimId": record.claim_id}
+    await _process(await _message(_issue_subject(asset), notice), integrations)
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.FAILED
+    assert "transaction reverted: not owner" in record.last_error
+
+
+async def test_cache_server_outage_defers_the_message(make_asset, fakes, fast_retries):
+    integrations, cache, _, _ = fakes
+    asset = await sync_to_async(make_asset)()
+    cache.fail_next = [FakeError("502", permanent=False)]
+    message = await _message("t.prequalification.exchange", {"did": asset.did})
+    await sync_to_async(services.inbound_lease_due)(limit=10, lease_seconds=60)
+    outcome = await _process(message, integrations)
+    assert outcome.outcome == MessageOutcome.PENDING
+    ids = await sync_to_async(services.inbound_lease_due)(limit=10, lease_seconds=60)
+    assert ids == [message.pk]
+    outcome = await _process(message, integrations)
+    assert outcome.outcome == MessageOutcome.PROCESSED
+
+
+@pytest.mark.parametrize(
+    "case", ["forged", "tampered", "expired", "wrong_subject", "unauthorised"]
+)
+async def test_bad_tokens_are_never_published(make_asset, fakes, case):
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    other = await sync_to_async(make_asset)()
+    await _process(
+        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
+    )
+    record = await ClaimRecord.objects.aget(asset=asset)
+    good = make_token(cache.issuer, asset.did)
+    token = {
+        "forged": make_token(LocalKeySigner.generate(), asset.did).replace(
+            make_token(LocalKeySigner.generate(), asset.did).split(".")[0], "x", 0
+        ),
+        "tampered": good[:-10] + ("A" if good[-10] != "A" else "B") + good[-9:],
+        "expired": make_token(cache.issuer, asset.did, exp=int(time.time()) - 10),
+        "wrong_subject": make_token(cache.issuer, other.did),
+        "unauthorised": make_token(LocalKeySigner.generate(), asset.did),
+    }[case]
+    cache.issue(record.claim_id, token=token)
+    notice = {"type": "issue-credential", "claimId": record.claim_id}
+    outcome = await _process(
+        await _message(_issue_subject(asset), notice), integrations
+    )
+    assert outcome.outcome == MessageOutcome.REJECTED
+    assert outcome.reason.startswith(flows.REASON_CREDENTIAL_REJECTED)
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.REJECTED
+    assert record.rejection_reason
+    assert chain.writes == []
+
+
+async def test_forged_legacy_message_does_not_touch_the_claim(make_asset, fakes):
+    integrations, _, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    await _process(
+        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
+    )
+    record = await ClaimRecord.objects.aget(asset=asset)
+    forged = make_token(LocalKeySigner.generate(), asset.did)
+    legacy = {"id": record.claim_id, "requester": asset.did, "issuedToken": forged}
+    outcome = await _process(
+        await _message(f"{asset.did}.claim.exchange", legacy), integrations
+    )
+    assert outcome.outcome == MessageOutcome.REJECTED
+    assert "issuer_not_allowed" in outcome.reason
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.REQUESTED
+    assert chain.writes == []
+
+
+async def test_legacy_message_with_a_good_token_is_published(make_asset, fakes):
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    token = make_token(cache.issuer, asset.did)
+    legacy = {"id": "legacy-1", "requester": asset.did, "issuedToken": token}
+    outcome = await _process(
+        await _message(f"{asset.did}.claim.exchange", legacy), integrations
+    )
+    assert outcome.outcome == MessageOutcome.PROCESSED
+    record = await ClaimRecord.objects.aget(asset=asset, claim_id="legacy-1")
+    assert record.status == ClaimStatus.PUBLISHED
+    assert len(chain.writes) == 1
+
+
+async def test_rejection_notice_is_checked_with_the_cache_server(make_asset, fakes):
+    integrations, cache, _, _ = fakes
+    asset = await sync_to_async(make_asset)()
+    await _process(
+        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
+    )
+    record = await ClaimRecord.objects.aget(asset=asset)
+    subject = f"reject-credential.claim-exchange.{asset.did}.ewf-dev"
+    notice = {"type": "reject-credential", "claimId": record.claim_id}
+    early = await _process(await _message(subject, notice), integrations)
+    assert early.reason == flows.REASON_CLAIM_NOT_REJECTED
+    cache.reject(record.claim_id, "missing documents")
+    await sync_to_async(InboundMessage.objects.all().delete)()
+    outcome = await _process(await _message(subject, notice), integrations)
+    assert outcome.outcome == MessageOutcome.PROCESSED
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.REJECTED
+    assert "missing documents" in record.last_error
+
+
+async def test_unknown_and_inactive_assets_are_ignored(make_asset, fakes):
+    integrations, cache, _, _ = fakes
+    inactive = await sync_to_async(make_asset)(active=False)
+    stranger = LocalKeySigner.generate()
+    unknown = await _process(
+        await _message(
+            "t.prequalification.exchange",
+            {"did": f"did:ethr:volta:{stranger.address}"},
+        ),
+        integrations,
+    )
+    assert (unknown.outcome, unknown.reason) == ("ignored", flows.REASON_UNKNOWN_ASSET)
+    off = await _process(
+        await _message("t.prequalification.exchange", {"did": inactive.did}),
+        integrations,
+    )
+    assert off.reason == flows.REASON_INACTIVE_ASSET
+    assert cache.requests == []
+
+
+async def test_second_credential_of_the_same_role_reuses_the_service_id(
+    make_asset, fakes, settings
+):
+    settings.DUPLICATE_WINDOW_SECONDS = 0
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    for n in range(2):
+        await _process(
+            await _message("t.prequalification.exchange", {"did": asset.did}),
+            integrations,
+        )
+        record = await ClaimRecord.objects.filter(asset=asset).afirst()
+        assert record is not None
+        cache.issue(record.claim_id, exp=int(time.time()) + 3600 + n)
+        notice = {"type": "issue-credential", "claimId": record.claim_id}
+        await _process(await _message(_issue_subject(asset), notice), integrations)
+    assert len(chain.writes) == 2
+    assert chain.writes[0][1]["id"] == chain.writes[1][1]["id"]
+    assert chain.writes[0][1]["hash"] != chain.writes[1][1]["hash"]

@@ -1,0 +1,226 @@
+"""The claim state machine and the inbox (claims/services.py)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from claims import services
+from claims.models import (
+    ClaimEvent,
+    ClaimRecord,
+    ClaimStatus,
+    InboundMessage,
+    MessageOutcome,
+)
+from claims.services import LISTENER, RECONCILER
+from evops.integrations import nats
+
+pytestmark = pytest.mark.django_db
+
+
+def _record(asset, status=ClaimStatus.STORED, **fields) -> ClaimRecord:
+    return ClaimRecord.objects.create(
+        asset=asset, claim_id=fields.pop("claim_id", "c-1"), status=status, **fields
+    )
+
+
+def test_transition_moves_only_from_the_expected_status(make_asset):
+    record = _record(make_asset())
+    assert services.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
+    assert not services.claim_begin_publishing(record_id=record.pk, actor=RECONCILER)
+    record.refresh_from_db()
+    assert record.status == ClaimStatus.PUBLISHING
+    assert record.attempts == 1
+    events = list(record.events.values_list("from_status", "to_status", "actor"))
+    assert events == [("stored", "publishing", "listener")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_cas_into_publishing_has_one_winner(make_asset):
+    record = _record(make_asset())
+    wins: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def race() -> None:
+        barrier.wait()
+        try:
+            wins.append(
+                services.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
+            )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(wins) == [False] * 7 + [True]
+    assert ClaimEvent.objects.filter(record=record, to_status="publishing").count() == 1
+
+
+def test_issued_is_idempotent(make_asset):
+    asset = make_asset()
+    kwargs = dict(
+        asset=asset,
+        claim_id="c-9",
+        token="t.o.k",
+        token_sha256="a" * 64,
+        issuer_did="did:ethr:volta:0x0000000000000000000000000000000000000001",
+        role="r",
+        role_version=1,
+        actor=LISTENER,
+    )
+    record, moved = services.claim_record_issued(**kwargs)
+    assert moved and record.status == ClaimStatus.ISSUED
+    again, moved_again = services.claim_record_issued(**kwargs)
+    assert again.pk == record.pk and not moved_again
+    assert ClaimRecord.objects.count() == 1
+
+
+def test_rejection_never_undoes_publication(make_asset):
+    asset = make_asset()
+    record = _record(asset, status=ClaimStatus.PUBLISHED)
+    _, moved = services.claim_record_rejected(
+        asset=asset, claim_id=record.claim_id, reason="x", message="x", actor=LISTENER
+    )
+    assert not moved
+    record.refresh_from_db()
+    assert record.status == ClaimStatus.PUBLISHED
+
+
+def test_transient_failure_backs_off_then_gives_up(make_asset, settings):
+    settings.MAX_ATTEMPTS = 2
+    record = _record(make_asset())
+    assert services.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
+    status = services.claim_schedule_retry(
+        record_id=record.pk,
+        expected=ClaimStatus.PUBLISHING,
+        back_to=ClaimStatus.STORED,
+        error=TimeoutError("rpc timed out"),
+        actor=LISTENER,
+    )
+    record.refresh_from_db()
+    assert status == ClaimStatus.STORED
+    assert record.next_retry_at is not None
+    assert record.next_retry_at > timezone.now()
+    assert record.last_error == "TimeoutError: rpc timed out"
+    assert services.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
+    status = services.claim_schedule_retry(
+        record_id=record.pk,
+        expected=ClaimStatus.PUBLISHING,
+        back_to=ClaimStatus.STORED,
+        error="still down",
+        actor=LISTENER,
+    )
+    record.refresh_from_db()
+    assert status == ClaimStatus.FAILED == record.status
+    assert record.last_error == services.REASON_GAVE_UP.format(
+        attempts=2, error="still down"
+    )
+
+
+def test_retry_delay_is_jittered_exponential_and_capped(settings):
+    settings.RETRY_BASE_SECONDS = 1
+    settings.RETRY_MAX_SECONDS = 10
+    assert 0.5 <= services.retry_delay(1) <= 1.5
+    assert 4 <= services.retry_delay(4) <= 12
+    assert services.retry_delay(30) <= 15
+
+
+def test_staff_retry_returns_to_the_failed_step(make_asset, admin_user):
+    asset = make_asset()
+    with_cid = _record(asset, status=ClaimStatus.FAILED, claim_id="a", cid="bafy")
+    with_token = _record(asset, status=ClaimStatus.FAILED, claim_id="b", token="t")
+    actor = services.staff_actor(admin_user)
+    assert services.claim_retry(record=with_cid, actor=actor)
+    assert services.claim_retry(record=with_token, actor=actor)
+    with_cid.refresh_from_db()
+    with_token.refresh_from_db()
+    assert (with_cid.status, with_token.status) == (ClaimStatus.STORED, "issued")
+    event = with_cid.events.get(kind="retry")
+    assert (event.actor, event.user_id) == ("staff", admin_user.pk)
+    with pytest.raises(ValueError, match="Only failed claims"):
+        services.claim_retry(record=with_cid, actor=actor)
+
+
+def test_due_records_are_leased_once(make_asset):
+    asset = make_asset()
+    due = _record(asset, claim_id="due", next_retry_at=timezone.now())
+    _record(
+        asset,
+        claim_id="later",
+        next_retry_at=timezone.now() + timedelta(hours=1),
+    )
+    assert services.claims_lease_due(limit=10) == [due.pk]
+    assert services.claims_lease_due(limit=10) == []
+
+
+def test_stale_publishing_is_handed_back(make_asset, settings):
+    settings.PUBLISH_LEASE_SECONDS = 0
+    record = _record(make_asset(), status=ClaimStatus.PUBLISHING)
+    assert services.claims_release_stale_publishing(actor=RECONCILER) == [record.pk]
+    record.refresh_from_db()
+    assert record.status == ClaimStatus.STORED
+
+
+def test_inbound_duplicates_within_the_window_are_ignored():
+    first = services.inbound_record(
+        subject="a.prequalification.exchange", payload=b"{}"
+    )
+    second = services.inbound_record(
+        subject="a.prequalification.exchange", payload=b"{}"
+    )
+    assert first.outcome == MessageOutcome.PENDING
+    assert second.outcome == MessageOutcome.IGNORED
+    assert second.reason == services.REASON_DUPLICATE.format(id=first.pk)
+    assert services.inbound_lease_due(limit=10, lease_seconds=60) == [first.pk]
+
+
+def test_inbound_jetstream_redelivery_is_one_row():
+    one = services.inbound_record(
+        subject="s.prequalification.exchange",
+        payload=b"{}",
+        stream="S",
+        stream_sequence=7,
+    )
+    two = services.inbound_record(
+        subject="s.prequalification.exchange",
+        payload=b"{}",
+        stream="S",
+        stream_sequence=7,
+    )
+    assert one.pk == two.pk
+    assert InboundMessage.objects.count() == 1
+
+
+def test_huge_and_binary_payloads_are_rejected_when_recorded(settings):
+    settings.INBOUND_PAYLOAD_LIMIT = 1000
+    huge = services.inbound_record(
+        subject="t.prequalification.exchange", payload=b"x" * 5000
+    )
+    assert huge.outcome == MessageOutcome.REJECTED
+    assert huge.reason.startswith(nats.REASON_TOO_LARGE)
+    assert (huge.payload_size, huge.truncated, len(huge.payload)) == (5000, True, 1000)
+    binary = services.inbound_record(
+        subject="t.prequalification.exchange", payload=b"\xff\x00"
+    )
+    assert binary.outcome == MessageOutcome.REJECTED
+    assert binary.reason == nats.REASON_NOT_UTF8
+
+
+def test_inbound_defer_then_fail(settings):
+    settings.MAX_ATTEMPTS = 1
+    message = services.inbound_record(
+        subject="t.prequalification.exchange", payload=b"{}"
+    )
+    services.inbound_lease_due(limit=1, lease_seconds=60)
+    assert services.inbound_defer(message_id=message.pk, error="boom") == "failed"
+    message.refresh_from_db()
+    assert message.outcome == MessageOutcome.FAILED
+    assert "boom" in message.reason
