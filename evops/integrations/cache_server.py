@@ -25,6 +25,7 @@ import binascii
 import json
 import logging
 import random
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -252,6 +253,22 @@ class _NoCookies(DefaultCookiePolicy):
         return False
 
 
+class _RedactRefreshToken(logging.Filter):
+    """Keep refresh tokens out of httpx's request log (they travel in the query)."""
+
+    _pattern = re.compile(r"(refresh_token=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "refresh_token=" in message:
+            record.msg = self._pattern.sub(r"\1[redacted]", message)
+            record.args = ()
+        return True
+
+
+_REDACTOR = _RedactRefreshToken()
+
+
 def _json_body(response: httpx.Response) -> Any:
     """The JSON body, or None for the server's empty 200 bodies."""
     if not response.content.strip():
@@ -317,6 +334,7 @@ class CacheServerClient:
         max_sessions: int = 10_000,
         backoff_base: float = 0.2,
         chain_id: int | None = None,
+        refresh_margin: float = _REFRESH_MARGIN_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if login_mode not in LOGIN_MODES:
@@ -333,6 +351,7 @@ class CacheServerClient:
         self._login_mode = login_mode
         self._identity_login_missing = False
         self._chain_id = chain_id
+        self._refresh_margin = refresh_margin
         self._max_sessions = max_sessions
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._semaphore = asyncio.Semaphore(max_concurrency)
@@ -343,13 +362,18 @@ class CacheServerClient:
                 max_connections=max_concurrency,
                 max_keepalive_connections=max_concurrency,
             ),
-            cookies=httpx.Cookies(CookieJar(policy=_NoCookies())),
+            # A bare CookieJar: httpx copies an `httpx.Cookies` into a fresh jar,
+            # which would drop the policy.
+            cookies=CookieJar(policy=_NoCookies()),
             headers={"Accept": "application/json, text/plain, */*"},
             transport=transport,
             follow_redirects=False,
         )
         self.logins = 0
         self.refreshes = 0
+        httpx_logger = logging.getLogger("httpx")
+        if _REDACTOR not in httpx_logger.filters:
+            httpx_logger.addFilter(_REDACTOR)
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
@@ -438,11 +462,11 @@ class CacheServerClient:
 
     async def _access_token(self, signer: Signer, did: str) -> str:
         session = self._session(did)
-        if session.token and session.expires_at - _REFRESH_MARGIN_SECONDS > time.time():
+        if session.token and session.expires_at - self._refresh_margin > time.time():
             return session.token
         async with session.lock:
             now = time.time()
-            if session.token and session.expires_at - _REFRESH_MARGIN_SECONDS > now:
+            if session.token and session.expires_at - self._refresh_margin > now:
                 return session.token
             if session.refresh_token and await self._refresh(session):
                 assert session.token is not None

@@ -306,6 +306,9 @@ class CacheServerStandIn:
         self.refresh_count = 0
         self.request_count = 0
         self.faults_injected = 0
+        self.origin_headers_seen = 0
+        self._serial = 0
+        self._revoked_before = 0
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -329,6 +332,14 @@ class CacheServerStandIn:
         if not isinstance(namespace, str):
             raise ValueError("role needs a namespace")
         self.roles[namespace] = dict(role)
+
+    def revoke_access_tokens(self) -> None:
+        """Invalidate every access token issued so far; refresh tokens stay valid.
+
+        What a server-side key rotation or session purge looks like to a client: its
+        next call answers 401 although the token has not expired.
+        """
+        self._revoked_before = self._serial
 
     def set_faults(
         self,
@@ -472,6 +483,8 @@ class CacheServerStandIn:
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         self.request_count += 1
+        if "Origin" in request.headers:
+            self.origin_headers_seen += 1
         faults = self.faults
         dice = self._random.random()
         if dice < faults.hang_rate:
@@ -532,7 +545,12 @@ class CacheServerStandIn:
 
     def _issue_pair(self, did: str, origin: str | None) -> dict[str, str]:
         now = int(time.time())
-        access: dict[str, Any] = {"did": did, "verifiedRoles": []}
+        self._serial += 1
+        access: dict[str, Any] = {
+            "did": did,
+            "verifiedRoles": [],
+            "jti": self._serial,
+        }
         if origin is not None:
             access["origin"] = origin
         access.update({"iat": now, "exp": now + int(self.access_ttl)})
@@ -569,7 +587,7 @@ class CacheServerStandIn:
             if not token:
                 return _unauthorized()
             payload = self._verify(token)
-            if payload is None:
+            if payload is None or payload.get("jti", 0) <= self._revoked_before:
                 return _unauthorized()
             # The server remembers the login's Origin in the token: a browser request
             # from another origin is refused; server-to-server calls send none.
@@ -762,6 +780,8 @@ class CacheServerStandIn:
     async def _auth_status(self, request: web.Request) -> web.StreamResponse:
         token = self._bearer(request)
         payload = self._verify(token) if token else None
+        if payload is not None and payload.get("jti", 0) <= self._revoked_before:
+            payload = None
         user = payload.get("did") if payload else None
         return web.json_response({"user": user if isinstance(user, str) else None})
 

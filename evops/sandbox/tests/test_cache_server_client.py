@@ -1,0 +1,491 @@
+"""evops' cache-server client against the stand-in over real HTTP (protocol.md §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+from django.test import override_settings
+
+from evops.integrations.cache_server import (
+    ERR_UNAUTHORIZED,
+    CacheServerClient,
+    CacheServerError,
+    ClaimRequestResult,
+    Role,
+    RoleClaim,
+    UnknownRoleError,
+    cache_server_client_from_settings,
+)
+from evops.protocol.dids import DID
+from evops.protocol.jwt import issued_token
+from evops.protocol.keys import LocalKeySigner
+from evops.sandbox.cache_server import CacheServerStandIn, eth_block_number, issue_claim
+
+from .conftest import ROLE
+
+
+@pytest.fixture
+async def client(stand_in, block_number):
+    async with CacheServerClient(
+        stand_in.url, block_number=block_number, backoff_base=0.01
+    ) as c:
+        yield c
+
+
+def make_client(
+    server: CacheServerStandIn, block_number, **kwargs
+) -> CacheServerClient:
+    kwargs.setdefault("backoff_base", 0.01)
+    return CacheServerClient(server.url, block_number=block_number, **kwargs)
+
+
+# --- login and sessions --------------------------------------------------------------
+
+
+async def test_identity_login_and_session_reuse(client, stand_in, asset, asset_did):
+    for _ in range(10):
+        assert await client.auth_status(asset, asset_did) == asset_did
+    await client.role(asset, asset_did, ROLE)
+    assert stand_in.login_count == 1
+    assert stand_in.siwe_login_count == 0
+    assert client.logins == 1
+
+
+async def test_concurrent_calls_of_one_asset_share_one_login(
+    client, stand_in, asset, asset_did
+):
+    await asyncio.gather(*(client.auth_status(asset, asset_did) for _ in range(20)))
+    assert stand_in.login_count == 1
+
+
+async def test_siwe_login_mode(stand_in, block_number, asset, asset_did):
+    async with make_client(stand_in, block_number, login_mode="siwe") as client:
+        assert await client.auth_status(asset, asset_did) == asset_did
+    assert stand_in.siwe_login_count == 1
+
+
+async def test_auto_mode_falls_back_to_siwe_when_identity_login_is_404(
+    make_stand_in, block_number, asset, asset_did
+):
+    server = make_stand_in(identity_login=False)
+    other = LocalKeySigner.generate()
+    async with make_client(server, block_number) as client:
+        assert await client.auth_status(asset, asset_did) == asset_did
+        other_did = DID.for_address(other.address).canonical
+        assert await client.auth_status(other, other_did) == other_did
+    assert server.siwe_login_count == 2
+    # The 404 is learnt once: asset one tries /v1/login, initiate, verify, status;
+    # asset two goes straight to initiate, verify, status.
+    assert server.request_count == 4 + 3
+
+
+async def test_identity_mode_does_not_fall_back(
+    make_stand_in, block_number, asset, asset_did
+):
+    server = make_stand_in(identity_login=False)
+    async with make_client(server, block_number, login_mode="identity") as client:
+        with pytest.raises(CacheServerError) as info:
+            await client.auth_status(asset, asset_did)
+    assert info.value.status == 404
+    assert info.value.permanent is False
+
+
+async def test_no_login_at_all_is_permanent(
+    make_stand_in, block_number, asset, asset_did
+):
+    server = make_stand_in(identity_login=False, siwe_login=False)
+    async with make_client(server, block_number) as client:
+        with pytest.raises(CacheServerError) as info:
+            await client.auth_status(asset, asset_did)
+    assert info.value.permanent is True
+
+
+async def test_stale_block_source_is_a_permanent_login_error(
+    stand_in, rpc_url, asset, asset_did
+):
+    async def stale() -> int:
+        return await eth_block_number(rpc_url) - 20
+
+    async with make_client(stand_in, stale) as client:
+        with pytest.raises(CacheServerError) as info:
+            await client.auth_status(asset, asset_did)
+    assert info.value.status == 401
+    assert info.value.permanent is True
+    assert stand_in.login_count == 0
+
+
+async def test_wrong_signer_for_did_is_refused_locally(client, asset_did):
+    with pytest.raises(ValueError):
+        await client.auth_status(LocalKeySigner.generate(), asset_did)
+
+
+async def test_never_sends_origin(client, stand_in, asset, asset_did):
+    role = await client.role(asset, asset_did, ROLE)
+    await client.request_claim(asset, asset_did, role=role)
+    await client.accepted_claims(asset, asset_did)
+    assert stand_in.request_count > 3
+    assert stand_in.origin_headers_seen == 0
+
+
+async def test_expiry_recovery_refreshes_before_expiry(
+    make_stand_in, block_number, asset, asset_did
+):
+    server = make_stand_in(access_ttl=2)
+    async with make_client(server, block_number, refresh_margin=1.0) as client:
+        assert await client.auth_status(asset, asset_did) == asset_did
+        await asyncio.sleep(1.2)  # now inside the refresh margin
+        assert await client.auth_status(asset, asset_did) == asset_did
+        await asyncio.sleep(2.2)  # the refreshed token has expired too
+        await client.role(asset, asset_did, ROLE)
+    assert server.login_count == 1
+    assert server.refresh_count == 2
+    assert client.refreshes == 2
+
+
+async def test_401_refreshes_once_then_continues(client, stand_in, asset, asset_did):
+    await client.auth_status(asset, asset_did)
+    stand_in.revoke_access_tokens()
+    role = await client.role(asset, asset_did, ROLE)
+    assert role.namespace == ROLE
+    assert stand_in.login_count == 1
+    assert stand_in.refresh_count == 1
+
+
+async def test_401_with_refused_refresh_logs_in_again(
+    make_stand_in, block_number, asset, asset_did
+):
+    server = make_stand_in()
+    async with make_client(server, block_number) as client:
+        await client.auth_status(asset, asset_did)
+        server.revoke_access_tokens()
+        server.refresh_tokens.clear()  # the server forgot every refresh token
+        await client.role(asset, asset_did, ROLE)
+    assert server.login_count == 2
+    assert server.refresh_count == 0
+
+
+async def test_persistent_401_is_permanent(
+    client, stand_in, asset, asset_did, monkeypatch
+):
+    await client.auth_status(asset, asset_did)
+
+    # Every token the server issues from now on is refused at once.
+    original = stand_in._issue_pair
+
+    def issue_revoked(did, origin):
+        pair = original(did, origin)
+        stand_in.revoke_access_tokens()
+        return pair
+
+    monkeypatch.setattr(stand_in, "_issue_pair", issue_revoked)
+    stand_in.revoke_access_tokens()
+    with pytest.raises(CacheServerError) as info:
+        await client.role(asset, asset_did, ROLE)
+    assert info.value.status == 401
+    assert info.value.permanent is True
+    assert ERR_UNAUTHORIZED in str(info.value)
+
+
+async def test_sessions_are_isolated_per_asset(client, stand_in, asset, asset_did):
+    other = LocalKeySigner.generate()
+    other_did = DID.for_address(other.address).canonical
+    assert await client.auth_status(asset, asset_did) == asset_did
+    assert await client.auth_status(other, other_did) == other_did
+    stand_in.revoke_access_tokens()
+    # Both refresh; each must get its own identity back (no shared cookie jar).
+    assert await client.role(other, other_did, ROLE)
+    assert await client.auth_status(other, other_did) == other_did
+    assert await client.role(asset, asset_did, ROLE)
+    assert await client.auth_status(asset, asset_did) == asset_did
+    assert stand_in.refresh_count == 2
+    assert stand_in.login_count == 2
+
+
+async def test_session_lru_is_bounded(stand_in, block_number):
+    signers = [LocalKeySigner.generate() for _ in range(3)]
+    dids = [DID.for_address(s.address).canonical for s in signers]
+    async with make_client(stand_in, block_number, max_sessions=2) as client:
+        for signer, did in zip(signers, dids, strict=True):
+            await client.auth_status(signer, did)
+        await client.auth_status(signers[2], dids[2])  # still cached
+        assert stand_in.login_count == 3
+        await client.auth_status(signers[0], dids[0])  # evicted: logs in again
+        assert stand_in.login_count == 4
+
+
+# --- the calls and their quirks ------------------------------------------------------
+
+
+async def test_role_parsed_and_unknown_role(client, asset, asset_did, issuer_did):
+    role = await client.role(asset, asset_did, ROLE)
+    assert isinstance(role, Role)
+    assert (role.namespace, role.name, role.version) == (ROLE, "prequalified", 1)
+    assert role.issuer_type == "DID"
+    assert role.issuer_dids == (issuer_did,)
+    assert role.issuer_role is None
+    with pytest.raises(UnknownRoleError) as info:
+        await client.role(asset, asset_did, "nothing.roles.x.iam.ewc")
+    assert info.value.permanent is True
+
+
+def test_role_and_claim_parsing_tolerate_unknown_and_missing_fields():
+    role = Role.from_json(
+        {
+            "namespace": ROLE,
+            "definition": {
+                "version": "2.0",
+                "issuer": {"issuerType": "ROLE", "roleName": "tso.roles.x.iam.ewc"},
+                "future": True,
+            },
+            "somethingNew": 1,
+        }
+    )
+    assert (role.version, role.issuer_type, role.issuer_dids) == (2, "ROLE", ())
+    assert role.issuer_role == "tso.roles.x.iam.ewc"
+    claim = RoleClaim.from_json({"id": "x", "claimTypeVersion": "1", "extra": [1]})
+    assert claim.claim_type_version == 1
+    assert claim.issued_token is None and claim.is_accepted is False
+    with pytest.raises(ValueError):
+        RoleClaim.from_json({"claimType": "no id"})
+    with pytest.raises(ValueError):
+        Role.from_json({"namespace": ROLE})
+
+
+async def test_request_claim_and_read_it_back(client, stand_in, asset, asset_did):
+    role = await client.role(asset, asset_did, ROLE)
+    result = await client.request_claim(asset, asset_did, role=role)
+    assert result.already_existed is False
+    assert result.claim_id is not None
+    uuid.UUID(result.claim_id)
+    claim = await client.get_claim(asset, asset_did, result.claim_id)
+    assert claim is not None
+    assert (claim.requester, claim.subject) == (asset_did, asset_did)
+    assert (claim.claim_type, claim.claim_type_version) == (ROLE, 1)
+    assert claim.is_accepted is False
+    stored = stand_in.claims[result.claim_id]
+    assert stored["claimTypeVersion"] == "1"
+    assert stored["registrationTypes"] == ["RegistrationTypes::OffChain"]
+
+
+async def test_request_claim_pending_duplicate_is_success(client, asset, asset_did):
+    role = await client.role(asset, asset_did, ROLE)
+    first = await client.request_claim(asset, asset_did, role=role)
+    second = await client.request_claim(asset, asset_did, role=role)
+    assert second == ClaimRequestResult(claim_id=first.claim_id, already_existed=True)
+
+
+async def test_request_claim_same_id_again(client, stand_in, asset, asset_did):
+    role = await client.role(asset, asset_did, ROLE)
+    claim_id = str(uuid.uuid4())
+    await client.request_claim(asset, asset_did, role=role, claim_id=claim_id)
+    before = stand_in.request_count
+    again = await client.request_claim(asset, asset_did, role=role, claim_id=claim_id)
+    # 400 from the server, resolved by reading the claim: not retried.
+    assert again == ClaimRequestResult(claim_id=claim_id, already_existed=True)
+    assert stand_in.request_count - before == 2
+
+
+async def test_request_claim_unknown_role(client, stand_in, asset, asset_did):
+    ghost = Role(
+        namespace="ghost.roles.x.iam.ewc",
+        name="ghost",
+        version=1,
+        issuer_type="DID",
+        issuer_dids=(),
+        issuer_role=None,
+        raw={},
+    )
+    await client.auth_status(asset, asset_did)  # log in first
+    before = stand_in.request_count
+    with pytest.raises(UnknownRoleError):
+        await client.request_claim(asset, asset_did, role=ghost)
+    # One claim request (500), one role lookup (empty 200): no retry storm.
+    assert stand_in.request_count - before == 2
+
+
+async def test_request_claim_for_foreign_subject_is_permanent(
+    client, stand_in, asset, asset_did
+):
+    role = await client.role(asset, asset_did, ROLE)
+    stranger = DID.for_address(LocalKeySigner.generate().address).canonical
+    before = stand_in.request_count
+    with pytest.raises(CacheServerError) as info:
+        await client.request_claim(asset, asset_did, role=role, subject=stranger)
+    assert (info.value.status, info.value.permanent) == (403, True)
+    assert stand_in.request_count - before == 1  # not retried
+
+
+async def test_get_claim_unknown_is_none(client, asset, asset_did):
+    assert await client.get_claim(asset, asset_did, str(uuid.uuid4())) is None
+
+
+async def test_accepted_claims_after_issuance(
+    client, stand_in, asset, asset_did, issuer, issuer_did, rpc_url
+):
+    role = await client.role(asset, asset_did, ROLE)
+    assert await client.accepted_claims(asset, asset_did) == []
+    result = await client.request_claim(asset, asset_did, role=role)
+    assert result.claim_id is not None
+    token = issued_token(
+        issuer,
+        issuer_did=issuer_did,
+        subject=asset_did,
+        claim_data={"claimType": ROLE, "claimTypeVersion": 1},
+    )
+    status = await issue_claim(
+        stand_in.url,
+        issuer,
+        issuer_did=issuer_did,
+        claim_id=result.claim_id,
+        requester=asset_did,
+        issued_token=token,
+        block_number=await eth_block_number(rpc_url),
+    )
+    assert status == 201
+    accepted = await client.accepted_claims(asset, asset_did)
+    assert [(c.id, c.issued_token, c.accepted_by) for c in accepted] == [
+        (result.claim_id, token, issuer_did)
+    ]
+    assert accepted[0].is_accepted is True
+
+
+async def test_store_round_trip(client, asset, asset_did):
+    token = "eyJhbGciOiJFUzI1NksifQ.eyJzdWIiOiJ4In0.MHgxMjM"
+    cid = await client.store_put(asset, asset_did, token)
+    assert cid.startswith("b")
+    assert await client.store_get(asset, asset_did, cid) == token
+    with pytest.raises(CacheServerError) as info:
+        await client.store_get(asset, asset_did, "bafkreimissing")
+    assert (info.value.status, info.value.permanent) == (404, True)
+
+
+async def test_did_document(client, asset, asset_did):
+    document = await client.did_document(asset, asset_did)
+    assert document["id"] == asset_did
+    other = DID.for_address(LocalKeySigner.generate().address).canonical
+    assert (await client.did_document(asset, asset_did, of=other))["id"] == other
+
+
+# --- transient failures --------------------------------------------------------------
+
+
+async def test_injected_5xx_are_retried_until_success(
+    make_stand_in, block_number, asset, asset_did
+):
+    server = make_stand_in(fail_rate=0.5, seed=7)
+    async with make_client(server, block_number, max_retries=8) as client:
+        role = await client.role(asset, asset_did, ROLE)
+        result = await client.request_claim(asset, asset_did, role=role)
+        claims = [await client.get_claim(asset, asset_did, result.claim_id or "")]
+        for _ in range(10):
+            assert await client.auth_status(asset, asset_did) == asset_did
+    assert claims[0] is not None
+    assert server.faults_injected > 0
+
+
+async def test_5xx_beyond_the_retry_limit_is_transient(
+    client, stand_in, asset, asset_did
+):
+    await client.auth_status(asset, asset_did)
+    stand_in.set_faults(fail_rate=1.0)
+    before = stand_in.request_count
+    with pytest.raises(CacheServerError) as info:
+        await client.role(asset, asset_did, ROLE)
+    assert info.value.permanent is False
+    assert info.value.status in (500, 503)
+    assert stand_in.request_count - before == 5  # 1 + max_retries
+
+
+async def test_claim_request_500s_of_an_outage_stay_transient(
+    client, stand_in, asset, asset_did
+):
+    role = await client.role(asset, asset_did, ROLE)
+    stand_in.set_faults(fail_rate=1.0)
+    with pytest.raises(CacheServerError) as info:
+        await client.request_claim(asset, asset_did, role=role)
+    assert not isinstance(info.value, UnknownRoleError)
+    assert info.value.permanent is False
+
+
+async def test_timeouts_are_transient_and_recover(
+    stand_in, block_number, asset, asset_did
+):
+    async with make_client(
+        stand_in, block_number, timeout=0.3, max_retries=1
+    ) as client:
+        await client.auth_status(asset, asset_did)
+        stand_in.set_faults(hang_rate=1.0)
+        with pytest.raises(CacheServerError) as info:
+            await client.role(asset, asset_did, ROLE)
+        assert info.value.permanent is False
+        assert info.value.status is None
+        stand_in.set_faults(hang_rate=0.0)
+        assert (await client.role(asset, asset_did, ROLE)).namespace == ROLE
+
+
+async def test_connection_refused_is_transient(block_number, asset, asset_did):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    async with CacheServerClient(
+        f"http://127.0.0.1:{port}",
+        block_number=block_number,
+        max_retries=2,
+        backoff_base=0.01,
+    ) as client:
+        with pytest.raises(CacheServerError) as info:
+            await client.auth_status(asset, asset_did)
+    assert info.value.permanent is False
+
+
+async def test_429_is_retried(asset, asset_did, block_number):
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if request.url.path == "/v1/login":
+            return httpx.Response(201, json={"token": "a.e30.c", "refreshToken": "r"})
+        if calls["n"] < 4:
+            return httpx.Response(429, headers={"Retry-After": "0"})
+        return httpx.Response(200, json={"user": asset_did})
+
+    async with CacheServerClient(
+        "http://cache.test",
+        block_number=block_number,
+        backoff_base=0.01,
+        transport=httpx.MockTransport(handler),
+    ) as client:
+        assert await client.auth_status(asset, asset_did) == asset_did
+    assert calls["n"] == 4
+
+
+# --- settings ------------------------------------------------------------------------
+
+
+async def test_client_from_settings(block_number):
+    with override_settings(
+        CACHE_SERVER_URL="http://127.0.0.1:9/v1",
+        CACHE_SERVER_TIMEOUT=2.5,
+        CACHE_SERVER_MAX_CONCURRENCY=3,
+        CACHE_SERVER_LOGIN="siwe",
+    ):
+        client = cache_server_client_from_settings(block_number)
+    try:
+        assert client._base == "http://127.0.0.1:9"
+        assert client._login_mode == "siwe"
+    finally:
+        await client.aclose()
+
+
+def test_bad_login_mode_is_refused():
+    async def never() -> int:
+        raise AssertionError
+
+    with pytest.raises(ValueError):
+        CacheServerClient("http://x", block_number=never, login_mode="password")
