@@ -12,15 +12,20 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from eth_typing import ChecksumAddress
+from eth_utils.address import to_checksum_address
+
 CONTRACTS_DIR = Path(__file__).resolve().parent / "contracts"
 ARTIFACT_PATH = CONTRACTS_DIR / "EthereumDIDRegistry.json"
 
 # Where Energy Web deployed this build (protocol.md section 7).
 VOLTA_CHAIN_ID = 73799
 EWC_CHAIN_ID = 246
-VOLTA_REGISTRY_ADDRESS = "0xC15D5A57A8Eb0e1dCBE5D88B8f9a82017e5Cc4AF"
-EWC_REGISTRY_ADDRESS = "0xE29672f34e92b56C9169f9D485fFc8b9A136BCE4"
-REGISTRY_ADDRESSES: dict[int, str] = {
+VOLTA_REGISTRY_ADDRESS = to_checksum_address(
+    "0xC15D5A57A8Eb0e1dCBE5D88B8f9a82017e5Cc4AF"
+)
+EWC_REGISTRY_ADDRESS = to_checksum_address("0xE29672f34e92b56C9169f9D485fFc8b9A136BCE4")
+REGISTRY_ADDRESSES: dict[int, ChecksumAddress] = {
     VOLTA_CHAIN_ID: VOLTA_REGISTRY_ADDRESS,
     EWC_CHAIN_ID: EWC_REGISTRY_ADDRESS,
 }
