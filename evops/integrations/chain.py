@@ -51,7 +51,10 @@ from web3.providers.rpc import AsyncHTTPProvider
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import BlockIdentifier
 
+from evops.integrations.registry import REGISTRY_ADDRESSES
 from evops.protocol import erc1056
+from evops.protocol.dids import DID
+from evops.protocol.resolver import resolve_did_document_async
 
 if TYPE_CHECKING:
     from evops.protocol.signer import Signer
@@ -61,12 +64,6 @@ logger = logging.getLogger(__name__)
 Mode = Literal["asset", "relay"]
 MODES: tuple[Mode, ...] = ("asset", "relay")
 
-VOLTA_CHAIN_ID = 73799
-EWC_CHAIN_ID = 246
-DEFAULT_REGISTRY_BY_CHAIN: dict[int, str] = {
-    VOLTA_CHAIN_ID: "0xC15D5A57A8Eb0e1dCBE5D88B8f9a82017e5Cc4AF",
-    EWC_CHAIN_ID: "0xE29672f34e92b56C9169f9D485fFc8b9A136BCE4",
-}
 DEFAULT_GAS_MARGIN = 0.25
 # Fixed gas added on top of the proportional margin: the gas trap (test-stack.md) is a
 # constant ~631 gas, which a small proportional margin on a cheap call may not cover.
@@ -308,7 +305,9 @@ class Chain:
         fn = self._registry.functions.identityOwner(to_checksum_address(identity))
         return to_checksum_address(await self._rpc(fn.call()))
 
-    async def logs(self, identity: str, block_number: int) -> list[Any]:
+    async def logs(
+        self, identity: str, block_number: int
+    ) -> list[erc1056.RegistryEvent]:
         """Every registry event for `identity` in one block, in log order."""
         topic = "0x" + bytes.fromhex(identity[2:].lower()).rjust(32, b"\0").hex()
         raw = await self._rpc(
@@ -337,10 +336,8 @@ class Chain:
         """The `AsyncRegistryReader` the protocol resolver walks."""
         return self
 
-    async def resolve_document(self, did: str) -> dict[str, Any]:
+    async def resolve_document(self, did: DID | str) -> dict[str, Any]:
         """The DID document as every reader sees it, straight from chain."""
-        from evops.protocol.resolver import resolve_did_document_async
-
         document = await resolve_did_document_async(
             did, self.reader(), now=int(time.time())
         )
@@ -674,7 +671,7 @@ class Chain:
 
 def default_registry_address(chain_id: int) -> str | None:
     """The registry Energy Web deployed on `chain_id`, if it is Volta or EWC."""
-    return DEFAULT_REGISTRY_BY_CHAIN.get(chain_id)
+    return REGISTRY_ADDRESSES.get(chain_id)
 
 
 def chain_from_settings(*, operator: Signer | None = None) -> Chain:
