@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,18 +79,30 @@ def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_B64_VALUES = {
+    c: i
+    for i, c in enumerate(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    )
+}
+_URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
+
+
 def b64url_decode(segment: str) -> bytes:
     """Strict inverse of `b64url_encode`: no padding, no stray bits, no whitespace."""
-    if not _SEGMENT_RE.match(segment) or len(segment) % 4 == 1:
+    remainder = len(segment) % 4
+    if remainder == 1 or not _SEGMENT_RE.match(segment):
         raise TokenError(ERR_BASE64)
+    # Non-zero unused trailing bits would let two strings decode to the same bytes.
+    if remainder and _B64_VALUES[segment[-1]] & (0x0F if remainder == 2 else 0x03):
+        raise TokenError(ERR_BASE64)
+    padded = segment.encode("ascii").translate(_URLSAFE_TO_STD) + b"=" * (
+        -remainder % 4
+    )
     try:
-        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return binascii.a2b_base64(padded, strict_mode=True)
     except (binascii.Error, ValueError):
         raise TokenError(ERR_BASE64) from None
-    # Non-zero unused trailing bits would let two strings decode to the same bytes.
-    if b64url_encode(data) != segment:
-        raise TokenError(ERR_BASE64)
-    return data
 
 
 def compact_json(value: Mapping[str, Any]) -> bytes:
@@ -119,13 +132,23 @@ def _reject_constant(name: str) -> Any:
     raise TokenError(ERR_JSON)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to inf, which JSON cannot carry
+        raise TokenError(ERR_JSON)
+    return value
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates,
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+)
+
+
 def _json_object(data: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_reject_constant,
-        )
+        value = _DECODER.decode(data.decode("utf-8"))
     except TokenError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -256,6 +256,8 @@ def _seg(obj_bytes: bytes) -> str:
         (_seg(b"{bad") + "." + P + "." + S, jwt.ERR_JSON),
         (_seg(b'{"a":NaN}') + "." + P + "." + S, jwt.ERR_JSON),
         (_seg(b'{"a":1,"a":2}') + "." + P + "." + S, jwt.ERR_DUPLICATE_KEY),
+        (_seg(b'{"a":1e400}') + "." + P + "." + S, jwt.ERR_JSON),
+        (_seg(b'{"a":' + b"9" * 5000 + b"}") + "." + P + "." + S, jwt.ERR_JSON),
         (_seg(b"\xff\xfe{}") + "." + P + "." + S, jwt.ERR_JSON),
         (H + "." + P + "." + _seg(b"0x" + b"ab" * 65), jwt.ERR_SIGNATURE_SHAPE),
         (H + "." + P + "." + _seg(b"0x" + b"AB" * 64 + b"1b"), jwt.ERR_SIGNATURE_SHAPE),
