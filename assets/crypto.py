@@ -23,11 +23,11 @@ from typing import Any
 
 from coincurve._libsecp256k1 import ffi, lib
 from coincurve.context import GLOBAL_CONTEXT
-from Crypto.Hash import keccak as _keccak
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
-from eth_utils.address import to_checksum_address
+
+from evops.protocol._crypto import keccak256
 
 ALGORITHM = "aes-256-gcm/v1"
 SETTING = "EVOPS_KEY_ENCRYPTION_KEYS"
@@ -132,16 +132,13 @@ def _aad(address: str) -> bytes:
 # --- secp256k1 -----------------------------------------------------------------------
 
 
-def keccak256(data: bytes) -> bytes:
-    return bytes(_keccak.new(digest_bits=256, data=data).digest())
-
-
 def eip191_digest(message: bytes) -> bytes:
     """The hash `personal_sign` signs: prefix, decimal length, message."""
     return keccak256(_EIP191_PREFIX + str(len(message)).encode("ascii") + message)
 
 
-def _address_bytes(secret: bytes) -> bytes:
+def _public_key(secret: bytes) -> bytes:
+    """The 64-byte uncompressed public key (x || y) of a valid secret."""
     pubkey = ffi.new("secp256k1_pubkey *")
     if not lib.secp256k1_ec_pubkey_create(GLOBAL_CONTEXT.ctx, pubkey, secret):
         raise InvalidPrivateKey(INVALID_KEY)
@@ -150,11 +147,46 @@ def _address_bytes(secret: bytes) -> bytes:
     lib.secp256k1_ec_pubkey_serialize(
         GLOBAL_CONTEXT.ctx, out, size, pubkey, lib.SECP256K1_EC_UNCOMPRESSED
     )
-    return keccak256(bytes(ffi.buffer(out, 65))[1:])[-20:]
+    return bytes(ffi.buffer(out, 65))[1:]
+
+
+def checksum_address(address20: bytes) -> str:
+    """EIP-55 form of a raw 20-byte address.
+
+    eth-utils' `to_checksum_address` validates and converts its input several times
+    (~20 us); imports derive thousands of addresses, so do just the EIP-55 rule.
+    """
+    lowered = address20.hex()
+    nibbles = keccak256(lowered.encode("ascii")).hex()
+    return "0x" + "".join(
+        char.upper() if nibble in "89abcdef" else char
+        for char, nibble in zip(lowered, nibbles, strict=False)
+    )
 
 
 def _address_of(secret: bytes) -> str:
-    return str(to_checksum_address(_address_bytes(secret)))
+    return checksum_address(keccak256(_public_key(secret))[-20:])
+
+
+# Public keys already proven (by keccak) to belong to an address, keyed by the
+# lowercase address. A later decrypt then compares the derived public key with this
+# one instead of hashing again: equal public keys give equal addresses. Public keys
+# are not secret; the cache is bounded so a huge fleet cannot grow it without limit.
+_VERIFIED_PUBLIC_KEYS: dict[str, bytes] = {}
+_VERIFIED_LIMIT = 100_000
+
+
+def _check_derives(secret: bytes, address: str) -> None:
+    lowered = address.lower()
+    public = _public_key(secret)
+    known = _VERIFIED_PUBLIC_KEYS.get(lowered)
+    if known is not None and known == public:
+        return
+    if keccak256(public)[-20:].hex() != lowered[2:]:
+        raise KeyAddressMismatch(ADDRESS_MISMATCH.format(address=address))
+    if len(_VERIFIED_PUBLIC_KEYS) >= _VERIFIED_LIMIT:
+        _VERIFIED_PUBLIC_KEYS.clear()
+    _VERIFIED_PUBLIC_KEYS[lowered] = public
 
 
 def _sign(secret: bytes, digest: bytes) -> bytes:
@@ -218,8 +250,9 @@ def _open(sealed: SealedKey, address: str) -> bytes:
         raise KeyDecryptionFailed(
             DECRYPT_FAILED.format(address=address, key_id=sealed.key_id)
         ) from None
-    if len(secret) != 32 or _address_bytes(secret) != bytes.fromhex(address[2:]):
+    if len(secret) != 32:
         raise KeyAddressMismatch(ADDRESS_MISMATCH.format(address=address))
+    _check_derives(secret, address)
     return secret
 
 

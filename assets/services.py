@@ -21,7 +21,7 @@ from assets import crypto, importers
 from assets.importers import KeyEntry
 from assets.models import Asset, AssetKey, AssetKind
 from assets.signers import sealed_from_row
-from evops.protocol.dids import DID, VOLTA
+from evops.protocol.dids import DID, ERR_SHAPE, VOLTA, chain_id_for, chain_name_for
 from evops.protocol.errors import DIDError
 
 logger = logging.getLogger(__name__)
@@ -127,11 +127,12 @@ def _new_asset(
     external_id: str = "",
     label: str = "",
 ) -> tuple[Asset, crypto.SealedKey]:
-    did = DID.for_address(address, chain)
+    # `address` comes from crypto (already EIP-55) and `chain` was checked by the
+    # caller, so build the canonical DID string without re-validating per asset.
     asset = Asset(
-        did=did.canonical,
-        address=did.address,
-        chain=did.chain,
+        did=f"did:ethr:{chain}:{address}",
+        address=address,
+        chain=chain,
         kind=kind,
         external_id=external_id,
         label=label,
@@ -175,6 +176,7 @@ def asset_create_from_key(
 
     Raises `crypto.InvalidPrivateKey` or `AssetExists`.
     """
+    chain_id_for(chain)
     address, sealed = crypto.seal_private_key(private_key)
     existing = Asset.objects.filter(address=address).first()
     if existing is not None:
@@ -207,6 +209,7 @@ def asset_generate(
         raise ValueError("count must be at least 1")
     if kind not in AssetKind.values:
         raise ValueError(ERR_BAD_KIND.format(choices=", ".join(AssetKind.values)))
+    chain_id_for(chain)
     start = (
         Asset.objects.filter(label__startswith=label_prefix).count() + 1
         if label_prefix
@@ -245,6 +248,7 @@ def asset_import_keys(
     """
     if kind not in AssetKind.values:
         raise ValueError(ERR_BAD_KIND.format(choices=", ".join(AssetKind.values)))
+    chain_id_for(chain)  # DIDError for an unknown chain, before any work
     read = importers.read_paths(paths, format=format)
     report = ImportReport(entries=len(read.entries) + len(read.problems))
     report.problems.extend(ImportProblem(p.location, p.message) for p in read.problems)
@@ -315,12 +319,12 @@ def _check_entry(
     asset_chain = chain
     if entry.did:
         try:
-            did = DID.parse(entry.did, default_chain=chain)
+            did_chain = _did_chain(entry.did, address, chain)
         except DIDError as exc:
             return ERR_BAD_DID.format(reason=exc)
-        if did.address != address:
+        if did_chain is None:
             return ERR_DID_MISMATCH.format(address=address)
-        asset_chain = did.chain
+        asset_chain = did_chain
     kind = _kind(entry.kind, default_kind)
     if kind is None:
         return ERR_BAD_KIND.format(choices=", ".join(AssetKind.values))
@@ -343,6 +347,33 @@ def _check_entry(
     )
     checked.append((entry, asset, sealed))
     return True
+
+
+def _did_chain(text: str, address: str, default_chain: str) -> str | None:
+    """The chain of DID `text` if it names `address` (EIP-55), else None.
+
+    The common case, a DID naming exactly this address (any single case), is decided
+    without recomputing checksums; anything else goes through `DID.parse`, which
+    raises `DIDError` for a malformed DID.
+    """
+    network, _, candidate = text.removeprefix("did:ethr:").rpartition(":")
+    if (
+        text.startswith("did:ethr:")
+        and ":" not in network
+        and candidate.lower() == address.lower()
+        and candidate[2:] in (address[2:], address[2:].lower(), address[2:].upper())
+    ):
+        if not network:
+            return default_chain
+        if network.startswith("0x"):
+            try:
+                return chain_name_for(int(network, 16))
+            except ValueError:
+                raise DIDError(ERR_SHAPE) from None
+        chain_id_for(network)
+        return network
+    did = DID.parse(text, default_chain=default_chain)
+    return did.chain if did.address == address else None
 
 
 def _drop_existing(

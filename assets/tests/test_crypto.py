@@ -10,6 +10,9 @@ from django.test import override_settings
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_keys.datatypes import Signature
+from eth_utils.address import to_checksum_address
+from hypothesis import given
+from hypothesis import strategies as st
 
 from assets import crypto
 from assets.tests.conftest import (
@@ -235,3 +238,24 @@ def test_eip191_digest_matches_eth_account():
     assert crypto.eip191_digest(message) == _hash_eip191_message(
         encode_defunct(message)
     )
+
+
+def test_a_forged_key_is_refused_even_after_the_address_was_verified():
+    key, other = make_key(), make_key()
+    address, sealed = crypto.seal_private_key(other.hex)
+    crypto.verify(sealed, address=address)  # remembers other's public key
+    nonce = os.urandom(12)
+    ciphertext = AESGCM(dict(settings.EVOPS_KEY_ENCRYPTION_KEYS)["test1"]).encrypt(
+        nonce,
+        bytes.fromhex(key.hex[2:]),
+        b"evops/asset-key/v1|" + address.lower().encode(),
+    )
+    forged = crypto.SealedKey("test1", crypto.ALGORITHM, nonce, ciphertext)
+    with pytest.raises(crypto.KeyAddressMismatch):
+        crypto.sign_hash(forged, address=address, digest=b"\x01" * 32)
+    crypto.verify(sealed, address=address)
+
+
+@given(st.binary(min_size=20, max_size=20))
+def test_checksum_address_is_eip55(raw):
+    assert crypto.checksum_address(raw) == to_checksum_address(raw)

@@ -25,6 +25,7 @@ from assets.tests.conftest import (
     write_keymanager,
     write_keystore,
 )
+from evops.protocol.errors import DIDError
 
 pytestmark = pytest.mark.django_db
 
@@ -313,3 +314,64 @@ def test_rotation_without_the_old_key_names_the_setting():
     ):
         asset_rotate_encryption_keys()
     assert set(AssetKey.objects.values_list("key_id", flat=True)) == {"test1"}
+
+
+@pytest.mark.parametrize(
+    ("form", "chain"),
+    [
+        ("did:ethr:{lower}", "volta"),
+        ("did:ethr:{upper}", "volta"),
+        ("did:ethr:volta:{address}", "volta"),
+        ("did:ethr:ewc:{address}", "ewc"),
+        ("did:ethr:0x12047:{address}", "volta"),
+        ("did:ethr:0xf6:{lower}", "ewc"),
+    ],
+)
+def test_every_did_form_of_the_key_is_accepted(tmp_path, form, chain):
+    key = make_key()
+    did = form.format(
+        address=key.address,
+        lower=key.address.lower(),
+        upper="0x" + key.address[2:].upper(),
+    )
+    db = write_keymanager(tmp_path / "keymanager.db", [(did, key.hex)])
+    asset_import_keys(paths=[db])
+    asset = Asset.objects.get()
+    assert asset.did == f"did:ethr:{chain}:{key.address}"
+    assert asset.chain == chain
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "did:ethr:mainnet:{address}",  # unknown chain
+        "did:ethr:0xzz:{address}",
+        "did:ethr:0x1:{address}",  # unknown chain id
+        "did:web:{address}",
+        "did:ethr:volta:extra:{address}",
+        "did:ethr:{badcase}",  # mixed case with a wrong checksum
+        "did:ethr:0x1234",
+    ],
+)
+def test_malformed_dids_are_reported_as_such(tmp_path, form):
+    key = make_key()
+    hexpart = key.address[2:]
+    swapped = "".join(c.lower() if c.isupper() else c.upper() for c in hexpart)
+    if swapped in (hexpart.lower(), hexpart.upper()):
+        swapped = hexpart[:-1] + ("a" if hexpart[-1] != "a" else "b")
+    did = form.format(address=key.address, badcase="0x" + swapped)
+    db = write_keymanager(tmp_path / "keymanager.db", [(did, key.hex)])
+    with pytest.raises(ImportRejected) as info:
+        asset_import_keys(paths=[db])
+    (problem,) = info.value.report.problems
+    assert problem.message.startswith("malformed DID") or problem.message.startswith(
+        "the DID does not match"
+    )
+    assert Asset.objects.count() == 0
+
+
+def test_an_unknown_chain_is_refused_up_front(tmp_path):
+    with pytest.raises(DIDError):
+        asset_import_keys(paths=[tmp_path], chain="mainnet")
+    with pytest.raises(DIDError):
+        asset_generate(count=1, chain="mainnet")
