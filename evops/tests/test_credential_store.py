@@ -1,0 +1,446 @@
+"""The credential store (evops/integrations/credential_store.py).
+
+Against a real js-ipfs node and the cache-server stand-in over real HTTP; the answers
+no healthy peer gives (junk bodies, non-UTF-8, hanging) through httpx.MockTransport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from django.test import override_settings
+
+from evops.integrations.cache_server import CacheServerClient
+from evops.integrations.credential_store import (
+    ERR_BAD_RESPONSE,
+    ERR_HTTP,
+    ERR_TIMEOUT,
+    ERR_UNREACHABLE,
+    CacheServerStore,
+    CredentialStore,
+    CredentialStoreError,
+    IpfsStore,
+    credential_store_from_settings,
+)
+from evops.protocol.dids import DID
+from evops.protocol.keys import LocalKeySigner
+from evops.sandbox.cache_server import CacheServerStandIn
+from evops.sandbox.peers import IpfsNode, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A JWT-shaped token with non-ASCII in it: the store must give back the same bytes.
+TOKEN = (
+    "eyJhbGciOiJFUzI1NksiLCJ0eXAiOiJKV1QifQ."
+    "eyJzdWIiOiJkaWQ6ZXRocjp2b2x0YToweDEyMyIsIm5hbWUiOiJSw6lzZWF1IOKckyDwnZCeIn0."
+    "c2lnbmF0dXJl-Réseau ✓ 𝄞 Ω"
+)
+# A CIDv0 no node in this test run holds: a cat for it can only time out.
+MISSING_CID = "QmYAXgX8ARiriupMQsbGXtKdDyGzWry1YV3sycKw1qqmgH"
+
+
+def _mock_client(handler) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+# --- IPFS, real node --------------------------------------------------------------
+
+
+@pytest.fixture
+async def ipfs(ipfs_node):
+    async with IpfsStore(ipfs_node.api_url, timeout=10) as store:
+        yield store
+
+
+@pytest.mark.peers
+async def test_ipfs_round_trip_returns_the_exact_token(ipfs):
+    assert isinstance(ipfs, CredentialStore)
+    cid = await ipfs.put(TOKEN)
+    assert cid.startswith("Qm")
+    assert len(cid) == 46
+    got = await ipfs.get(cid)
+    assert got == TOKEN
+    assert got.encode("utf-8") == TOKEN.encode("utf-8")
+
+
+@pytest.mark.peers
+async def test_ipfs_same_token_same_cid_other_token_other_cid(ipfs):
+    first = await ipfs.put(TOKEN)
+    assert await ipfs.put(TOKEN) == first
+    assert await ipfs.put(TOKEN + ".") != first
+
+
+@pytest.mark.peers
+async def test_ipfs_add_pins_what_it_stores(ipfs, ipfs_node):
+    cid = await ipfs.put(TOKEN + " pinned")
+    async with httpx.AsyncClient(base_url=ipfs_node.api_url, timeout=10) as http:
+        response = await http.post("/api/v0/pin/ls", params={"arg": cid})
+    assert response.status_code == 200
+    assert cid in response.text
+
+
+@pytest.mark.peers
+async def test_ipfs_cid_v1_is_base32_and_round_trips(ipfs_node):
+    async with IpfsStore(f"{ipfs_node.api_url}/api/v0/", cid_version=1) as store:
+        cid = await store.put(TOKEN)
+        assert cid.startswith("baf")
+        assert cid == cid.lower()
+        assert await store.get(cid) == TOKEN
+
+
+@pytest.mark.peers
+async def test_ipfs_cat_of_an_unknown_cid_is_a_transient_error_not_a_hang(ipfs):
+    # The client allows 10 s; the node's own 2 s search limit answers first.
+    with pytest.raises(CredentialStoreError) as info:
+        await ipfs.get(MISSING_CID)
+    assert info.value.permanent is False
+    assert ERR_HTTP in str(info.value)
+    assert "HTTP 500" in str(info.value)
+    assert "timed out" in str(info.value)
+
+
+@pytest.mark.peers
+async def test_ipfs_malformed_cid_is_a_permanent_error(ipfs):
+    with pytest.raises(CredentialStoreError) as info:
+        await ipfs.get("not-a-cid")
+    assert info.value.permanent is True
+    assert "HTTP 400" in str(info.value)
+
+
+@pytest.mark.peers
+async def test_ipfs_unknown_api_path_is_a_permanent_error(ipfs_node):
+    async with IpfsStore(f"{ipfs_node.api_url}/no/such/prefix") as store:
+        with pytest.raises(CredentialStoreError) as info:
+            await store.put(TOKEN)
+    assert info.value.permanent is True
+    assert "HTTP 404" in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
+async def test_ipfs_nothing_listening_is_a_transient_error():
+    async with IpfsStore(f"http://127.0.0.1:{free_port()}", timeout=5) as store:
+        with pytest.raises(CredentialStoreError) as info:
+            await store.put(TOKEN)
+    assert info.value.permanent is False
+    assert ERR_UNREACHABLE in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
+@pytest.mark.peers
+async def test_ipfs_node_going_away_mid_call_is_a_transient_error():
+    # Its own node: this test kills it. js-ipfs ignores SIGTERM while the cat is
+    # open, so stop() ends with SIGKILL after the grace period.
+    with IpfsNode(stop_grace=0.5) as node:
+        async with IpfsStore(node.api_url, timeout=60, cat_timeout=30) as store:
+            cid = await store.put(TOKEN)
+            assert await store.get(cid) == TOKEN
+            pending = asyncio.create_task(store.get(MISSING_CID))
+            await asyncio.sleep(0.5)  # let the request reach the node
+            assert not pending.done()
+            await asyncio.to_thread(node.stop)
+            with pytest.raises(CredentialStoreError) as info:
+                await pending
+            assert info.value.permanent is False
+            assert ERR_UNREACHABLE in str(info.value)
+
+            # And with the node gone, the next call fails the same way.
+            with pytest.raises(CredentialStoreError) as again:
+                await store.put(TOKEN)
+            assert again.value.permanent is False
+
+
+# --- IPFS, answers a healthy node does not give ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "permanent"),
+    [(500, False), (502, False), (503, False), (429, False), (400, True), (403, True)],
+)
+async def test_ipfs_status_codes_decide_permanence(status, permanent):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"Message": "nope", "Code": 0})
+
+    store = IpfsStore("http://ipfs.test", client=_mock_client(handler))
+    with pytest.raises(CredentialStoreError) as info:
+        await store.put(TOKEN)
+    assert info.value.permanent is permanent
+    assert f"HTTP {status} nope" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [(b"<html>proxy</html>", "body is not JSON"), (b'{"Name":"x"}', "no Hash")],
+)
+async def test_ipfs_unusable_add_answers_are_permanent(body, fragment):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body)
+
+    store = IpfsStore("http://ipfs.test", client=_mock_client(handler))
+    with pytest.raises(CredentialStoreError) as info:
+        await store.put(TOKEN)
+    assert info.value.permanent is True
+    assert ERR_BAD_RESPONSE in str(info.value)
+    assert fragment in str(info.value)
+
+
+async def test_ipfs_add_request_shape_and_ndjson_answer():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        # With progress on, the node streams one JSON object per line; the file's
+        # own line comes last.
+        return httpx.Response(
+            200, content=b'{"Bytes":10}\n{"Name":"credential","Hash":"QmAbc"}\n'
+        )
+
+    store = IpfsStore("http://ipfs.test:5001/", client=_mock_client(handler))
+    assert await store.put(TOKEN) == "QmAbc"
+    request = seen[0]
+    assert request.method == "POST"
+    assert request.url.path == "/api/v0/add"
+    assert request.url.params["pin"] == "true"
+    assert request.url.params["cid-version"] == "0"
+    assert TOKEN.encode("utf-8") in request.content
+
+
+async def test_ipfs_cat_always_sends_a_node_side_timeout_below_ours():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=TOKEN.encode("utf-8"))
+
+    store = IpfsStore("http://ipfs.test", timeout=3, client=_mock_client(handler))
+    assert await store.get("QmAbc") == TOKEN
+    assert seen[0].url.params["arg"] == "QmAbc"
+    assert seen[0].url.params["timeout"] == "1.5s"
+
+
+async def test_ipfs_cat_answer_that_is_not_utf8_is_permanent():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"\xff\xfe\x00junk")
+
+    store = IpfsStore("http://ipfs.test", client=_mock_client(handler))
+    with pytest.raises(CredentialStoreError) as info:
+        await store.get("QmAbc")
+    assert info.value.permanent is True
+    assert "not UTF-8" in str(info.value)
+
+
+async def test_a_server_that_never_answers_is_a_transient_timeout():
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return httpx.Response(200)
+
+    store = IpfsStore("http://ipfs.test", timeout=0.2, client=_mock_client(handler))
+    with pytest.raises(CredentialStoreError) as info:
+        await store.get("QmAbc")
+    assert info.value.permanent is False
+    assert ERR_TIMEOUT in str(info.value)
+
+
+def test_ipfs_store_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        IpfsStore("http://x", cid_version=2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        IpfsStore("http://x", timeout=0)
+
+
+# --- cache server --------------------------------------------------------------------
+
+
+@pytest.fixture
+def stand_in():
+    async def block_number() -> int:
+        return 1000
+
+    with CacheServerStandIn(None, None, block_number=block_number) as server:
+        yield server
+
+
+@pytest.fixture
+async def cache_store(stand_in):
+    """A CacheServerStore whose requests are authenticated as one asset."""
+    signer = LocalKeySigner.generate()
+    did = DID.for_address(signer.address).canonical
+
+    async def block_number() -> int:
+        return 1000
+
+    async with CacheServerClient(stand_in.url, block_number=block_number) as client:
+
+        async def request(method: str, path: str, /, **kwargs) -> httpx.Response:
+            # cache_server.py has no public per-asset request function; its session
+            # handling (login, refresh, 401 recovery) sits behind `_call`.
+            return await client._call(
+                signer, did, method, path, json_body=kwargs.get("json")
+            )
+
+        yield CacheServerStore(request, timeout=10)
+
+
+async def test_cache_server_round_trip_returns_the_exact_token(cache_store, stand_in):
+    assert isinstance(cache_store, CredentialStore)
+    cid = await cache_store.put(TOKEN)
+    assert cid.startswith("b")
+    assert stand_in.store[cid] == TOKEN
+    assert await cache_store.get(cid) == TOKEN
+    assert await cache_store.put(TOKEN) == cid
+
+
+async def test_cache_server_unknown_cid_is_permanent(cache_store):
+    with pytest.raises(CredentialStoreError) as info:
+        await cache_store.get("bafkreimissing")
+    assert info.value.permanent is True
+    assert "HTTP 404" in str(info.value)
+
+
+async def test_cache_server_failures_are_transient(cache_store, stand_in):
+    stand_in.set_faults(fail_rate=1.0)
+    with pytest.raises(CredentialStoreError) as info:
+        await cache_store.put(TOKEN)
+    assert info.value.permanent is False
+    assert TOKEN not in str(info.value)
+
+
+async def test_cache_server_store_with_an_httpx_client():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            assert request.url.path == "/v1/store"
+            assert (
+                request.read()
+                == httpx.Request(
+                    "POST", "http://x", json={"data": TOKEN, "type": "S3"}
+                ).read()
+            )
+            return httpx.Response(201, text="bafkreiabc")
+        assert request.url.path == "/v1/store/bafkreiabc"
+        # NestJS may send a string as JSON: unwrap it.
+        return httpx.Response(200, json=TOKEN)
+
+    async with httpx.AsyncClient(
+        base_url="http://cache.test", transport=httpx.MockTransport(handler)
+    ) as http:
+        store = CacheServerStore(http)
+        assert await store.put(TOKEN) == "bafkreiabc"
+        assert await store.get("bafkreiabc") == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("response", "permanent"),
+    [
+        (httpx.Response(200, content=b""), True),  # empty: no such entry
+        (httpx.Response(201, text="not a cid"), True),
+        (httpx.Response(503), False),
+        (httpx.Response(400, json={"message": ["data must be a string"]}), True),
+    ],
+)
+async def test_cache_server_unusable_answers(response: httpx.Response, permanent):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return response
+
+    async with httpx.AsyncClient(
+        base_url="http://cache.test", transport=httpx.MockTransport(handler)
+    ) as http:
+        store = CacheServerStore(http)
+        with pytest.raises(CredentialStoreError) as info:
+            if response.status_code == 200:
+                await store.get("bafkreiabc")
+            else:
+                await store.put(TOKEN)
+    assert info.value.permanent is permanent
+
+
+class _AuthError(Exception):
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@pytest.mark.parametrize("permanent", [True, False])
+async def test_cache_server_requester_errors_keep_their_verdict(permanent):
+    async def request(method: str, path: str, /, **kwargs) -> httpx.Response:
+        raise _AuthError("login refused", permanent=permanent)
+
+    with pytest.raises(CredentialStoreError) as info:
+        await CacheServerStore(request).put(TOKEN)
+    assert info.value.permanent is permanent
+    assert "login refused" in str(info.value)
+
+
+async def test_cache_server_requester_bugs_are_not_swallowed():
+    async def request(method: str, path: str, /, **kwargs) -> httpx.Response:
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        await CacheServerStore(request).put(TOKEN)
+
+
+# --- settings ------------------------------------------------------------------------
+
+
+async def test_factory_builds_the_ipfs_store_from_settings():
+    with override_settings(
+        CREDENTIAL_STORE="ipfs",
+        IPFS_API_URL="http://ipfs.example:5001",
+        CREDENTIAL_STORE_TIMEOUT=7.0,
+    ):
+        store = credential_store_from_settings()
+    assert isinstance(store, IpfsStore)
+    assert (store.api_url, store.timeout, store.cid_version) == (
+        "http://ipfs.example:5001",
+        7.0,
+        0,
+    )
+    await store.aclose()
+
+
+def test_factory_builds_the_cache_server_store_with_the_callers_requester():
+    async def request(method: str, path: str, /, **kwargs) -> httpx.Response:
+        raise AssertionError("not called")
+
+    with override_settings(
+        CREDENTIAL_STORE="cache-server", CREDENTIAL_STORE_TIMEOUT=4.0
+    ):
+        store = credential_store_from_settings(cache_server=request)
+        assert isinstance(store, CacheServerStore)
+        assert store.timeout == 4.0
+        with pytest.raises(ValueError, match="cache-server requester"):
+            credential_store_from_settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"CREDENTIAL_STORE": "s3"}, "CREDENTIAL_STORE"),
+        ({"IPFS_API_URL": "127.0.0.1:5001"}, "IPFS_API_URL"),
+        ({"CREDENTIAL_STORE_TIMEOUT": "soon"}, "CREDENTIAL_STORE_TIMEOUT"),
+        ({"CREDENTIAL_STORE_TIMEOUT": "0"}, "CREDENTIAL_STORE_TIMEOUT"),
+    ],
+)
+def test_malformed_credential_store_settings_name_the_variable(env, name):
+    clean = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "SECRET_KEY": "x" * 60,
+        "EVOPS_KEY_ENCRYPTION_KEYS": "k1:" + "A" * 43 + "=",
+        **env,
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", "import evops.settings"],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert f"{name} must" in result.stderr
