@@ -61,3 +61,9 @@ class AssetAdmin(_AssetModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Assets come from keys: generate_asset_keys / import_asset_keys.
         return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: Asset | None = None
+    ) -> bool:
+        # Deleting an asset destroys the only copy of its key; deactivate it instead.
+        return False

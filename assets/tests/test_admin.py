@@ -139,8 +139,12 @@ def test_a_taken_external_id_is_a_form_error(admin_client, fleet):
 
 
 def test_assets_cannot_be_added_in_the_admin_and_keys_are_not_registered(
-    admin_client,
+    admin_client, fleet
 ):
+    car, _ = fleet
     assert admin_client.get(reverse("admin:assets_asset_add")).status_code == 403
+    delete = reverse("admin:assets_asset_delete", args=[car.pk])
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    assert Asset.objects.filter(pk=car.pk).exists()
     index = admin_client.get(reverse("admin:index")).content.decode()
     assert "assetkey" not in index.lower()
