@@ -158,7 +158,15 @@ class InboundMessage(models.Model):
     payload_size = models.PositiveIntegerField(default=0)
     truncated = models.BooleanField(default=False)
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    dedupe_key = models.CharField(max_length=120, db_index=True)
+    dedupe_key = models.CharField(
+        max_length=64, db_index=True, help_text="sha256 of subject and payload."
+    )
+    stream_key = models.CharField(
+        max_length=120,
+        blank=True,
+        default="",
+        help_text="JetStream <stream>:<sequence>, empty in core mode.",
+    )
     stream_sequence = models.PositiveBigIntegerField(null=True, blank=True)
     kind = models.CharField(
         max_length=30, choices=MessageKind.choices, default=MessageKind.UNKNOWN
@@ -187,9 +195,9 @@ class InboundMessage(models.Model):
             # A JetStream redelivery (crash between commit and ack) is the same
             # stream sequence: record it once.
             models.UniqueConstraint(
-                fields=["dedupe_key"],
-                condition=Q(stream_sequence__isnull=False),
-                name="claims_inbound_stream_seq_unique",
+                fields=["stream_key"],
+                condition=~Q(stream_key=""),
+                name="claims_inbound_stream_key_unique",
             ),
         ]
         indexes = [

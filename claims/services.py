@@ -576,10 +576,10 @@ def inbound_record(
 ) -> InboundMessage:
     """Store a received message before anything acts on it.
 
-    In JetStream mode the stream sequence is the dedupe key (a redelivery after a
-    crash before the ack is the same row); in core mode the same subject and payload
-    again within `DUPLICATE_WINDOW_SECONDS` is stored as an ignored duplicate, so a
-    triple delivery does one piece of work. The payload is kept up to
+    In JetStream mode the stream sequence identifies the message (a redelivery after
+    a crash before the ack is the same row). In both modes the same subject and
+    payload again within `DUPLICATE_WINDOW_SECONDS` is stored as an ignored
+    duplicate, so a triple delivery does one piece of work. The payload is kept up to
     `INBOUND_PAYLOAD_LIMIT` bytes; its full size is recorded.
     """
     limit = int(settings.INBOUND_PAYLOAD_LIMIT)
@@ -603,38 +603,39 @@ def inbound_record(
             processed_at=timezone.now(),
             next_attempt_at=None,
         )
-    if stream_sequence is not None:
-        key = f"js:{stream}:{stream_sequence}"
-        try:
-            with transaction.atomic():
-                return InboundMessage.objects.create(
-                    dedupe_key=key, stream_sequence=stream_sequence, **fields
-                )
-        except IntegrityError:
-            return InboundMessage.objects.get(
-                dedupe_key=key, stream_sequence__isnull=False
-            )
     key = dedupe_key(subject, payload)
     window_seconds = float(settings.DUPLICATE_WINDOW_SECONDS)
     window = timezone.now() - timedelta(seconds=window_seconds)
-    with transaction.atomic():
-        # Lock-free check: a duplicate slipping past it is still harmless, because
-        # the claim state machine makes every step idempotent.
-        original = (
-            InboundMessage.objects.filter(dedupe_key=key, received_at__gte=window)
-            .exclude(outcome=MessageOutcome.IGNORED, reason__startswith="duplicate")
-            .order_by("id")
-            .values_list("pk", flat=True)
-            .first()
-        )
-        if original is not None:
-            fields.update(
-                outcome=MessageOutcome.IGNORED,
-                reason=REASON_DUPLICATE.format(id=original),
-                processed_at=timezone.now(),
-                next_attempt_at=None,
+    stream_key = f"{stream}:{stream_sequence}" if stream_sequence is not None else ""
+    try:
+        with transaction.atomic():
+            # Lock-free check: a duplicate slipping past it is still harmless,
+            # because the claim state machine makes every step idempotent.
+            original = (
+                InboundMessage.objects.filter(dedupe_key=key, received_at__gte=window)
+                .exclude(outcome=MessageOutcome.IGNORED, reason__startswith="duplicate")
+                .order_by("id")
+                .values_list("pk", flat=True)
+                .first()
             )
-        return InboundMessage.objects.create(dedupe_key=key, **fields)
+            if original is not None and not early:
+                fields.update(
+                    outcome=MessageOutcome.IGNORED,
+                    reason=REASON_DUPLICATE.format(id=original),
+                    processed_at=timezone.now(),
+                    next_attempt_at=None,
+                )
+            return InboundMessage.objects.create(
+                dedupe_key=key,
+                stream_key=stream_key,
+                stream_sequence=stream_sequence,
+                **fields,
+            )
+    except IntegrityError:
+        if not stream_key:
+            raise
+        # JetStream redelivered a message we stored before the ack was lost.
+        return InboundMessage.objects.get(stream_key=stream_key)
 
 
 def _unstorable(payload: bytes, limit: int) -> str:

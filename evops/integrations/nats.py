@@ -14,6 +14,7 @@ connection-state callbacks. Nothing here imports Django models.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -46,6 +47,8 @@ REASON_INVALID_DID = "invalid_did"
 REASON_DID_MISMATCH = "did_mismatch"
 REASON_UNKNOWN_TYPE = "unknown_type"
 REASON_TYPE_MISMATCH = "type_mismatch"
+
+ERR_STOPPED = "stopped before the NATS connection was made"
 
 _MAX_CLAIM_ID = 100
 _MAX_TOKEN = 64 * 1024
@@ -289,14 +292,13 @@ async def connect(
     *,
     on_state: StateCallback | None = None,
     stop: asyncio.Event | None = None,
-    max_initial_wait: float = 30.0,
 ) -> Any:
-    """Connect with reconnect-forever; retry the first connect with backoff.
+    """Connect, and reconnect forever (`max_reconnect_attempts=-1`).
 
-    nats-py gives up on the *initial* connect after one failure, so that is retried
-    here (until `stop` is set); once connected, nats-py reconnects by itself forever
-    (`max_reconnect_attempts=-1`) and `on_state` hears "reconnecting" / "connected" /
-    "closed". Returns the nats-py client.
+    The first connect is retried too (every `reconnect_wait`) until `stop` is set,
+    which raises `ConnectionAbortedError`. `on_state` hears "reconnecting" (also
+    while the first connect fails), "connected" and "disconnected" (closed).
+    Returns the nats-py client.
     """
     import nats
 
@@ -313,8 +315,12 @@ async def connect(
     async def closed() -> None:
         await notify("disconnected")
 
+    connected = False
+
     async def error(exc: Exception) -> None:
         log.warning("nats error: %s", exc, extra={"nats_url": options.url})
+        if not connected:
+            await notify("reconnecting")
 
     kwargs: dict[str, Any] = {
         "servers": [options.url],
@@ -335,33 +341,26 @@ async def connect(
         kwargs["user_credentials"] = options.creds
     if options.tls_ca:
         kwargs["tls"] = ssl.create_default_context(cafile=options.tls_ca)
-    delay = 0.5
-    while True:
-        try:
-            client = await nats.connect(**kwargs)
-        except Exception as exc:
-            if stop is not None and stop.is_set():
-                raise
-            log.warning(
-                "cannot connect to NATS, retrying in %.1fs: %s",
-                delay,
-                exc,
-                extra={"nats_url": options.url},
-            )
-            await notify("reconnecting")
-            if stop is not None:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
-                else:
-                    raise
-            else:
-                await asyncio.sleep(delay)
-            delay = min(delay * 2, max_initial_wait)
-            continue
-        await notify("connected")
-        return client
+    # With reconnect allowed, nats-py keeps retrying the first connect by itself;
+    # run it as a task so that `stop` can interrupt the wait.
+    attempt = asyncio.create_task(nats.connect(**kwargs))
+    if stop is None:
+        client = await attempt
+    else:
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait(
+            {attempt, stopped}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if attempt not in done:
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
+            raise ConnectionAbortedError(ERR_STOPPED)
+        stopped.cancel()
+        client = attempt.result()
+    connected = True
+    await notify("connected")
+    return client
 
 
 def subjects_for(prequalification: str, claim_exchange: Sequence[str]) -> list[str]:

@@ -1,0 +1,458 @@
+"""The NATS listener: records every message, and workers that act on the records.
+
+`Listener` is what `manage.py run_nats_listener` runs. Its parts are single steps the
+tests call one at a time:
+
+- `on_message` / `fetch_once`: the NATS side. A message is only *recorded* (an
+  `InboundMessage` row); in JetStream mode it is acked after that row is committed,
+  so a crash before the commit means a redelivery, never a loss.
+- `work_once`: leases due inbound messages and due claim records (SKIP LOCKED) up
+  to the free worker slots and starts one task per item; `wait_idle` awaits them.
+- `heartbeat_once`, `reconcile_once`: the heartbeat row and metrics, reconciliation.
+
+`run()` strings them together until `stop` is set (SIGTERM/SIGINT): then it stops
+taking messages, lets in-flight work finish for up to `DRAIN_TIMEOUT`, hands back what
+did not finish, drains the NATS connection and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from claims import flows, metrics, selectors, services
+from claims.integrations import Integrations
+from claims.models import ConnectionState, ListenerHeartbeat
+from claims.services import LISTENER, RECONCILER
+from evops.integrations import nats as nats_integration
+from evops.integrations.nats import NatsOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ListenerConfig:
+    """Everything a listener needs besides its integrations; see `from_settings`."""
+
+    nats: NatsOptions
+    subjects: Sequence[str]
+    name: str = ""
+    queue_group: str = ""
+    stream: str = ""
+    durable: str = "evops-listener"
+    concurrency: int = 20
+    reconcile_interval: float = 900.0
+    reconcile_on_start: bool = True
+    reconcile_concurrency: int = 20
+    heartbeat_interval: float = 5.0
+    drain_timeout: float = 30.0
+    lease_seconds: float = 300.0
+    fetch_batch: int = 100
+    idle_poll: float = 1.0
+    create_stream: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> ListenerConfig:
+        from django.conf import settings
+
+        name = overrides.pop("name", "") or socket.gethostname()
+        values: dict[str, Any] = {
+            "nats": nats_integration.nats_options_from_settings(name=f"evops-{name}"),
+            "subjects": nats_integration.subjects_for(
+                settings.NATS_PREQUALIFICATION_SUBJECT,
+                settings.NATS_CLAIM_EXCHANGE_SUBJECTS,
+            ),
+            "name": name,
+            "queue_group": settings.NATS_QUEUE_GROUP,
+            "stream": settings.NATS_JETSTREAM_STREAM,
+            "durable": settings.NATS_JETSTREAM_DURABLE,
+            "concurrency": settings.WORKER_CONCURRENCY,
+            "reconcile_interval": float(settings.RECONCILE_INTERVAL),
+            "reconcile_concurrency": settings.RECONCILE_CONCURRENCY,
+            "heartbeat_interval": float(settings.HEARTBEAT_INTERVAL),
+            "drain_timeout": float(settings.DRAIN_TIMEOUT),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class _Job:
+    kind: str  # "message" or "record"
+    pk: int
+
+
+class Listener:
+    """One listener process: NATS intake, workers, heartbeat, reconciliation."""
+
+    def __init__(self, config: ListenerConfig, integrations: Integrations) -> None:
+        self.config = config
+        self.integrations = integrations
+        self.stop = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.state = ConnectionState.STARTING
+        self.client: Any = None
+        self._subscriptions: list[Any] = []
+        self._pull: Any = None
+        self._inflight: dict[asyncio.Task[Any], _Job] = {}
+        self._taking = True
+        self.recorded = 0
+        self.started_at = timezone.now()
+
+    @property
+    def mode(self) -> str:
+        return "jetstream" if self.config.stream else "core"
+
+    # --- connection and intake --------------------------------------------------------
+
+    async def _on_state(self, state: str) -> None:
+        self.state = ConnectionState(state)
+        metrics.NATS_CONNECTED.set(1 if state == ConnectionState.CONNECTED else 0)
+        log.info("nats %s", state, extra={"listener": self.config.name})
+        await self.heartbeat_once()
+
+    async def connect(self) -> None:
+        """Connect (retrying until `stop`) and subscribe to the configured subjects."""
+        self.client = await nats_integration.connect(
+            self.config.nats, on_state=self._on_state, stop=self.stop
+        )
+        if self.config.stream:
+            await self._bind_jetstream()
+        else:
+            for subject in self.config.subjects:
+                self._subscriptions.append(
+                    await self.client.subscribe(
+                        subject, queue=self.config.queue_group, cb=self.on_message
+                    )
+                )
+        log.info(
+            "listening",
+            extra={
+                "listener": self.config.name,
+                "mode": self.mode,
+                "subjects": ",".join(self.config.subjects),
+                "queue_group": self.config.queue_group,
+            },
+        )
+
+    async def _bind_jetstream(self) -> None:
+        """Bind the durable pull consumer (creating stream and consumer if missing).
+
+        A pull consumer is shared by all listeners bound to it (the JetStream form
+        of a queue group) and keeps its position while they are all down.
+        """
+        from nats.js import api
+        from nats.js.errors import NotFoundError
+
+        js = self.client.jetstream()
+        stream, durable = self.config.stream, self.config.durable
+        try:
+            await js.stream_info(stream)
+        except NotFoundError:
+            if not self.config.create_stream:
+                raise
+            await js.add_stream(name=stream, subjects=list(self.config.subjects))
+        await js.add_consumer(
+            stream,
+            config=api.ConsumerConfig(
+                durable_name=durable,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL,
+                ack_wait=30,
+                max_deliver=-1,
+            ),
+        )
+        self._pull = await js.pull_subscribe_bind(durable, stream)
+
+    async def on_message(self, msg: Any) -> None:
+        """Core NATS callback: record the message, nothing else."""
+        if not self._taking:
+            return
+        await self.record(msg.subject, msg.data)
+
+    async def record(
+        self, subject: str, data: bytes, *, stream_sequence: int | None = None
+    ) -> Any:
+        row = await sync_to_async(services.inbound_record)(
+            subject=subject,
+            payload=bytes(data),
+            stream=self.config.stream,
+            stream_sequence=stream_sequence,
+            listener=self.config.name,
+        )
+        self.recorded += 1
+        metrics.MESSAGES_RECEIVED.inc()
+        self.wake.set()
+        return row
+
+    async def fetch_once(self, wait: float = 1.0) -> int:
+        """JetStream: fetch a batch, record each message, ack after the commit."""
+        import nats.errors
+
+        if self._pull is None or not self._taking:
+            return 0
+        try:
+            messages = await self._pull.fetch(self.config.fetch_batch, timeout=wait)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return 0
+        for msg in messages:
+            try:
+                await self.record(
+                    msg.subject, msg.data, stream_sequence=msg.metadata.sequence.stream
+                )
+            except Exception as exc:
+                # Not recorded: let JetStream redeliver it later.
+                log.error("could not record message: %s", exc, exc_info=True)
+                await msg.nak(delay=5)
+                continue
+            await msg.ack()
+        return len(messages)
+
+    # --- workers ----------------------------------------------------------------------
+
+    async def work_once(self) -> int:
+        """Lease due messages and records into free worker slots; return how many."""
+        free = self.config.concurrency - len(self._inflight)
+        if free <= 0 or not self._taking:
+            return 0
+        messages = await sync_to_async(services.inbound_lease_due)(
+            limit=free, lease_seconds=self.config.lease_seconds
+        )
+        jobs = [_Job("message", pk) for pk in messages]
+        if len(jobs) < free:
+            records = await sync_to_async(services.claims_lease_due)(
+                limit=free - len(jobs)
+            )
+            jobs += [_Job("record", pk) for pk in records]
+        for job in jobs:
+            task = asyncio.create_task(self._run_job(job))
+            self._inflight[task] = job
+            task.add_done_callback(self._job_done)
+        return len(jobs)
+
+    def _job_done(self, task: asyncio.Task[Any]) -> None:
+        self._inflight.pop(task, None)
+        self.wake.set()
+
+    async def _run_job(self, job: _Job) -> None:
+        try:
+            if job.kind == "message":
+                await flows.inbound_process(
+                    message_id=job.pk, integrations=self.integrations, actor=LISTENER
+                )
+            else:
+                await flows.claim_process_due(
+                    record_id=job.pk, integrations=self.integrations, actor=LISTENER
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # One bad item never stops the loop; its lease expires and it comes back.
+            log.exception(
+                "worker error on %s %s: %s",
+                job.kind,
+                job.pk,
+                exc,
+                extra={"listener": self.config.name},
+            )
+
+    async def wait_idle(self) -> None:
+        """Await the tasks in flight now (tests; shutdown)."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+    async def process_until_idle(self, *, max_rounds: int = 100) -> None:
+        """Run work_once/wait_idle until nothing is due (tests and one-shot use)."""
+        for _ in range(max_rounds):
+            if not await self.work_once() and not self._inflight:
+                return
+            await self.wait_idle()
+
+    # --- heartbeat, reconciliation ----------------------------------------------------
+
+    async def heartbeat_once(self) -> None:
+        await sync_to_async(_write_heartbeat)(
+            name=self.config.name,
+            state=self.state,
+            mode=self.mode,
+            started_at=self.started_at,
+            details={
+                "subjects": list(self.config.subjects),
+                "queue_group": self.config.queue_group,
+                "stream": self.config.stream,
+                "inflight": len(self._inflight),
+                "recorded": self.recorded,
+            },
+        )
+        backlog, oldest = await sync_to_async(selectors.inbox_backlog)()
+        metrics.INBOX_BACKLOG.set(backlog)
+        metrics.INBOX_OLDEST_AGE.set(oldest)
+        for status, count in (
+            await sync_to_async(selectors.claims_by_status)()
+        ).items():
+            metrics.CLAIMS_BY_STATUS.labels(status).set(count)
+
+    async def reconcile_once(self) -> flows.ReconcileResult:
+        assets = await sync_to_async(selectors.assets_for_reconciliation)()
+        result = await flows.reconcile_assets(
+            assets=assets,
+            integrations=self.integrations,
+            actor=RECONCILER,
+            concurrency=self.config.reconcile_concurrency,
+        )
+        log.info(
+            "reconciliation done",
+            extra={
+                "assets": result.assets,
+                "published": result.published,
+                "already_present": result.already_present,
+                "errors": len(result.errors),
+            },
+        )
+        return result
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until `stop` is set, then shut down cleanly."""
+        await self.heartbeat_once()
+        try:
+            await self.connect()
+        except Exception:
+            if self.stop.is_set():
+                await self._set_state(ConnectionState.STOPPED)
+                return
+            raise
+        loops = [
+            asyncio.create_task(self._worker_loop()),
+            asyncio.create_task(self._periodic(self.heartbeat_once, "heartbeat")),
+            asyncio.create_task(self._reconcile_loop()),
+        ]
+        if self.config.stream:
+            loops.append(asyncio.create_task(self._fetch_loop()))
+        await self.stop.wait()
+        await self.shutdown(loops)
+
+    async def _worker_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                await self.work_once()
+            except Exception as exc:
+                log.error("worker loop error: %s", exc, exc_info=True)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.config.idle_poll)
+
+    async def _fetch_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                await self.fetch_once()
+            except Exception as exc:
+                log.warning("jetstream fetch failed: %s", exc)
+                await asyncio.sleep(1)
+
+    async def _periodic(self, step: Any, what: str) -> None:
+        while not self.stop.is_set():
+            try:
+                await step()
+            except Exception as exc:
+                log.warning("%s failed: %s", what, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.stop.wait(), timeout=self.config.heartbeat_interval
+                )
+
+    async def _reconcile_loop(self) -> None:
+        first = self.config.reconcile_on_start
+        while not self.stop.is_set():
+            if first:
+                try:
+                    await self.reconcile_once()
+                except Exception as exc:
+                    log.warning("reconciliation failed: %s", exc)
+            first = True
+            if self.config.reconcile_interval <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.stop.wait(), timeout=self.config.reconcile_interval
+                )
+
+    async def shutdown(self, loops: Sequence[asyncio.Task[Any]] = ()) -> None:
+        """Stop taking messages, finish or hand back in-flight work, drain NATS."""
+        log.info("shutting down", extra={"listener": self.config.name})
+        self._taking = False
+        await self._set_state(ConnectionState.DRAINING)
+        for subscription in self._subscriptions:
+            try:
+                await subscription.unsubscribe()
+            except Exception as exc:
+                log.debug("unsubscribe: %s", exc)
+        for task in loops:
+            if task.get_name() and not task.done():
+                task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        if self._inflight:
+            _done, pending = await asyncio.wait(
+                list(self._inflight), timeout=self.config.drain_timeout
+            )
+            handed_back = [self._inflight[t] for t in pending if t in self._inflight]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await sync_to_async(_hand_back)(handed_back)
+        if self.client is not None and not self.client.is_closed:
+            try:
+                await self.client.drain()
+            except Exception as exc:
+                log.debug("drain: %s", exc)
+        await self._set_state(ConnectionState.STOPPED)
+
+    async def _set_state(self, state: str) -> None:
+        self.state = ConnectionState(state)
+        metrics.NATS_CONNECTED.set(1 if state == ConnectionState.CONNECTED else 0)
+        await self.heartbeat_once()
+
+
+def _write_heartbeat(
+    *,
+    name: str,
+    state: str,
+    mode: str,
+    started_at: datetime,
+    details: dict[str, Any],
+) -> None:
+    ListenerHeartbeat.objects.update_or_create(
+        name=name,
+        defaults={
+            "state": state,
+            "last_heartbeat": timezone.now(),
+            "started_at": started_at,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "mode": mode,
+            "details": details,
+        },
+    )
+
+
+def _hand_back(jobs: Sequence[_Job]) -> None:
+    from claims.models import ClaimRecord
+
+    services.inbound_release(
+        message_ids=[job.pk for job in jobs if job.kind == "message"]
+    )
+    ClaimRecord.objects.filter(
+        pk__in=[job.pk for job in jobs if job.kind == "record"]
+    ).update(next_retry_at=timezone.now())

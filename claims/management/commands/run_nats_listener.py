@@ -1,0 +1,54 @@
+"""`manage.py run_nats_listener`: the pipeline's long-running process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from claims.integrations import integrations_from_settings
+from claims.listener import Listener, ListenerConfig
+
+
+class Command(BaseCommand):
+    help = "Listen on NATS for prequalification and claim messages and process them."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--name", default="", help="Listener name (default: host).")
+        parser.add_argument("--queue-group", default=None, help="Share work by group.")
+        parser.add_argument("--jetstream", default=None, metavar="STREAM")
+        parser.add_argument("--durable", default=None, help="JetStream consumer name.")
+        parser.add_argument("--concurrency", type=int, default=None)
+        parser.add_argument("--no-reconcile", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        config = ListenerConfig.from_settings(
+            name=options["name"],
+            queue_group=options["queue_group"],
+            stream=options["jetstream"],
+            durable=options["durable"],
+            concurrency=options["concurrency"],
+            reconcile_on_start=not options["no_reconcile"],
+        )
+        if options["no_reconcile"]:
+            config.reconcile_interval = 0
+        if settings.METRICS_PORT:
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.METRICS_PORT, addr="127.0.0.1")
+        asyncio.run(self._run(config))
+        self.stdout.write("listener stopped")
+
+    async def _run(self, config: ListenerConfig) -> None:
+        integrations = integrations_from_settings()
+        listener = Listener(config, integrations)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, listener.stop.set)
+        try:
+            await listener.run()
+        finally:
+            await integrations.aclose()
