@@ -8,6 +8,7 @@ entry is checked first, and nothing is written while any entry is invalid.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ T = TypeVar("T")
 Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
 
 BATCH_SIZE = 1000
+_LONG_HEX = re.compile(r"[0-9a-fA-F]{41,}")
+_CHAIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
 
 ERR_DID_MISMATCH = "the DID does not match its key (the key is for {address})"
 ERR_BAD_DID = "malformed DID ({reason})"
@@ -68,8 +71,15 @@ class RotationFailed(crypto.KeyCustodyError):
 
 @dataclass(frozen=True)
 class ImportProblem:
+    """One entry that cannot be imported; the message never carries key material."""
+
     location: str
     message: str
+
+    def __post_init__(self) -> None:
+        # Last line of defence: a hex run longer than an address could be (part of)
+        # a key that found its way into another column or a DID.
+        object.__setattr__(self, "message", _LONG_HEX.sub("<hidden>", self.message))
 
     def __str__(self) -> str:
         return f"{self.location}: {self.message}"
@@ -370,6 +380,8 @@ def _did_chain(text: str, address: str, default_chain: str) -> str | None:
                 return chain_name_for(int(network, 16))
             except ValueError:
                 raise DIDError(ERR_SHAPE) from None
+        if not _CHAIN_NAME.match(network):
+            raise DIDError(ERR_SHAPE)
         chain_id_for(network)
         return network
     did = DID.parse(text, default_chain=default_chain)

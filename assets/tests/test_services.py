@@ -375,3 +375,22 @@ def test_an_unknown_chain_is_refused_up_front(tmp_path):
         asset_import_keys(paths=[tmp_path], chain="mainnet")
     with pytest.raises(DIDError):
         asset_generate(count=1, chain="mainnet")
+
+
+def test_a_key_pasted_into_the_did_column_is_never_echoed(tmp_path):
+    key, pasted = make_key(), make_key()
+    path = tmp_path / "fleet.csv"
+    path.write_text(
+        "key,did\n"
+        f"{key.hex},did:ethr:{pasted.hex[2:]}:{key.address}\n"
+        f"{make_key().hex},did:ethr:{pasted.hex}\n"
+        f"{make_key().hex},{pasted.hex}\n"
+    )
+    with pytest.raises(ImportRejected) as info:
+        asset_import_keys(paths=[path])
+    problems = info.value.report.problems
+    assert len(problems) == 3
+    for problem in problems:
+        assert problem.message.startswith("malformed DID")
+        for fragment in (pasted.hex[2:][i : i + 16] for i in range(0, 64, 16)):
+            assert fragment not in str(problem).lower()
