@@ -1,4 +1,4 @@
-"""The ERC-1056 DID registry on an EVM chain, through web3.py's async API.
+"""The ERC-1056 DID registry on an EVM chain, through web3.py's async HTTP provider.
 
 One `Chain` object per process talks to one RPC endpoint. It writes service attributes
 into an asset's DID document in one of two modes and reads the registry back for the
@@ -22,6 +22,10 @@ Ordering rules this module enforces (not the caller):
 - Per identity at most one DID-document change is in flight (a per-identity lock held
   until the receipt), and never two changes for one identity in one block: the reference
   reader only reads the first log of each block.
+
+JSON-RPC goes straight through web3's `AsyncHTTPProvider.make_request`: web3's
+method formatters and middleware cost about a millisecond of CPU per call, which made
+them, not the chain, the limit of the relay benchmark (`bench/chain.py`).
 """
 
 from __future__ import annotations
@@ -36,20 +40,13 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import aiohttp
-from eth_typing import HexStr
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
-from web3.exceptions import (
-    ContractLogicError,
-    TimeExhausted,
-    TransactionNotFound,
-    Web3Exception,
-    Web3RPCError,
-)
+from web3.exceptions import TimeExhausted, Web3Exception, Web3RPCError
 from web3.providers.rpc import AsyncHTTPProvider
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
-from web3.types import BlockIdentifier
+from web3.types import RPCEndpoint
 
 from evops.integrations.registry import REGISTRY_ADDRESSES
 from evops.protocol import erc1056
@@ -86,8 +83,12 @@ NONCE_RETRIES_EXHAUSTED = "could not get a nonce accepted"
 CHAIN_ID_MISMATCH = "the RPC endpoint serves another chain"
 NO_OPERATOR = "relay mode needs an operator signer"
 NOT_OWNER = "the signer is not the identity's owner"
+NO_REGISTRY = "no contract answers at the registry address"
 
-_ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+_CHANGED = keccak(b"changed(address)")[:4]
+_NONCE = keccak(b"nonce(address)")[:4]
+_IDENTITY_OWNER = keccak(b"identityOwner(address)")[:4]
+_TRANSPORT_ERRORS = (Web3Exception, aiohttp.ClientError, OSError, TimeoutError)
 _SEND_ATTEMPTS = 4
 _DROP_RESENDS = 2
 # Consecutive "unknown transaction" answers before a sent transaction counts as dropped;
@@ -132,6 +133,16 @@ class _InFlight:
     value: bytes
 
 
+@dataclass(frozen=True)
+class _Head:
+    """What the latest block says about fees, fetched once per poll interval."""
+
+    number: int
+    base_fee: int | None
+    priority_fee: int
+    gas_price: int
+
+
 class _Dropped(Exception):
     """The node forgot a transaction that never got mined: send it again."""
 
@@ -145,10 +156,7 @@ class _Account:
 
 
 def _classify_rpc_error(exc: BaseException) -> tuple[str, bool]:
-    """Map a web3/transport exception to (reason, permanent)."""
-    if isinstance(exc, ContractLogicError):
-        detail = exc.message or "execution reverted"
-        return f"{REVERTED}: {detail}", True
+    """Map a transport exception or JSON-RPC error to (reason, permanent)."""
     if isinstance(exc, asyncio.TimeoutError | TimeoutError | TimeExhausted):
         return RPC_TIMEOUT, False
     if isinstance(exc, aiohttp.ClientError | ConnectionError | OSError):
@@ -178,6 +186,22 @@ def _hex(value: bytes) -> str:
     return "0x" + bytes(value).hex()
 
 
+def _quantity(value: Any) -> int:
+    """A JSON-RPC quantity ("0x1a") as int."""
+    return int(str(value), 16)
+
+
+def _address_word(address: str) -> bytes:
+    return bytes(12) + bytes.fromhex(to_checksum_address(address)[2:])
+
+
+@dataclass(frozen=True)
+class _Receipt:
+    block_number: int
+    gas_used: int
+    status: int
+
+
 class Chain:
     """Async access to the ERC-1056 registry on one chain.
 
@@ -185,7 +209,7 @@ class Chain:
     EIP-1559 capped at `max_fee_gwei`, legacy when the chain has no base fee. Gas is the
     node's estimate plus `gas_margin` (a fraction) plus a fixed floor. A publication
     returns once its receipt is `confirmations` blocks deep, or fails after
-    `receipt_timeout` seconds.
+    `receipt_timeout` seconds. Every RPC call times out after `request_timeout`.
     """
 
     def __init__(
@@ -221,22 +245,23 @@ class Chain:
         self.poll_interval = poll_interval
         # No automatic retries inside web3: a dead RPC must become a transient
         # ChainError promptly, and retry policy belongs to the caller.
-        provider = AsyncHTTPProvider(
+        self._provider = AsyncHTTPProvider(
             rpc_url,
             request_kwargs={"timeout": aiohttp.ClientTimeout(total=request_timeout)},
             exception_retry_configuration=ExceptionRetryConfiguration(
                 errors=(), retries=1
             ),
         )
-        self._w3 = AsyncWeb3(provider)
-        self._registry = self._w3.eth.contract(
-            address=self.registry_address, abi=erc1056.REGISTRY_ABI
-        )
+        self.w3 = AsyncWeb3(self._provider)
         self._accounts: dict[str, _Account] = {}
         self._identity_locks: dict[str, asyncio.Lock] = {}
         self._identity_users: dict[str, int] = {}
         self._inflight: dict[str, _InFlight] = {}
         self._chain_checked = False
+        # The chain head, shared by every waiter for up to `poll_interval`, so that a
+        # hundred publications in flight poll the node once, not a hundred times.
+        self._head_cache: tuple[float, _Head] | None = None
+        self._head_fetch: asyncio.Future[_Head] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -246,20 +271,43 @@ class Chain:
 
     # --- plumbing --------------------------------------------------------------------
 
-    async def _rpc(self, call: Any) -> Any:
-        """Await one RPC coroutine, turning every failure into a ChainError."""
+    async def _raw(
+        self, method: str, params: list[Any], *, tx_hash: str | None = None
+    ) -> Mapping[str, Any]:
+        """One JSON-RPC exchange; transport failures become transient ChainErrors."""
         try:
-            return await call
-        except ChainError:
-            raise
-        except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            response = await self._provider.make_request(RPCEndpoint(method), params)
+        except _TRANSPORT_ERRORS as exc:
             reason, permanent = _classify_rpc_error(exc)
-            raise ChainError(reason, permanent=permanent) from exc
+            raise ChainError(reason, permanent=permanent, tx_hash=tx_hash) from exc
+        return cast(Mapping[str, Any], response)
+
+    async def _request(
+        self, method: str, params: list[Any], *, tx_hash: str | None = None
+    ) -> Any:
+        """The result; a JSON-RPC error answer becomes a classified ChainError."""
+        response = await self._raw(method, params, tx_hash=tx_hash)
+        if response.get("error"):
+            exc = Web3RPCError(str(response["error"]), rpc_response=response)  # type: ignore[arg-type]
+            reason, permanent = _classify_rpc_error(exc)
+            raise ChainError(reason, permanent=permanent, tx_hash=tx_hash) from exc
+        return response.get("result")
+
+    async def _view(self, selector: bytes, address: str, block: str = "latest") -> str:
+        """eth_call of a registry view taking one address; the 32-byte word as hex."""
+        call = {
+            "to": self.registry_address,
+            "data": _hex(selector + _address_word(address)),
+        }
+        result = str(await self._request("eth_call", [call, block]))
+        if len(result) != 66:
+            raise ChainError(f"{NO_REGISTRY}: {self.registry_address}", permanent=True)
+        return result
 
     async def _ensure_chain(self) -> None:
         if self._chain_checked:
             return
-        served = await self._rpc(self._w3.eth.chain_id)
+        served = _quantity(await self._request("eth_chainId", []))
         if served != self.chain_id:
             raise ChainError(
                 f"{CHAIN_ID_MISMATCH}: expected {self.chain_id}, got {served}",
@@ -284,12 +332,14 @@ class Chain:
     # --- read side -------------------------------------------------------------------
 
     async def block_number(self) -> int:
-        return int(await self._rpc(self._w3.eth.block_number))
+        return _quantity(await self._request("eth_blockNumber", []))
 
-    async def changed(self, identity: str, block: BlockIdentifier = "latest") -> int:
-        """Block number of the identity's last change (0 when never changed)."""
-        fn = self._registry.functions.changed(to_checksum_address(identity))
-        return int(await self._rpc(fn.call(block_identifier=block)))
+    async def changed(self, identity: str, block: str = "latest") -> int:
+        """Block number of the identity's last change (0 when never changed).
+
+        `block` is a block tag or a hex block number ("pending" sees the pool).
+        """
+        return _quantity(await self._view(_CHANGED, identity, block))
 
     async def registry_nonce(self, identity: str) -> int:
         """The registry's `nonce(identity)`, which `setAttributeSigned` signs over.
@@ -298,36 +348,35 @@ class Chain:
         (and `nonce[identityOwner(identity)]` only for the owner/delegate calls); the
         test suite pins this against the deployed bytecode.
         """
-        fn = self._registry.functions.nonce(to_checksum_address(identity))
-        return int(await self._rpc(fn.call()))
+        return _quantity(await self._view(_NONCE, identity))
 
     async def identity_owner(self, identity: str) -> str:
-        fn = self._registry.functions.identityOwner(to_checksum_address(identity))
-        return to_checksum_address(await self._rpc(fn.call()))
+        word = await self._view(_IDENTITY_OWNER, identity)
+        return to_checksum_address("0x" + word[-40:])
 
     async def logs(
         self, identity: str, block_number: int
     ) -> list[erc1056.RegistryEvent]:
         """Every registry event for `identity` in one block, in log order."""
-        topic = "0x" + bytes.fromhex(identity[2:].lower()).rjust(32, b"\0").hex()
-        raw = await self._rpc(
-            self._w3.eth.get_logs(
+        entries = await self._request(
+            "eth_getLogs",
+            [
                 {
                     "address": self.registry_address,
-                    "fromBlock": block_number,
-                    "toBlock": block_number,
-                    "topics": [None, topic],
+                    "fromBlock": hex(block_number),
+                    "toBlock": hex(block_number),
+                    "topics": [None, _hex(_address_word(identity))],
                 }
-            )
+            ],
         )
         events = []
-        for entry in sorted(raw, key=lambda e: int(e["logIndex"])):
+        for entry in sorted(entries, key=lambda e: _quantity(e["logIndex"])):
             events.append(
                 erc1056.decode_registry_log(
-                    [bytes(t) for t in entry["topics"]],
-                    bytes(entry["data"]),
-                    int(entry["blockNumber"]),
-                    int(entry["logIndex"]),
+                    [bytes.fromhex(t[2:]) for t in entry["topics"]],
+                    bytes.fromhex(entry["data"][2:]),
+                    _quantity(entry["blockNumber"]),
+                    _quantity(entry["logIndex"]),
                 )
             )
         return events
@@ -344,13 +393,15 @@ class Chain:
         return dict(document)
 
     async def balance(self, address: str) -> int:
-        return int(
-            await self._rpc(self._w3.eth.get_balance(to_checksum_address(address)))
+        return _quantity(
+            await self._request(
+                "eth_getBalance", [to_checksum_address(address), "latest"]
+            )
         )
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
-            await self._w3.provider.disconnect()
+            await self._provider.disconnect()
 
     # --- write side ------------------------------------------------------------------
 
@@ -373,6 +424,7 @@ class Chain:
             if self.mode == "relay":
                 assert self.operator is not None
                 sender = self.operator
+                # Read just before signing: the digest is only valid for this nonce.
                 registry_nonce = await self.registry_nonce(identity)
                 digest = erc1056.set_attribute_signed_digest(
                     registry=self.registry_address,
@@ -400,11 +452,10 @@ class Chain:
             return None
         receipt = await self._receipt_or_none(inflight.tx_hash)
         if receipt is None:
-            try:
-                await self._rpc(self._w3.eth.get_transaction(HexStr(inflight.tx_hash)))
-            except ChainError as exc:
-                if not isinstance(exc.__cause__, TransactionNotFound):
-                    raise
+            known = await self._request(
+                "eth_getTransactionByHash", [inflight.tx_hash], tx_hash=inflight.tx_hash
+            )
+            if known is None:
                 # The node no longer knows it: it will never be mined.
                 del self._inflight[identity]
                 return None
@@ -412,12 +463,12 @@ class Chain:
                 PREVIOUS_PENDING, permanent=False, tx_hash=inflight.tx_hash
             )
         del self._inflight[identity]
-        if receipt["status"] == 1 and (inflight.name, inflight.value) == (name, value):
+        if receipt.status == 1 and (inflight.name, inflight.value) == (name, value):
             await self._wait_confirmations(receipt, inflight.tx_hash)
             return PublishResult(
                 tx_hash=inflight.tx_hash,
-                block_number=int(receipt["blockNumber"]),
-                gas_used=int(receipt["gasUsed"]),
+                block_number=receipt.block_number,
+                gas_used=receipt.gas_used,
                 mode=self.mode,
             )
         return None
@@ -431,7 +482,7 @@ class Chain:
         """
         deadline = time.monotonic() + self.receipt_timeout
         while True:
-            latest = await self.block_number()
+            latest = (await self._head()).number
             pending_change = await self.changed(identity, "pending")
             if pending_change <= latest:
                 return
@@ -439,12 +490,50 @@ class Chain:
                 raise ChainError(PREVIOUS_PENDING, permanent=False)
             await asyncio.sleep(self.poll_interval)
 
-    async def _fees(self) -> dict[str, int]:
-        """EIP-1559 fields capped at `max_fee_wei`, or a capped legacy gas price."""
-        block = await self._rpc(self._w3.eth.get_block("latest"))
+    async def _head(self) -> _Head:
+        """The latest block's number and fee data, at most `poll_interval` old."""
+        cached = self._head_cache
+        if cached is not None and time.monotonic() - cached[0] < self.poll_interval:
+            return cached[1]
+        if self._head_fetch is None or self._head_fetch.done():
+            self._head_fetch = asyncio.ensure_future(self._fetch_head())
+        # shield: one caller giving up must not cancel the fetch the others await.
+        return await asyncio.shield(self._head_fetch)
+
+    async def _fetch_head(self) -> _Head:
+        block = await self._request("eth_getBlockByNumber", ["latest", False])
         base_fee = block.get("baseFeePerGas")
         if base_fee is None:
-            gas_price = int(await self._rpc(self._w3.eth.gas_price))
+            priority = 0
+            gas_price = _quantity(await self._request("eth_gasPrice", []))
+        else:
+            priority = _quantity(await self._request("eth_maxPriorityFeePerGas", []))
+            gas_price = 0
+        head = _Head(
+            number=_quantity(block["number"]),
+            base_fee=None if base_fee is None else _quantity(base_fee),
+            priority_fee=priority,
+            gas_price=gas_price,
+        )
+        self._head_cache = (time.monotonic(), head)
+        return head
+
+    async def _next_head(self, seen: int, max_wait: float) -> int:
+        """Sleep until the head passes `seen` or `max_wait` elapses; the head number."""
+        waited = 0.0
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            waited += self.poll_interval
+            number = (await self._head()).number
+            if number > seen or waited >= max_wait:
+                return number
+
+    async def _fees(self) -> dict[str, int]:
+        """EIP-1559 fields capped at `max_fee_wei`, or a capped legacy gas price."""
+        head = await self._head()
+        base_fee = head.base_fee
+        if base_fee is None:
+            gas_price = head.gas_price
             if gas_price > self.max_fee_wei:
                 raise ChainError(
                     f"{FEE_ABOVE_CAP}: gas price {gas_price} wei > cap "
@@ -452,7 +541,6 @@ class Chain:
                     permanent=False,
                 )
             return {"gasPrice": gas_price}
-        base_fee = int(base_fee)
         # The next block's base fee may rise 12.5%; the cap must still clear it.
         if base_fee * 9 // 8 > self.max_fee_wei:
             raise ChainError(
@@ -460,7 +548,7 @@ class Chain:
                 f"{self.max_fee_wei} wei",
                 permanent=False,
             )
-        priority = int(await self._rpc(self._w3.eth.max_priority_fee))
+        priority = head.priority_fee
         max_fee = min(2 * base_fee + priority, self.max_fee_wei)
         priority = min(priority, max_fee - base_fee)
         return {"type": 2, "maxFeePerGas": max_fee, "maxPriorityFeePerGas": priority}
@@ -471,24 +559,32 @@ class Chain:
         sender_address = to_checksum_address(sender.address)
         call = {"from": sender_address, "to": self.registry_address, "data": _hex(data)}
         try:
-            estimate = int(await self._w3.eth.estimate_gas(call))  # type: ignore[arg-type]
-        except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            reason, permanent = _classify_rpc_error(exc)
-            if permanent and self.mode == "relay":
-                reason = f"{reason} (bad signature, replay or {NOT_OWNER.lower()})"
-            elif permanent:
-                reason = f"{reason} ({NOT_OWNER} or invalid call)"
-            raise ChainError(reason, permanent=permanent) from exc
+            # Explicitly "latest" (nodes differ in their default): the estimate may
+            # then be short (the gas trap), which the margin covers.
+            estimate = _quantity(
+                await self._request("eth_estimateGas", [call, "latest"])
+            )
+        except ChainError as exc:
+            if exc.permanent and self.mode == "relay":
+                exc.reason = f"{exc.reason} (bad signature, replay or not the owner)"
+            elif exc.permanent:
+                exc.reason = f"{exc.reason} ({NOT_OWNER} or invalid call)"
+            exc.args = (exc.reason,)
+            raise
         gas = int(estimate * (1 + self.gas_margin)) + GAS_MARGIN_FLOOR
         fees = await self._fees()
-        price = fees.get("maxFeePerGas", fees.get("gasPrice", 0))
-        balance = await self.balance(sender_address)
-        if balance < gas * price:
-            raise ChainError(
-                f"{INSUFFICIENT_FUNDS}: {sender_address} holds {balance} wei, needs up "
-                f"to {gas * price} wei",
-                permanent=True,
-            )
+        if self.mode == "asset":
+            # An unfunded asset is the common set-up mistake in asset mode: say so
+            # with the figures. (The relay operator's shortfall comes back from the
+            # node as "insufficient funds", classified the same way.)
+            price = fees.get("maxFeePerGas", fees.get("gasPrice", 0))
+            balance = await self.balance(sender_address)
+            if balance < gas * price:
+                raise ChainError(
+                    f"{INSUFFICIENT_FUNDS}: {sender_address} holds {balance} wei, "
+                    f"needs up to {gas * price} wei",
+                    permanent=True,
+                )
         transaction: dict[str, Any] = {
             "chainId": self.chain_id,
             "to": self.registry_address,
@@ -505,29 +601,25 @@ class Chain:
             except _Dropped:
                 self._inflight.pop(identity, None)
                 logger.warning(
-                    "transaction dropped, resending",
-                    extra={"tx_hash": tx_hash, "identity": identity},
+                    "transaction %s dropped by the node; sending it again", tx_hash
                 )
                 continue
             del self._inflight[identity]
             return self._result(receipt, tx_hash, gas)
         raise ChainError(TX_DROPPED, permanent=False)
 
-    def _result(
-        self, receipt: Mapping[str, Any], tx_hash: str, gas: int
-    ) -> PublishResult:
-        gas_used = int(receipt["gasUsed"])
-        if receipt["status"] != 1:
-            reason = OUT_OF_GAS if gas_used >= gas else REVERTED_ON_CHAIN
+    def _result(self, receipt: _Receipt, tx_hash: str, gas: int) -> PublishResult:
+        if receipt.status != 1:
+            reason = OUT_OF_GAS if receipt.gas_used >= gas else REVERTED_ON_CHAIN
             raise ChainError(
-                f"{reason} (gas limit {gas}, used {gas_used})",
+                f"{reason} (gas limit {gas}, used {receipt.gas_used})",
                 permanent=True,
                 tx_hash=tx_hash,
             )
         return PublishResult(
             tx_hash=tx_hash,
-            block_number=int(receipt["blockNumber"]),
-            gas_used=gas_used,
+            block_number=receipt.block_number,
+            gas_used=receipt.gas_used,
             mode=self.mode,
         )
 
@@ -545,66 +637,62 @@ class Chain:
         async with account.lock:
             for _ in range(_SEND_ATTEMPTS):
                 if account.next_nonce is None:
-                    account.next_nonce = int(
-                        await self._rpc(
-                            self._w3.eth.get_transaction_count(address, "pending")
+                    account.next_nonce = _quantity(
+                        await self._request(
+                            "eth_getTransactionCount", [address, "pending"]
                         )
                     )
                 nonce = account.next_nonce
                 raw = sender.sign_transaction({**transaction, "nonce": nonce})
                 tx_hash = _hex(keccak(raw))
                 try:
-                    await self._w3.eth.send_raw_transaction(raw)
-                except Web3RPCError as exc:
-                    message = _rpc_message(exc).lower()
-                    if "already known" in message or "already imported" in message:
-                        # Our exact bytes are in the pool (an earlier send whose
-                        # answer got lost): that is a successful send.
-                        account.next_nonce = nonce + 1
-                        return tx_hash, nonce
-                    if "nonce too low" in message or "underpriced" in message:
-                        # Someone else used this nonce (another process, a manual
-                        # transfer): resync from the node and sign again.
-                        logger.warning(
-                            "nonce %s rejected for %s: %s; resyncing",
-                            nonce,
-                            address,
-                            message,
-                        )
-                        account.next_nonce = None
-                        continue
-                    reason, permanent = _classify_rpc_error(exc)
-                    raise ChainError(reason, permanent=permanent) from exc
-                except (
-                    Web3Exception,
-                    aiohttp.ClientError,
-                    OSError,
-                    TimeoutError,
-                ) as exc:
+                    response = await self._raw(
+                        "eth_sendRawTransaction", [_hex(raw)], tx_hash=tx_hash
+                    )
+                except ChainError:
                     # The node may or may not have the transaction: resync next time
                     # rather than guess.
                     account.next_nonce = None
-                    reason, permanent = _classify_rpc_error(exc)
-                    raise ChainError(reason, permanent=permanent) from exc
-                account.next_nonce = nonce + 1
-                return tx_hash, nonce
+                    raise
+                error = response.get("error")
+                if not error:
+                    account.next_nonce = nonce + 1
+                    return tx_hash, nonce
+                exc = Web3RPCError(str(error), rpc_response=response)  # type: ignore[arg-type]
+                message = _rpc_message(exc).lower()
+                if "already known" in message or "already imported" in message:
+                    # Our exact bytes are in the pool (an earlier send whose answer
+                    # got lost): that is a successful send.
+                    account.next_nonce = nonce + 1
+                    return tx_hash, nonce
+                if "nonce too low" in message or "underpriced" in message:
+                    # Someone else used this nonce (another process, a manual
+                    # transfer): resync from the node and sign again.
+                    logger.warning(
+                        "nonce %s rejected for %s (%s); resyncing",
+                        nonce,
+                        address,
+                        message,
+                    )
+                    account.next_nonce = None
+                    continue
+                reason, permanent = _classify_rpc_error(exc)
+                raise ChainError(reason, permanent=permanent) from exc
         raise ChainError(NONCE_RETRIES_EXHAUSTED, permanent=False)
 
-    async def _receipt_or_none(self, tx_hash: str) -> Mapping[str, Any] | None:
-        try:
-            return cast(
-                Mapping[str, Any],
-                await self._w3.eth.get_transaction_receipt(HexStr(tx_hash)),
-            )
-        except TransactionNotFound:
+    async def _receipt_or_none(self, tx_hash: str) -> _Receipt | None:
+        receipt = await self._request(
+            "eth_getTransactionReceipt", [tx_hash], tx_hash=tx_hash
+        )
+        if receipt is None:
             return None
-        except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            reason, permanent = _classify_rpc_error(exc)
-            raise ChainError(reason, permanent=permanent, tx_hash=tx_hash) from exc
+        return _Receipt(
+            block_number=_quantity(receipt["blockNumber"]),
+            gas_used=_quantity(receipt["gasUsed"]),
+            status=_quantity(receipt["status"]),
+        )
 
-    async def _wait_receipt(
-        self, tx_hash: str, sender: str, nonce: int
-    ) -> Mapping[str, Any]:
+    async def _wait_receipt(self, tx_hash: str, sender: str, nonce: int) -> _Receipt:
         """Poll for the receipt until `receipt_timeout`, then for confirmations.
 
         Raises `_Dropped` when the node no longer knows the transaction and its nonce
@@ -613,37 +701,45 @@ class Chain:
         deadline = time.monotonic() + self.receipt_timeout
         unknown = 0
         polls = 0
-        while True:
-            receipt = await self._receipt_or_none(tx_hash)
-            if receipt is not None:
-                await self._wait_confirmations(receipt, tx_hash, deadline)
-                return receipt
-            polls += 1
-            if polls % 4 == 0:
-                unknown = await self._check_dropped(tx_hash, sender, nonce, unknown)
-            if time.monotonic() > deadline:
-                raise ChainError(RECEIPT_TIMEOUT, permanent=False, tx_hash=tx_hash)
-            await asyncio.sleep(self.poll_interval)
+        try:
+            seen = (await self._head()).number
+            while True:
+                receipt = await self._receipt_or_none(tx_hash)
+                if receipt is not None:
+                    await self._wait_confirmations(receipt, tx_hash, deadline)
+                    return receipt
+                polls += 1
+                if polls % 2 == 0:
+                    unknown = await self._check_dropped(tx_hash, sender, nonce, unknown)
+                if time.monotonic() > deadline:
+                    raise ChainError(RECEIPT_TIMEOUT, permanent=False, tx_hash=tx_hash)
+                # Look again when a block arrives, or every few intervals regardless
+                # (a chain that mines on demand, or a transaction the node dropped).
+                seen = await self._next_head(seen, max_wait=4 * self.poll_interval)
+        except ChainError as exc:
+            # Shared reads (the head) do not know which transaction waited on them.
+            if exc.tx_hash is None:
+                exc.tx_hash = tx_hash
+            raise
 
     async def _check_dropped(
         self, tx_hash: str, sender: str, nonce: int, unknown: int
     ) -> int:
-        try:
-            await self._w3.eth.get_transaction(HexStr(tx_hash))
+        known = await self._request(
+            "eth_getTransactionByHash", [tx_hash], tx_hash=tx_hash
+        )
+        if known is not None:
             return 0
-        except TransactionNotFound:
-            pass
-        except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            reason, permanent = _classify_rpc_error(exc)
-            raise ChainError(reason, permanent=permanent, tx_hash=tx_hash) from exc
         unknown += 1
         if unknown < _DROP_OBSERVATIONS:
             return unknown
         # A receipt may have appeared between the two calls.
         if await self._receipt_or_none(tx_hash) is not None:
             return 0
-        mined_count = int(
-            await self._rpc(self._w3.eth.get_transaction_count(sender, "latest"))  # type: ignore[arg-type]
+        mined_count = _quantity(
+            await self._request(
+                "eth_getTransactionCount", [sender, "latest"], tx_hash=tx_hash
+            )
         )
         account = self._accounts.get(sender)
         if account is not None:
@@ -653,20 +749,18 @@ class Chain:
         raise _Dropped(tx_hash)
 
     async def _wait_confirmations(
-        self,
-        receipt: Mapping[str, Any],
-        tx_hash: str,
-        deadline: float | None = None,
+        self, receipt: _Receipt, tx_hash: str, deadline: float | None = None
     ) -> None:
         if self.confirmations == 0:
             return
         if deadline is None:
             deadline = time.monotonic() + self.receipt_timeout
-        target = int(receipt["blockNumber"]) + self.confirmations
-        while await self.block_number() < target:
+        target = receipt.block_number + self.confirmations
+        head = (await self._head()).number
+        while head < target:
             if time.monotonic() > deadline:
                 raise ChainError(RECEIPT_TIMEOUT, permanent=False, tx_hash=tx_hash)
-            await asyncio.sleep(self.poll_interval)
+            head = await self._next_head(head, max_wait=self.poll_interval)
 
 
 def default_registry_address(chain_id: int) -> str | None:

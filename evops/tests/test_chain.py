@@ -713,6 +713,7 @@ async def test_eip1559_fees_respect_the_cap(local_chain, operator):
         # The base fee climbs above the cap: wait (transient), send nothing.
         await rpc(url, "anvil_setNextBlockBaseFeePerGas", [hex(5 * GWEI)])
         await rpc(url, "evm_mine", [])
+        await asyncio.sleep(0.1)  # past the head cache's poll interval (0.05 s)
         sent = await _tx_count(url, operator.address)
         with pytest.raises(ChainError) as caught:
             await chain.publish_attribute(
