@@ -27,7 +27,9 @@ def use_fakes(monkeypatch, fakes):
 def _issued_claim(cache, integrations, asset) -> str:
     signer = integrations.signer_for(asset)
     role = async_to_sync(cache.role)(signer, asset.did, "r")
-    claim_id = async_to_sync(cache.request_claim)(signer, asset.did, role=role).claim_id
+    claim_id: str = async_to_sync(cache.request_claim)(
+        signer, asset.did, role=role
+    ).claim_id
     cache.issue(claim_id)
     return claim_id
 

@@ -1,0 +1,289 @@
+"""The pipeline end to end on the real local peers.
+
+PostgreSQL, a private nats-server, anvil with the real ERC-1056 registry, js-ipfs as
+the credential store, and the cache-server stand-in over real HTTP, which as the TSO
+issues credentials and publishes the NATS `issue-credential` messages itself.
+Only the asset signer lookup is a dict of test keys (the signer backends have their
+own tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import nats
+import pytest
+from asgiref.sync import sync_to_async
+from web3.types import RPCEndpoint
+
+from claims import flows
+from claims.integrations import Integrations
+from claims.listener import Listener, ListenerConfig
+from claims.models import ClaimRecord, ClaimStatus, InboundMessage
+from claims.services import LISTENER, RECONCILER
+from evops.integrations.cache_server import CacheServerClient
+from evops.integrations.chain import Chain
+from evops.integrations.credential_store import IpfsStore
+from evops.integrations.nats import NatsOptions
+from evops.protocol.credentials import check_issued_credential
+from evops.protocol.dids import DID
+from evops.protocol.jwt import issued_token
+from evops.protocol.keys import LocalKeySigner
+from evops.sandbox import peers
+from evops.sandbox.cache_server import CacheServerStandIn, issue_claim, role_json
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.asyncio,
+    pytest.mark.peers,
+]
+
+ROLE = "prequalified.roles.tso.apps.elia.iam.ewc"
+ENV = "ewf-e2e"
+
+
+@pytest.fixture
+def stand_in(anvil, nats_server, issuer):
+    issuer_did = DID.for_address(issuer.address).canonical
+    peers.chain_web3(anvil.rpc_url).manager.request_blocking(
+        RPCEndpoint("anvil_mine"), ["0x20"]
+    )
+    server = CacheServerStandIn(
+        anvil.rpc_url,
+        nats_server.url,
+        roles=[role_json(ROLE, issuer_dids=[issuer_did])],
+        env=ENV,
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["asset", "relay"])
+def chain_mode(request) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def real(anvil, registry_address, ipfs_node, stand_in, signers, chain_mode):
+    operator = LocalKeySigner.generate()
+    peers.fund(anvil.rpc_url, operator.address, 10**20)
+    chain = Chain(
+        anvil.rpc_url,
+        chain_id=73799,
+        registry_address=registry_address,
+        mode=chain_mode,
+        operator=operator if chain_mode == "relay" else None,
+        max_fee_gwei=100,
+        receipt_timeout=30,
+        poll_interval=0.05,
+    )
+    integrations = Integrations(
+        cache=CacheServerClient(stand_in.url, block_number=chain.block_number),
+        store=IpfsStore(ipfs_node.api_url),
+        chain=chain,
+        check_credential=check_issued_credential,
+        signer_for=lambda asset: signers[asset.pk],
+        prequalification_role=ROLE,
+        allowed_claim_types=(ROLE,),
+    )
+    yield integrations
+    await integrations.aclose()
+
+
+@pytest.fixture
+def funded_asset(make_asset, signers, anvil):
+    def make():
+        asset = make_asset()
+        peers.fund(anvil.rpc_url, signers[asset.pk].address, 10**19)
+        return asset
+
+    return make
+
+
+def _config(url: str, **overrides: Any) -> ListenerConfig:
+    values: dict[str, Any] = {
+        "nats": NatsOptions(url=url),
+        "subjects": [
+            "*.prequalification.exchange",
+            f"*.claim-exchange.*.{ENV}",
+        ],
+        "name": f"e2e-{uuid.uuid4().hex[:6]}",
+        "reconcile_on_start": False,
+        "reconcile_interval": 0,
+        "concurrency": 8,
+    }
+    values.update(overrides)
+    return ListenerConfig(**values)
+
+
+async def _until(predicate, what: str, rounds: int = 600) -> None:
+    for _ in range(rounds):
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+async def _issue(stand_in, issuer, anvil, record: ClaimRecord, token: str) -> int:
+    block = peers.chain_web3(anvil.rpc_url).eth.block_number
+    return await issue_claim(
+        stand_in.url,
+        issuer,
+        issuer_did=DID.for_address(issuer.address).canonical,
+        claim_id=record.claim_id,
+        requester=record.asset.did,
+        issued_token=token,
+        block_number=block,
+    )
+
+
+def _token(issuer, asset, **extra) -> str:
+    return issued_token(
+        issuer,
+        issuer_did=DID.for_address(issuer.address),
+        subject=asset.did,
+        claim_data={"claimType": ROLE, "claimTypeVersion": 1},
+        **extra,
+    )
+
+
+async def test_request_issue_publish_end_to_end(
+    real, stand_in, nats_server, funded_asset, issuer, anvil, chain_mode
+):
+    asset = await sync_to_async(funded_asset)()
+    listener = Listener(_config(nats_server.url), real)
+    await listener.connect()
+    client = await nats.connect(nats_server.url)
+    await client.publish(
+        "dashboard.prequalification.exchange", json.dumps({"did": asset.did}).encode()
+    )
+    await client.flush()
+
+    async def recorded(n: int) -> bool:
+        return listener.recorded >= n
+
+    await _until(lambda: recorded(1), "request recorded")
+    await listener.process_until_idle()
+    record = await ClaimRecord.objects.select_related("asset").aget(asset=asset)
+    assert record.status == ClaimStatus.REQUESTED
+    assert stand_in.claims[record.claim_id]["requester"] == asset.did
+
+    token = _token(issuer, asset)
+    assert await _issue(stand_in, issuer, anvil, record, token) == 201
+    # The stand-in, like the real server, announces it once per DID in
+    # [requester, token subject]: the same message twice.
+    await _until(lambda: recorded(3), "issue notices recorded")
+    await listener.process_until_idle()
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.PUBLISHED, record.last_error
+    assert record.tx_hash and record.cid
+    document = await real.chain.resolve_document(asset.did)
+    entry = flows.find_service_by_hash(document, flows.token_sha256(token))
+    assert entry is not None and entry["serviceEndpoint"] == record.cid
+    assert await real.store.get(record.cid) == token
+    writes = await record.events.filter(kind="written").acount()
+    assert writes == 1
+    await listener.shutdown()
+    await client.close()
+
+
+async def test_issued_while_listener_down_is_published_by_reconciliation(
+    real, stand_in, funded_asset, issuer, anvil, chain_mode
+):
+    assets = [await sync_to_async(funded_asset)() for _ in range(3)]
+    records = []
+    for asset in assets:
+        outcome = await flows.claim_request_prequalification(
+            asset=asset, integrations=real, actor=LISTENER
+        )
+        records.append(
+            await ClaimRecord.objects.select_related("asset").aget(
+                pk=outcome.record_id or 0
+            )
+        )
+    tokens = []
+    for record in records:  # no listener: the NATS messages are lost
+        tokens.append(_token(issuer, record.asset))
+        assert await _issue(stand_in, issuer, anvil, record, tokens[-1]) == 201
+    result, racing = await asyncio.gather(
+        flows.reconcile_assets(
+            assets=assets,
+            integrations=real,
+            actor=RECONCILER,
+            concurrency=4,
+        ),
+        flows.reconcile_assets(
+            assets=assets,
+            integrations=real,
+            actor=LISTENER,
+            concurrency=4,
+        ),
+    )
+    assert result.errors == [] and racing.errors == []
+    for asset, record, token in zip(assets, records, tokens, strict=True):
+        await record.arefresh_from_db()
+        assert record.status == ClaimStatus.PUBLISHED
+        assert await record.events.filter(kind="written").acount() == 1
+        document = await real.chain.resolve_document(asset.did)
+        assert flows.find_service_by_hash(document, flows.token_sha256(token))
+    again = await flows.reconcile_assets(
+        assets=assets, integrations=real, actor=RECONCILER, concurrency=4
+    )
+    assert (again.published, again.already_present) == (0, 3)
+
+
+@pytest.mark.parametrize("chain_mode", ["asset"], indirect=True)
+@pytest.mark.parametrize(
+    "case", ["tampered", "expired", "wrong_subject", "unauthorised"]
+)
+async def test_bad_credentials_are_not_published(
+    real, stand_in, nats_server, funded_asset, issuer, anvil, case
+):
+    asset = await sync_to_async(funded_asset)()
+    other = await sync_to_async(funded_asset)()
+    outcome = await flows.claim_request_prequalification(
+        asset=asset, integrations=real, actor=LISTENER
+    )
+    record = await ClaimRecord.objects.select_related("asset").aget(
+        pk=outcome.record_id or 0
+    )
+    good = _token(issuer, asset)
+    token = {
+        "tampered": good[:-6] + ("A" if good[-6] != "A" else "B") + good[-5:],
+        "expired": _token(issuer, asset, exp=int(time.time()) - 60),
+        "wrong_subject": _token(issuer, other),
+        "unauthorised": _token(LocalKeySigner.generate(), asset),
+    }[case]
+    # The stand-in checks what the real server checks (signature by the issuing
+    # DID, issuer allowed); what it accepts, evops must still refuse.
+    stand_in.claims[record.claim_id].update(
+        {"issuedToken": token, "isAccepted": True, "acceptedBy": "x"}
+    )
+    listener = Listener(_config(nats_server.url), real)
+    await listener.connect()
+    client = await nats.connect(nats_server.url)
+    notice = {"type": "issue-credential", "claimId": record.claim_id}
+    await client.publish(
+        f"issue-credential.claim-exchange.{asset.did}.{ENV}",
+        json.dumps(notice).encode(),
+    )
+    await client.flush()
+
+    async def recorded() -> bool:
+        return listener.recorded >= 1
+
+    await _until(recorded, "notice recorded")
+    await listener.process_until_idle()
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.REJECTED
+    assert record.rejection_reason
+    message = await InboundMessage.objects.aget()
+    assert message.outcome == "rejected" and record.rejection_reason in message.reason
+    document = await real.chain.resolve_document(asset.did)
+    assert document.get("service") in (None, [])
+    await listener.shutdown()
+    await client.close()
