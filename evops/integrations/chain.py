@@ -226,6 +226,7 @@ class Chain:
         gas_margin: float = DEFAULT_GAS_MARGIN,
         request_timeout: float = 10.0,
         poll_interval: float = 0.25,
+        max_connections: int = 50,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -253,6 +254,8 @@ class Chain:
             ),
         )
         self.w3 = AsyncWeb3(self._provider)
+        self._max_connections = max_connections
+        self._session_loop: asyncio.AbstractEventLoop | None = None
         self._accounts: dict[str, _Account] = {}
         self._identity_locks: dict[str, asyncio.Lock] = {}
         self._identity_users: dict[str, int] = {}
@@ -275,6 +278,7 @@ class Chain:
         self, method: str, params: list[Any], *, tx_hash: str | None = None
     ) -> Mapping[str, Any]:
         """One JSON-RPC exchange; transport failures become transient ChainErrors."""
+        await self._ensure_session()
         try:
             response = await self._provider.make_request(RPCEndpoint(method), params)
         except _TRANSPORT_ERRORS as exc:
@@ -303,6 +307,23 @@ class Chain:
         if len(result) != 66:
             raise ChainError(f"{NO_REGISTRY}: {self.registry_address}", permanent=True)
         return result
+
+    async def _ensure_session(self) -> None:
+        """Give the provider a pooled keep-alive session on this event loop.
+
+        web3's default session closes the connection after every request; with a
+        hundred publications in flight that is a TCP handshake (and a resolver thread
+        hop) per call.
+        """
+        loop = asyncio.get_running_loop()
+        if self._session_loop is loop:
+            return
+        self._session_loop = loop
+        session = aiohttp.ClientSession(
+            raise_for_status=True,
+            connector=aiohttp.TCPConnector(limit=self._max_connections),
+        )
+        await self._provider.cache_async_session(session)
 
     async def _ensure_chain(self) -> None:
         if self._chain_checked:

@@ -240,10 +240,12 @@ class ReplayingSigner(ForeignSigner):
 
 
 @pytest.fixture
-async def local_chain():
-    """A private automining anvil with the registry: (rpc url, registry address)."""
-    async with start_anvil() as anvil:
-        yield anvil.url, await deploy(anvil.url)
+def local_chain(anvil: Anvil, registry_address: str) -> tuple[str, str]:
+    """The shared automining anvil with the registry: (rpc url, registry address).
+
+    Tests that change chain-wide state (base fee, mining mode) start their own.
+    """
+    return anvil.rpc_url, registry_address
 
 
 @pytest.fixture
@@ -698,8 +700,12 @@ async def test_wrong_chain_id_is_permanent(local_chain):
 # --- fees -----------------------------------------------------------------------------
 
 
-async def test_eip1559_fees_respect_the_cap(local_chain, operator):
-    url, registry = local_chain
+async def test_eip1559_fees_respect_the_cap(operator):
+    async with start_anvil() as anvil:  # the base fee is raised: a private chain
+        await _fee_cap_case(anvil.url, await deploy(anvil.url), operator)
+
+
+async def _fee_cap_case(url: str, registry: str, operator: LocalKeySigner) -> None:
     chain = _chain(url, registry, mode="relay", operator=operator, max_fee_gwei=1.5)
     try:
         result = await chain.publish_attribute(
