@@ -1,8 +1,6 @@
 """Fixtures for the cache-server tests: the stand-in over real HTTP, on real peers.
 
-The chain and NATS come from the suite-wide `anvil` and `nats_server` fixtures when
-`conftest.py` provides them; otherwise this module starts its own through
-`evops.sandbox.peers`, so these tests run on their own too.
+The chain and NATS are the suite-wide `anvil` and `nats_server` fixtures.
 """
 
 from __future__ import annotations
@@ -23,29 +21,14 @@ ROLE = "prequalified.roles.tso.apps.elia.iam.ewc"
 ENV = "ewf-test"
 
 
-def _shared_or_own(
-    request: pytest.FixtureRequest, name: str, factory: type[Any]
-) -> Iterator[Any]:
-    try:
-        yield request.getfixturevalue(name)
-        return
-    except pytest.FixtureLookupError:
-        pass
-    peer = factory().start()
-    try:
-        yield peer
-    finally:
-        peer.stop()
+@pytest.fixture(scope="session")
+def cache_anvil(anvil: Anvil) -> Anvil:
+    return anvil
 
 
 @pytest.fixture(scope="session")
-def cache_anvil(request: pytest.FixtureRequest) -> Iterator[Anvil]:
-    yield from _shared_or_own(request, "anvil", Anvil)
-
-
-@pytest.fixture(scope="session")
-def cache_nats(request: pytest.FixtureRequest) -> Iterator[NatsServer]:
-    yield from _shared_or_own(request, "nats_server", NatsServer)
+def cache_nats(nats_server: NatsServer) -> NatsServer:
+    return nats_server
 
 
 def rpc(url: str, method: str, params: list[Any]) -> object:

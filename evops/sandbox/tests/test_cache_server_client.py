@@ -489,3 +489,52 @@ def test_bad_login_mode_is_refused():
 
     with pytest.raises(ValueError):
         CacheServerClient("http://x", block_number=never, login_mode="password")
+
+
+# --- DID documents from the local chain ----------------------------------------------
+
+
+async def test_did_document_resolved_from_chain_with_merged_claim(
+    make_stand_in, block_number, rpc_url, registry_address, asset, asset_did, issuer
+):
+    """The stand-in resolves through the registry and merges stored claims (§4)."""
+    import hashlib
+
+    from evops.integrations.chain import Chain
+    from evops.protocol import erc1056
+    from evops.sandbox.peers import fund
+
+    server = make_stand_in(registry_address=registry_address)
+    issuer_did = DID.for_address(issuer.address).canonical
+    token = issued_token(
+        issuer,
+        issuer_did=issuer_did,
+        subject=asset_did,
+        claim_data={"claimType": ROLE, "claimTypeVersion": 1},
+    )
+    async with make_client(server, block_number) as client:
+        cid = await client.store_put(asset, asset_did, token)
+        fund(rpc_url, asset.address, 10**18)
+        chain = Chain(
+            rpc_url, chain_id=73799, registry_address=registry_address, max_fee_gwei=100
+        )
+        try:
+            service_id = str(uuid.uuid4())
+            await chain.publish_attribute(
+                asset,
+                name=erc1056.attribute_name(),
+                value=erc1056.service_value(
+                    service_id=service_id,
+                    cid=cid,
+                    token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+                ),
+                validity=erc1056.VALIDITY_FOREVER,
+            )
+        finally:
+            await chain.aclose()
+        document = await client.did_document(asset, asset_did)
+    services = [s for s in document["service"] if s.get("id") == service_id]
+    assert len(services) == 1
+    assert services[0]["serviceEndpoint"] == cid
+    assert services[0]["claimType"] == ROLE  # merged from the stored token
+    assert services[0]["iss"] == issuer_did
