@@ -24,7 +24,7 @@ from claims import flows
 from claims.integrations import Integrations
 from claims.listener import Listener, ListenerConfig
 from claims.models import ClaimRecord, ClaimStatus, InboundMessage
-from claims.services import LISTENER, RECONCILER
+from claims.services import LISTENER, RECONCILER, claims_lease_due
 from evops.integrations.cache_server import CacheServerClient
 from evops.integrations.chain import Chain
 from evops.integrations.credential_store import IpfsStore
@@ -287,3 +287,52 @@ async def test_bad_credentials_are_not_published(
     assert document.get("service") in (None, [])
     await listener.shutdown()
     await client.close()
+
+
+@pytest.mark.parametrize("chain_mode", ["asset"], indirect=True)
+async def test_flaky_cache_server_and_chain_outage_still_publish_everything(
+    real, stand_in, funded_asset, issuer, anvil, fast_retries, settings
+):
+    settings.MAX_ATTEMPTS = 50
+    assets = [await sync_to_async(funded_asset)() for _ in range(4)]
+    for asset in assets:
+        await flows.claim_request_prequalification(
+            asset=asset, integrations=real, actor=LISTENER
+        )
+    records = [r async for r in ClaimRecord.objects.select_related("asset")]
+    tokens = {}
+    for record in records:
+        tokens[record.pk] = _token(issuer, record.asset)
+        assert await _issue(stand_in, issuer, anvil, record, tokens[record.pk]) == 201
+    stand_in.set_faults(fail_rate=0.3)
+    working_chain = real.chain
+    real.chain = Chain(  # the RPC is down for the first round
+        f"http://127.0.0.1:{peers.free_port()}",
+        chain_id=73799,
+        registry_address=working_chain.registry_address,
+        max_fee_gwei=100,
+        request_timeout=0.5,
+    )
+    await flows.reconcile_assets(
+        assets=assets, integrations=real, actor=RECONCILER, concurrency=4
+    )
+    assert not await ClaimRecord.objects.filter(status=ClaimStatus.PUBLISHED).aexists()
+    await real.chain.aclose()
+    real.chain = working_chain
+    for _ in range(30):
+        for pk in await sync_to_async(claims_lease_due)(limit=100):
+            await flows.claim_process_due(
+                record_id=pk, integrations=real, actor=LISTENER
+            )
+        await flows.reconcile_assets(
+            assets=assets, integrations=real, actor=RECONCILER, concurrency=4
+        )
+        published = await ClaimRecord.objects.filter(
+            status=ClaimStatus.PUBLISHED
+        ).acount()
+        if published == len(assets):
+            break
+    stand_in.set_faults(fail_rate=0.0)
+    assert published == len(assets)
+    for record in records:
+        assert await record.events.filter(kind="written").acount() == 1
