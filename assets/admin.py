@@ -3,16 +3,25 @@
 `AssetKey` is not registered, and the asset form shows only which master key sealed
 the asset's key (a read-only line), never the nonce or ciphertext. Address and DID are
 read-only after creation: they are derived from the key.
+
+The console adds (never touching the key): the prequalification status and the last
+claim event per row (two subqueries, so the list costs the same queries for any
+number of rows), the asset's claim history and its DID document resolved from chain
+on the asset page, and the operator actions: reconcile, request prequalification,
+CSV export, each calling one service.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from django.contrib import admin
-from django.http import HttpRequest
+from django.contrib import admin, messages
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.utils.safestring import SafeString
 
 from assets.models import Asset, AssetKey
+from evops.admin_site import ConsoleAdminMixin, badge, message_for
 
 if TYPE_CHECKING:
     _AssetModelAdmin = admin.ModelAdmin[Asset]
@@ -20,9 +29,21 @@ else:
     _AssetModelAdmin = admin.ModelAdmin
 
 
+CLAIM_HISTORY_LIMIT = 50
+
+
 @admin.register(Asset)
-class AssetAdmin(_AssetModelAdmin):
-    list_display = ("did", "address", "kind", "external_id", "label", "created_at")
+class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
+    list_display = (
+        "did",
+        "address",
+        "kind",
+        "external_id",
+        "label",
+        "prequalification",
+        "last_event",
+        "created_at",
+    )
     list_filter = ("kind", "chain", "active")
     search_fields = ("did", "address", "external_id", "label")
     ordering = ("-created_at", "-id")
@@ -47,6 +68,167 @@ class AssetAdmin(_AssetModelAdmin):
         "updated_at",
     )
     show_full_result_count = False
+    actions = ("reconcile", "request_prequalification", "export_csv")
+    change_form_template = "admin/assets/asset/change_form.html"
+    csv_columns = (
+        ("did", lambda a: a.did),
+        ("address", lambda a: a.address),
+        ("kind", lambda a: a.kind),
+        ("external_id", lambda a: a.external_id),
+        ("label", lambda a: a.label),
+        ("active", lambda a: a.active),
+        ("prequalification", lambda a: a.claim_status or ""),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Asset]:
+        from claims.models import ClaimEvent, ClaimRecord
+
+        latest_claim = ClaimRecord.objects.filter(asset=OuterRef("pk")).order_by("-id")
+        latest_event = ClaimEvent.objects.filter(record__asset=OuterRef("pk")).order_by(
+            "-id"
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                claim_status=Subquery(latest_claim.values("status")[:1]),
+                event_kind=Subquery(latest_event.values("kind")[:1]),
+                event_at=Subquery(latest_event.values("at")[:1]),
+            )
+        )
+
+    @admin.display(description="prequalification")
+    def prequalification(self, obj: Asset) -> SafeString:
+        status = getattr(obj, "claim_status", None) or ""
+        return badge(status, status or "not requested")
+
+    @admin.display(description="last event")
+    def last_event(self, obj: Asset) -> str:
+        kind = getattr(obj, "event_kind", None)
+        at = getattr(obj, "event_at", None)
+        if not kind or at is None:
+            return ""
+        return f"{kind} · {at:%Y-%m-%d %H:%M}"
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        from claims.models import ClaimRecord
+        from evops.dashboard import resolve_did_document
+
+        extra = dict(extra_context or {})
+        asset = self.get_object(request, object_id)
+        if asset is not None:
+            claims = list(
+                ClaimRecord.objects.filter(asset=asset)
+                .order_by("-id")
+                .only(
+                    "id",
+                    "claim_id",
+                    "role",
+                    "status",
+                    "cid",
+                    "tx_hash",
+                    "last_error",
+                    "updated_at",
+                    "token_sha256",
+                )[:CLAIM_HISTORY_LIMIT]
+            )
+            hashes = {c.token_sha256: c.pk for c in claims if c.token_sha256}
+            extra["claim_history"] = claims
+            extra["did_document"] = resolve_did_document(asset.did, hashes)
+        return super().change_view(request, object_id, form_url, extra)
+
+    @admin.action(
+        description="Reconcile selected assets with the chain",
+        permissions=["reconcile_assets"],
+    )
+    def reconcile(
+        self, request: HttpRequest, queryset: QuerySet[Asset]
+    ) -> HttpResponse | None:
+        from claims import console_services
+
+        confirm = self.confirm_or_none(
+            request,
+            queryset,
+            action="reconcile",
+            title="Reconcile assets?",
+            summary=(
+                "Each asset's accepted claims on the cache server are compared with "
+                "its DID document on chain; what is missing is published (never "
+                "twice). This calls the cache server and the chain now."
+            ),
+        )
+        if confirm is not None:
+            return confirm
+        assets = list(queryset)
+        result = console_services.assets_reconcile(
+            assets=assets, actor_user=request.user
+        )
+        self.log_staff_action(request, assets, "Reconciled with the chain.")
+        parts = [
+            f"{result.assets} assets",
+            f"{result.published} published",
+            f"{result.already_present} already on chain",
+            f"{result.pending} pending",
+            f"{result.rejected} rejected",
+            f"{len(result.errors)} errors",
+        ]
+        level = messages.WARNING if result.errors else messages.SUCCESS
+        self.message_user(request, message_for("Reconcile", parts), level)
+        for error in result.errors[:10]:
+            self.message_user(request, error, messages.ERROR)
+        return None
+
+    @admin.action(
+        description="Request prequalification for selected assets",
+        permissions=["request_prequalification"],
+    )
+    def request_prequalification(
+        self, request: HttpRequest, queryset: QuerySet[Asset]
+    ) -> HttpResponse | None:
+        from claims import console_services
+
+        confirm = self.confirm_or_none(
+            request,
+            queryset,
+            action="request_prequalification",
+            title="Request prequalification?",
+            summary=(
+                "A prequalification claim request is filed on the cache server for "
+                "each asset, signed by the asset. A request already pending there is "
+                "left as it is."
+            ),
+        )
+        if confirm is not None:
+            return confirm
+        assets = list(queryset)
+        result = console_services.assets_request_prequalification(
+            assets=assets, actor_user=request.user
+        )
+        self.log_staff_action(request, assets, "Prequalification requested.")
+        parts = [
+            f"{result.filed} filed",
+            f"{result.already_pending} already pending",
+            f"{len(result.errors)} errors",
+        ]
+        level = messages.WARNING if result.errors else messages.SUCCESS
+        self.message_user(request, message_for("Prequalification", parts), level)
+        for error in result.errors[:10]:
+            self.message_user(request, error, messages.ERROR)
+        return None
+
+    @admin.action(
+        description="Export selected assets as CSV", permissions=["export_csv"]
+    )
+    def export_csv(
+        self, request: HttpRequest, queryset: QuerySet[Asset]
+    ) -> HttpResponseBase:
+        return self.export_csv_response(request, queryset.order_by("id"), "assets.csv")
 
     @admin.display(description="key")
     def key_custody(self, obj: Asset) -> str:

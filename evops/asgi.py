@@ -1,4 +1,8 @@
-"""ASGI entry point: HTTP through Django, websockets through channels (live updates)."""
+"""ASGI entry point: HTTP through Django, websockets through channels (live updates).
+
+Websockets pass the allowed-hosts Origin check and the session authentication, so
+the consumer sees the logged-in user and admits staff only.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,17 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evops.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from evops.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
+    }
+)

@@ -119,6 +119,7 @@ INSTALLED_APPS = [
     "evops",
     "assets",
     "claims",
+    "console",  # last: its post_migrate creates the groups once all permissions exist
 ]
 
 MIDDLEWARE = [
@@ -364,6 +365,34 @@ if not re.match(r"^https?://[^/\s]+(/\S*)?$", IPFS_API_URL):
     )
 # Seconds one store call may take in all before it counts as a (transient) timeout.
 CREDENTIAL_STORE_TIMEOUT = _float("CREDENTIAL_STORE_TIMEOUT", 10.0)
+
+# --- Operator console (admin, live updates) ------------------------------------------
+
+# Empty: an in-memory channel layer (live updates within one process; the console
+# also polls the claim history so changes made by the listener process still show).
+# redis://host:port/db: channels-redis, shared by the listener and the web process.
+CHANNEL_LAYER_URL = env.str("CHANNEL_LAYER_URL", default="").strip()
+if CHANNEL_LAYER_URL and not CHANNEL_LAYER_URL.startswith(
+    ("redis://", "rediss://", "unix://")
+):
+    raise ImproperlyConfigured("CHANNEL_LAYER_URL must be a redis:// URL or empty.")
+CHANNEL_LAYERS = {
+    "default": (
+        {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [CHANNEL_LAYER_URL]},
+        }
+        if CHANNEL_LAYER_URL
+        else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    )
+}
+# Seconds between the console's checks of the claim history for changes made by
+# other processes (in-memory layer only; 0 turns the check off).
+CONSOLE_POLL_SECONDS = _seconds("CONSOLE_POLL_SECONDS", 2.0)
+# Seconds the admin waits for the chain (DID documents, operator balance).
+CONSOLE_CHAIN_TIMEOUT = _float("CONSOLE_CHAIN_TIMEOUT", 5.0)
+# A listener whose last heartbeat is older than this many seconds shows as stale.
+CONSOLE_HEARTBEAT_STALE_SECONDS = _seconds("CONSOLE_HEARTBEAT_STALE_SECONDS", 30.0)
 
 # --- Logging -------------------------------------------------------------------------
 

@@ -1,0 +1,138 @@
+"""Staff actions of the operator console, on top of the pipeline's services and flows.
+
+Each function is what one admin action calls: it names the staff user as the actor
+(so the claim history says who), calls the pipeline, and returns what happened for
+the result message. Live updates need nothing here: every transition the pipeline
+makes sends `claims.signals.claim_changed` after commit, which `evops.live` relays.
+
+`integrations` defaults to `integrations_from_settings()`; tests pass their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+
+from assets.models import Asset
+from claims import flows, services
+from claims.integrations import Integrations, integrations_from_settings
+from claims.models import ClaimRecord, ClaimStatus
+
+IntegrationsFactory = Callable[[], Integrations]
+
+
+@dataclass
+class RetryResult:
+    """Claims a staff retry scheduled again, and those it skipped (not failed)."""
+
+    scheduled: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PrequalificationResult:
+    """Per asset: a claim request filed (or already pending), or an error."""
+
+    filed: int = 0
+    already_pending: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def claims_retry_publication(
+    *, claims: Sequence[ClaimRecord], actor_user: Any
+) -> RetryResult:
+    """Send failed claims back to the step they failed at, due now.
+
+    The listener's worker carries them on (the publication still goes through the
+    CAS into `publishing`, so a double click never writes twice). Claims that are
+    not failed are skipped, not an error: a list selection may mix statuses.
+    """
+    actor = services.staff_actor(actor_user)
+    result = RetryResult()
+    for claim in claims:
+        if claim.status != ClaimStatus.FAILED:
+            result.skipped.append(claim.pk)
+            continue
+        if services.claim_retry(record=claim, actor=actor):
+            result.scheduled.append(claim.pk)
+        else:
+            # Someone else (another operator, the reconciler) moved it first.
+            result.skipped.append(claim.pk)
+    return result
+
+
+def claim_retry_publication(*, claim: ClaimRecord, actor_user: Any) -> bool:
+    """One claim: True when it was failed and is now scheduled again."""
+    return bool(
+        claims_retry_publication(claims=[claim], actor_user=actor_user).scheduled
+    )
+
+
+def _run(
+    work: Callable[[Integrations], Any], integrations: IntegrationsFactory | None
+) -> Any:
+    async def run() -> Any:
+        bundle = (integrations or integrations_from_settings)()
+        try:
+            return await work(bundle)
+        finally:
+            await bundle.aclose()
+
+    return async_to_sync(run)()
+
+
+def assets_reconcile(
+    *,
+    assets: Sequence[Asset],
+    actor_user: Any,
+    integrations: IntegrationsFactory | None = None,
+) -> flows.ReconcileResult:
+    """Reconcile the selected assets now (cache server vs the chain), as the user."""
+    actor = services.staff_actor(actor_user)
+
+    async def work(bundle: Integrations) -> flows.ReconcileResult:
+        return await flows.reconcile_assets(
+            assets=list(assets),
+            integrations=bundle,
+            actor=actor,
+            concurrency=int(settings.RECONCILE_CONCURRENCY),
+        )
+
+    result: flows.ReconcileResult = _run(work, integrations)
+    return result
+
+
+def assets_request_prequalification(
+    *,
+    assets: Sequence[Asset],
+    actor_user: Any,
+    integrations: IntegrationsFactory | None = None,
+) -> PrequalificationResult:
+    """File the prequalification claim request for each selected asset, as the user.
+
+    One asset's failure (cache server down, no key) is reported and the others go
+    on; a request already pending on the cache server is counted, not an error.
+    """
+    actor = services.staff_actor(actor_user)
+    result = PrequalificationResult()
+
+    async def work(bundle: Integrations) -> None:
+        for asset in assets:
+            try:
+                outcome = await flows.claim_request_prequalification(
+                    asset=asset, integrations=bundle, actor=actor
+                )
+            except Exception as exc:
+                result.errors.append(f"{asset.did}: {services.readable_error(exc)}")
+                continue
+            if outcome.reason == "filed":
+                result.filed += 1
+            else:
+                result.already_pending += 1
+
+    _run(work, integrations)
+    return result

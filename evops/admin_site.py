@@ -1,0 +1,194 @@
+"""Presentation helpers the console's ModelAdmins share: actions, badges, audit.
+
+`ConsoleAdminMixin` gives a ModelAdmin
+- the permission checks for the console's custom permissions (`@admin.action(
+  permissions=["retry_publication"])` looks up `has_retry_publication_permission`),
+- a 403 when someone posts an action they may not run (Django would only say "no
+  action selected"), so a viewer who crafts the POST is refused, not ignored,
+- a confirmation page (`confirm_or_none`) and the audit entry (`log_staff_action`),
+- a CSV export of the selection that streams and never loads all rows at once.
+No business logic: each action calls one service.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from console import groups
+
+CONFIRM_FIELD = "confirm"
+CONFIRM_PREVIEW = 20
+_CSV_INJECTION = ("=", "+", "-", "@", "\t", "\r")
+
+BADGE_COLOURS = {
+    "requested": "#6b7280",
+    "issued": "#2563eb",
+    "stored": "#7c3aed",
+    "publishing": "#d97706",
+    "published": "#15803d",
+    "rejected": "#b91c1c",
+    "failed": "#b91c1c",
+    "pending": "#d97706",
+    "processed": "#15803d",
+    "ignored": "#6b7280",
+    "connected": "#15803d",
+    "reconnecting": "#d97706",
+    "disconnected": "#b91c1c",
+    "stopped": "#6b7280",
+}
+
+
+def badge(value: str, label: str | None = None) -> SafeString:
+    """A coloured status pill; `data-status` lets the live script restyle it."""
+    colour = BADGE_COLOURS.get(value, "#6b7280")
+    return format_html(
+        '<span class="evops-badge" data-status="{}" style="background:{};color:#fff;'
+        'padding:1px 8px;border-radius:9px;font-size:11px;white-space:nowrap">'
+        "{}</span>",
+        value,
+        colour,
+        label or value or "none",
+    )
+
+
+def _csv_cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    # A spreadsheet would run a cell starting with these as a formula.
+    return "'" + text if text.startswith(_CSV_INJECTION) else text
+
+
+def _user_id(request: HttpRequest) -> int:
+    # Admin views run behind admin_view: the user is a logged-in staff member.
+    pk = request.user.pk
+    if pk is None:
+        raise PermissionDenied
+    return int(pk)
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+class ConsoleAdminMixin:
+    """Mixed into the console's ModelAdmins (before `admin.ModelAdmin`)."""
+
+    csv_columns: Sequence[tuple[str, Callable[[Any], Any]]] = ()
+
+    # --- permissions of the custom actions ------------------------------------------
+
+    def has_retry_publication_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(groups.RETRY_PUBLICATION)
+
+    def has_reconcile_assets_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(groups.RECONCILE_ASSETS)
+
+    def has_request_prequalification_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(groups.REQUEST_PREQUALIFICATION)
+
+    def has_export_csv_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(groups.EXPORT_CSV)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        posted = request.POST.get("action") if request.method == "POST" else None
+        if posted and posted not in self.get_actions(request):  # type: ignore[attr-defined]
+            raise PermissionDenied
+        return super().changelist_view(request, extra_context)  # type: ignore[misc,no-any-return]
+
+    # --- confirmation and audit -----------------------------------------------------
+
+    def confirm_or_none(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Any],
+        *,
+        action: str,
+        title: str,
+        summary: str,
+    ) -> TemplateResponse | None:
+        """The confirmation page, or None once the user confirmed it."""
+        if request.POST.get(CONFIRM_FIELD) == "yes":
+            return None
+        opts = self.model._meta  # type: ignore[attr-defined]
+        count = queryset.count()
+        context = {
+            **self.admin_site.each_context(request),  # type: ignore[attr-defined]
+            "title": title,
+            "summary": summary,
+            "opts": opts,
+            "action": action,
+            "count": count,
+            "preview": [str(obj) for obj in queryset[:CONFIRM_PREVIEW]],
+            "more": max(0, count - CONFIRM_PREVIEW),
+            "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+            "select_across": request.POST.get("select_across", "0"),
+            "index": request.POST.get("index", "0"),
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "confirm_field": CONFIRM_FIELD,
+            "media": self.media,  # type: ignore[attr-defined]
+        }
+        return TemplateResponse(request, "admin/evops/confirm_action.html", context)
+
+    def log_staff_action(
+        self, request: HttpRequest, objects: Iterable[Model], message: str
+    ) -> None:
+        """One admin LogEntry per object, with the user and what was done."""
+        objects = list(objects)
+        if not objects:
+            return
+        LogEntry.objects.log_actions(
+            user_id=_user_id(request),
+            queryset=objects,
+            action_flag=CHANGE,
+            change_message=message,
+        )
+
+    # --- CSV ------------------------------------------------------------------------
+
+    def export_csv_response(
+        self, request: HttpRequest, queryset: QuerySet[Any], filename: str
+    ) -> StreamingHttpResponse:
+        """Stream the selection (all of it with "select all") as CSV."""
+        columns = self.csv_columns
+        model = self.model  # type: ignore[attr-defined]
+        LogEntry.objects.create(
+            user_id=_user_id(request),
+            content_type=ContentType.objects.get_for_model(model),
+            object_id=None,
+            object_repr=f"CSV export of {filename}"[:200],
+            action_flag=CHANGE,
+            change_message=f"Exported as CSV by {request.user.get_username()}.",
+        )
+        writer = csv.writer(_Echo())
+
+        def rows() -> Iterator[str]:
+            yield writer.writerow([name for name, _ in columns])
+            for obj in queryset.iterator(chunk_size=2000):
+                yield writer.writerow([_csv_cell(get(obj)) for _, get in columns])
+
+        response = StreamingHttpResponse(rows(), content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+
+
+def message_for(action: str, parts: Sequence[str]) -> str:
+    """`Retry publication: 3 scheduled, 1 skipped.`"""
+    return f"{action}: {', '.join(parts)}." if parts else f"{action}: nothing to do."
+
+
+__all__ = ["ConsoleAdminMixin", "admin", "badge", "message_for"]
