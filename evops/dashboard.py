@@ -183,7 +183,7 @@ def dashboard_data(*, with_balance: bool = True) -> Dashboard:
         failures_url=_changelist(
             "claimrecord",
             status__exact=ClaimStatus.FAILED,
-            updated_at__gte=since.strftime("%Y-%m-%d %H:%M:%S"),
+            updated_at__gte=since.isoformat(),
         ),
         inbox_pending=pending,
         inbox_oldest_seconds=round(oldest_seconds, 1),

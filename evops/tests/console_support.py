@@ -13,8 +13,10 @@ from console.groups import OPERATOR, VIEWER, ensure_groups
 from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
 
-PASSWORD = "console-test-password"  # noqa: S105 - test users only
+PASSWORD = "console-test-password"
 _numbers = itertools.count(1)
+# Test signers by asset pk, for the fake integrations (`claims.tests.fakes`).
+SIGNERS: dict[int, LocalKeySigner] = {}
 
 
 def make_user(role: str) -> User:
@@ -35,10 +37,14 @@ def make_user(role: str) -> User:
 def make_asset(**fields: Any) -> Asset:
     signer = LocalKeySigner.generate()
     did = DID.for_address(signer.address)
-    return Asset.objects.create(did=did.canonical, address=did.address, **fields)
+    asset = Asset.objects.create(did=did.canonical, address=did.address, **fields)
+    SIGNERS[asset.pk] = signer
+    return asset
 
 
-def make_claim(asset: Asset, status: str = ClaimStatus.FAILED, **fields: Any) -> ClaimRecord:
+def make_claim(
+    asset: Asset, status: str = ClaimStatus.FAILED, **fields: Any
+) -> ClaimRecord:
     number = next(_numbers)
     defaults: dict[str, Any] = {
         "claim_id": f"claim-{number}",

@@ -27,7 +27,7 @@ def test_groups_exist_with_exact_permissions():
     viewer = Group.objects.get(name=groups.VIEWER)
     operator = Group.objects.get(name=groups.OPERATOR)
 
-    def labels(group):
+    def labels(group: Group) -> set[str]:
         return {
             f"{p.content_type.app_label}.{p.codename}" for p in group.permissions.all()
         }

@@ -1,0 +1,317 @@
+"""The console's admin pages and actions through Django's test client."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from assets.models import Asset, AssetKind
+from claims.models import ClaimEvent, ClaimRecord, ClaimStatus, InboundMessage
+from claims.tests.fakes import fake_integrations
+from console import groups
+from evops import dashboard
+from evops.protocol.keys import LocalKeySigner
+from evops.tests.console_support import SIGNERS, make_asset, make_claim, make_user
+
+pytestmark = pytest.mark.django_db
+
+CLAIMS = "admin:claims_claimrecord_changelist"
+ASSETS = "admin:assets_asset_changelist"
+INBOX = "admin:claims_inboundmessage_changelist"
+
+
+@pytest.fixture(autouse=True)
+def _no_chain(settings):
+    # A closed port: the chain "is unreachable" at once, never the internet.
+    settings.CHAIN_RPC_URL = "http://127.0.0.1:9"
+
+
+@pytest.fixture
+def operator(client):
+    user = make_user(groups.OPERATOR)
+    client.force_login(user)
+    return user
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    bundle = fake_integrations(LocalKeySigner.generate(), SIGNERS)
+    monkeypatch.setattr(
+        "claims.console_services.integrations_from_settings", lambda: bundle[0]
+    )
+    return bundle
+
+
+def _post_action(
+    client: Any, url: str, action: str, pks: list[int], **extra: Any
+) -> Any:
+    data = {"action": action, "_selected_action": [str(pk) for pk in pks], "index": 0}
+    data.update(extra)
+    return client.post(reverse(url), data, follow=bool(extra.get("confirm")))
+
+
+# --- claim list ----------------------------------------------------------------------
+
+
+def test_claim_list_shows_badges_and_readable_errors(client, operator):
+    claim = make_claim(make_asset(kind=AssetKind.VEHICLE))
+    content = client.get(reverse(CLAIMS)).content.decode()
+    assert 'data-status="failed"' in content
+    assert claim.claim_id in content
+    # The error is escaped, never rendered as markup.
+    assert "&lt;in time&gt;" in content
+    assert "<in time>" not in content
+
+
+def test_claim_list_filters_and_search(client, operator):
+    vehicle = make_asset(kind=AssetKind.VEHICLE)
+    charger = make_asset(kind=AssetKind.CHARGE_POINT)
+    failed = make_claim(vehicle)
+    published = make_claim(
+        charger, ClaimStatus.PUBLISHED, tx_hash="0x" + "ab" * 32, cid="bafyCID1"
+    )
+
+    def listed(**params: Any) -> set[int]:
+        response = client.get(reverse(CLAIMS), params)
+        assert response.status_code == 200
+        return {c.pk for c in response.context["cl"].result_list}
+
+    assert listed(status__exact="failed") == {failed.pk}
+    assert listed(asset_kind="charge_point") == {published.pk}
+    assert listed(q=vehicle.did) == {failed.pk}
+    assert listed(q=published.tx_hash) == {published.pk}
+    assert listed(q="bafyCID1") == {published.pk}
+    assert listed(q=failed.claim_id) == {failed.pk}
+
+
+def test_claim_list_query_count_does_not_grow(
+    client, operator, django_assert_num_queries
+):
+    asset = make_asset()
+    make_claim(asset)
+    client.get(reverse(CLAIMS))  # warm caches (content types, sessions)
+    with CaptureQueriesContext(connection) as few:
+        client.get(reverse(CLAIMS))
+    for _ in range(30):
+        make_claim(make_asset())
+    with django_assert_num_queries(len(few.captured_queries)):
+        client.get(reverse(CLAIMS))
+
+
+def test_claim_page_shows_history_inline_read_only(client, operator):
+    claim = make_claim(make_asset())
+    content = client.get(
+        reverse("admin:claims_claimrecord_change", args=[claim.pk])
+    ).content.decode()
+    assert "ChainError: the RPC did not answer &lt;in time&gt;" in content
+    assert "test" in content  # the history row's actor
+    assert 'name="_save"' not in content
+
+
+# --- retry publication ---------------------------------------------------------------
+
+
+def test_retry_asks_for_confirmation_then_records_who(client, operator):
+    claim = make_claim(make_asset())
+    ok = make_claim(make_asset(), ClaimStatus.PUBLISHED)
+    page = _post_action(client, CLAIMS, "retry_publication", [claim.pk, ok.pk])
+    assert page.status_code == 200
+    assert b"Retry publication?" in page.content
+    assert claim.claim_id.encode() in page.content
+    assert ClaimRecord.objects.get(pk=claim.pk).status == ClaimStatus.FAILED
+
+    done = _post_action(
+        client, CLAIMS, "retry_publication", [claim.pk, ok.pk], confirm="yes"
+    )
+    assert done.status_code == 200
+    text = done.content.decode()
+    assert "Retry publication: 1 scheduled, 1 skipped (not failed)." in text
+    claim.refresh_from_db()
+    assert claim.status == ClaimStatus.STORED  # it had a CID
+    assert ClaimRecord.objects.get(pk=ok.pk).status == ClaimStatus.PUBLISHED
+    event = ClaimEvent.objects.filter(record=claim, kind="retry").get()
+    assert event.user == operator
+    assert event.actor_label == operator.get_username()
+    entry = LogEntry.objects.get(object_id=str(claim.pk))
+    assert entry.user == operator
+    assert entry.change_message == "Retry publication scheduled."
+    assert not LogEntry.objects.filter(object_id=str(ok.pk)).exists()
+
+
+def test_retry_twice_schedules_once(client, operator):
+    claim = make_claim(make_asset())
+    _post_action(client, CLAIMS, "retry_publication", [claim.pk], confirm="yes")
+    again = _post_action(client, CLAIMS, "retry_publication", [claim.pk], confirm="yes")
+    assert "0 scheduled, 1 skipped" in again.content.decode()
+    assert ClaimEvent.objects.filter(record=claim, kind="retry").count() == 1
+
+
+# --- CSV -----------------------------------------------------------------------------
+
+
+def test_claims_csv_export_is_safe_and_logged(client, operator):
+    asset = make_asset()
+    claim = make_claim(asset, last_error="=HYPERLINK('http://evil')")
+    response = _post_action(client, CLAIMS, "export_csv", [claim.pk])
+    assert response["Content-Type"] == "text/csv"
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert rows[0][:3] == ["id", "claim_id", "asset_did"]
+    assert rows[1][2] == asset.did
+    assert rows[1][8] == "'=HYPERLINK('http://evil')"
+    assert LogEntry.objects.filter(user=operator, object_repr__contains="CSV").exists()
+
+
+def test_assets_csv_export_never_contains_key_material(client, operator):
+    from assets import services
+
+    asset = services.asset_generate(count=1)[0]
+    response = _post_action(client, ASSETS, "export_csv", [asset.pk])
+    body = b"".join(response.streaming_content)
+    assert asset.did.encode() in body
+    assert asset.key.ciphertext.hex().encode() not in body
+    assert b"ciphertext" not in body and b"nonce" not in body
+
+
+# --- inbox ---------------------------------------------------------------------------
+
+
+def test_inbound_payload_is_escaped_and_truncated(client, operator):
+    payload = "<script>alert(1)</script>" + "x" * 10_000
+    message = InboundMessage.objects.create(
+        subject="evil.claim-exchange.a.b",
+        payload=payload,
+        payload_size=len(payload),
+        dedupe_key="k",
+        outcome="rejected",
+        reason="malformed <payload>",
+    )
+    listing = client.get(reverse(INBOX)).content.decode()
+    assert "malformed &lt;payload&gt;" in listing
+    assert 'data-status="rejected"' in listing
+    page = client.get(
+        reverse("admin:claims_inboundmessage_change", args=[message.pk])
+    ).content.decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert(1)" not in page
+    assert "shown 4000 of 10025 characters" in page
+
+
+# --- assets --------------------------------------------------------------------------
+
+
+def test_asset_list_badge_and_last_event(client, operator):
+    asset = make_asset()
+    make_claim(asset, ClaimStatus.PUBLISHED)
+    make_asset()
+    content = client.get(reverse(ASSETS)).content.decode()
+    assert 'data-status="published"' in content
+    assert "not requested" in content
+    assert "published ·" in content
+
+
+def test_asset_list_query_count_does_not_grow(
+    client, operator, django_assert_num_queries
+):
+    make_claim(make_asset())
+    client.get(reverse(ASSETS))
+    with CaptureQueriesContext(connection) as few:
+        client.get(reverse(ASSETS))
+    for _ in range(30):
+        make_claim(make_asset())
+    with django_assert_num_queries(len(few.captured_queries)):
+        client.get(reverse(ASSETS))
+
+
+def test_asset_page_history_and_unreachable_chain(client, operator):
+    from assets import services
+
+    asset = services.asset_generate(count=1)[0]
+    claim = make_claim(asset)
+    content = client.get(
+        reverse("admin:assets_asset_change", args=[asset.pk])
+    ).content.decode()
+    assert claim.claim_id in content
+    assert "The DID document could not be resolved from chain" in content
+    assert asset.key.ciphertext.hex() not in content
+
+
+def test_resolve_document_marks_known_credentials_verified(monkeypatch):
+    async def fake(self, did):
+        return {
+            "id": did,
+            "service": [
+                {"id": "s1", "serviceEndpoint": "bafyA", "hash": "aa" * 32},
+                {"id": "s2", "serviceEndpoint": "bafyB", "hash": "bb" * 32},
+            ],
+        }
+
+    monkeypatch.setattr("evops.integrations.chain.Chain.resolve_document", fake)
+    resolved = dashboard.resolve_did_document("did:ethr:volta:0x1", {"aa" * 32: 7})
+    assert resolved.error == ""
+    assert [(s.id, s.verified, s.claim_pk) for s in resolved.services] == [
+        ("s1", True, 7),
+        ("s2", False, None),
+    ]
+
+
+def test_request_prequalification_for_selected_assets(client, operator, fakes):
+    _, cache, _, _ = fakes
+    first, second = make_asset(), make_asset()
+    page = _post_action(client, ASSETS, "request_prequalification", [first.pk])
+    assert b"Request prequalification?" in page.content
+    assert cache.requests == []
+    done = _post_action(
+        client,
+        ASSETS,
+        "request_prequalification",
+        [first.pk, second.pk],
+        confirm="yes",
+    )
+    assert "Prequalification: 2 filed, 0 already pending, 0 errors." in (
+        done.content.decode()
+    )
+    record = ClaimRecord.objects.get(asset=first)
+    assert record.status == ClaimStatus.REQUESTED
+    assert record.events.get().user == operator
+    assert LogEntry.objects.filter(object_id=str(second.pk), user=operator).exists()
+
+
+def test_request_prequalification_reports_each_failure(client, operator, fakes):
+    from claims.tests.fakes import FakeError
+
+    _, cache, _, _ = fakes
+    cache.fail_next.append(FakeError("cache server answered 503", permanent=False))
+    asset = make_asset()
+    done = _post_action(
+        client, ASSETS, "request_prequalification", [asset.pk], confirm="yes"
+    )
+    text = done.content.decode()
+    assert "0 filed, 0 already pending, 1 errors" in text
+    assert "cache server answered 503" in text
+    assert not ClaimRecord.objects.filter(asset=asset).exists()
+
+
+def test_reconcile_selected_assets_publishes_missing(client, operator, fakes):
+    _, cache, _store, chain = fakes
+    asset = make_asset()
+    from asgiref.sync import async_to_sync
+
+    role = async_to_sync(cache.role)(None, asset.did, "ns")
+    async_to_sync(cache.request_claim)(SIGNERS[asset.pk], asset.did, role=role)
+    cache.issue(next(iter(cache.claims)))
+    page = _post_action(client, ASSETS, "reconcile", [asset.pk])
+    assert b"Reconcile assets?" in page.content
+    done = _post_action(client, ASSETS, "reconcile", [asset.pk], confirm="yes")
+    assert "Reconcile: 1 assets, 1 published" in done.content.decode()
+    record = ClaimRecord.objects.get(asset=asset)
+    assert record.status == ClaimStatus.PUBLISHED
+    assert len(chain.writes) == 1
+    assert record.events.filter(user=operator).exists()
+    assert Asset.objects.filter(pk=asset.pk).exists()

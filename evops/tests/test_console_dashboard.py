@@ -1,0 +1,156 @@
+"""The dashboard page: counts, oldest item, failures, inbox, listeners, balance."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from claims.models import (
+    ClaimEvent,
+    ClaimRecord,
+    ClaimStatus,
+    InboundMessage,
+    ListenerHeartbeat,
+)
+from console import groups
+from evops import dashboard
+from evops.tests.console_support import make_asset, make_claim, make_user
+
+pytestmark = pytest.mark.django_db
+URL = "console-dashboard"
+
+
+@pytest.fixture
+def viewer(client):
+    user = make_user(groups.VIEWER)
+    client.force_login(user)
+    return user
+
+
+def test_dashboard_shows_the_pipeline_state(client, viewer):
+    asset = make_asset()
+    failed = make_claim(asset)
+    ClaimEvent.objects.create(
+        record=failed, kind="failed", to_status="failed", actor="system"
+    )
+    old = make_claim(make_asset(), ClaimStatus.ISSUED)
+    ClaimRecord.objects.filter(pk=old.pk).update(
+        created_at=timezone.now() - timedelta(days=2)
+    )
+    make_claim(make_asset(), ClaimStatus.REQUESTED)
+    InboundMessage.objects.create(subject="a.b", dedupe_key="k1", outcome="pending")
+    now = timezone.now()
+    ListenerHeartbeat.objects.create(
+        name="listener-1", state="connected", last_heartbeat=now, started_at=now
+    )
+    ListenerHeartbeat.objects.create(
+        name="listener-2",
+        state="connected",
+        last_heartbeat=now - timedelta(minutes=5),
+        started_at=now,
+    )
+    response = client.get(reverse(URL))
+    assert response.status_code == 200
+    data = response.context["dashboard"]
+    counts = {row.status: row.count for row in data.statuses}
+    assert counts["failed"] == 1 and counts["issued"] == 1 and counts["requested"] == 1
+    assert data.oldest_open["claim_id"] == old.claim_id
+    assert data.failures_24h == 2  # make_claim's event and the explicit one
+    assert data.inbox_pending == 1
+    assert [(x.name, x.stale) for x in data.listeners] == [
+        ("listener-1", False),
+        ("listener-2", True),
+    ]
+    assert data.balance == dashboard.BALANCE_NOT_RELAY
+    content = response.content.decode()
+    assert "?status__exact=failed" in content
+    assert "outcome__exact=pending" in content
+    assert "/ws/console/" in content  # the live script
+
+
+def test_dashboard_links_lead_to_filtered_lists(client, viewer):
+    make_claim(make_asset())
+    data = client.get(reverse(URL)).context["dashboard"]
+    response = client.get(data.failures_url)
+    assert response.status_code == 200
+    assert len(response.context["cl"].result_list) == 1
+
+
+def test_dashboard_json_for_live_refresh(client, viewer):
+    make_claim(make_asset(), ClaimStatus.PUBLISHED)
+    data = client.get(reverse(URL), {"format": "json"}).json()
+    assert {"status": "published", "count": 1}.items() <= next(
+        row for row in data["statuses"] if row["status"] == "published"
+    ).items()
+    assert data["listeners"] == []
+
+
+def test_dashboard_query_count_does_not_grow(client, viewer, django_assert_num_queries):
+    make_claim(make_asset())
+    client.get(reverse(URL))
+    with CaptureQueriesContext(connection) as few:
+        client.get(reverse(URL))
+    for status in ClaimStatus.values * 5:
+        make_claim(make_asset(), status)
+    with django_assert_num_queries(len(few.captured_queries)):
+        client.get(reverse(URL))
+
+
+def test_relay_balance_without_operator_is_readable(settings, monkeypatch):
+    settings.CHAIN_WRITE_MODE = "relay"
+    import assets.signers
+
+    monkeypatch.delattr(assets.signers, "operator_signer", raising=False)
+    assert dashboard.operator_balance() == dashboard.BALANCE_NO_OPERATOR
+
+
+def test_relay_balance_with_unreachable_chain_is_readable(settings, monkeypatch):
+    from evops.protocol.keys import LocalKeySigner
+
+    settings.CHAIN_WRITE_MODE = "relay"
+    settings.CHAIN_RPC_URL = "http://127.0.0.1:9"
+    signer = LocalKeySigner.generate()
+    import assets.signers
+
+    monkeypatch.setattr(
+        assets.signers, "operator_signer", lambda: signer, raising=False
+    )
+    text = dashboard.operator_balance()
+    assert text.startswith("unavailable: the chain did not answer")
+
+
+@pytest.mark.peers
+def test_relay_balance_from_anvil(settings, monkeypatch, anvil, registry_address):
+    from evops.protocol.keys import LocalKeySigner
+    from evops.sandbox.peers import fund
+
+    settings.CHAIN_WRITE_MODE = "relay"
+    settings.CHAIN_RPC_URL = anvil.rpc_url
+    settings.CHAIN_ID = anvil.chain_id
+    settings.DID_REGISTRY_ADDRESS = registry_address
+    signer = LocalKeySigner.generate()
+    fund(anvil.rpc_url, signer.address, 3 * 10**18)
+    import assets.signers
+
+    monkeypatch.setattr(
+        assets.signers, "operator_signer", lambda: signer, raising=False
+    )
+    assert dashboard.operator_balance() == f"3.000000 ({signer.address})"
+
+
+@pytest.mark.peers
+def test_did_document_resolved_from_anvil(settings, anvil, registry_address):
+    settings.CHAIN_RPC_URL = anvil.rpc_url
+    settings.CHAIN_ID = anvil.chain_id
+    settings.DID_REGISTRY_ADDRESS = registry_address
+    asset = make_asset()
+    resolved = dashboard.resolve_did_document(asset.did, {})
+    assert resolved.error == ""
+    assert resolved.document is not None
+    assert resolved.document["id"] == asset.did
+    assert resolved.services == []

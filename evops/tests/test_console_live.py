@@ -1,0 +1,154 @@
+"""Live updates: the websocket consumer (channels' communicator) and the relay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from asgiref.sync import SyncToAsync, sync_to_async
+from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser
+from django.db import connections, transaction
+
+from claims import services
+from claims.models import ClaimStatus
+from console import groups
+from evops import live
+from evops.consumers import CLOSE_FORBIDDEN, ConsoleConsumer
+from evops.routing import websocket_urlpatterns
+from evops.tests.console_support import make_asset, make_claim, make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _in_memory_layer(settings):
+    settings.CHANNEL_LAYER_URL = ""
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    }
+    settings.CONSOLE_POLL_SECONDS = 0
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+    # Consumers reach the database from asgiref's sync thread; close its connection
+    # so the test database can be dropped.
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+async def _connect(user: Any) -> tuple[WebsocketCommunicator, bool, Any]:
+    communicator = WebsocketCommunicator(ConsoleConsumer.as_asgi(), "/ws/console/")
+    communicator.scope["user"] = user  # type: ignore[typeddict-unknown-key]
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+async def test_staff_receive_claim_changes():
+    user = await database_sync_to_async(make_user)(groups.VIEWER)
+    communicator, connected, _ = await _connect(user)
+    assert connected
+    assert await sync_to_async(live.send_claim_changed)(7, "published")
+    assert await communicator.receive_json_from(timeout=2) == {
+        "type": "claim.changed",
+        "id": 7,
+        "status": "published",
+    }
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize("role", ["anonymous", "nostaff"])
+async def test_others_are_refused(role):
+    user: Any = AnonymousUser()
+    if role == "nostaff":
+        user = await database_sync_to_async(make_user)("nostaff")
+    _communicator, connected, code = await _connect(user)
+    assert not connected
+    assert code == CLOSE_FORBIDDEN
+
+
+async def test_a_service_transition_reaches_the_browser_after_commit():
+    user = await database_sync_to_async(make_user)(groups.OPERATOR)
+    claim = await database_sync_to_async(lambda: make_claim(make_asset()))()
+    communicator, connected, _ = await _connect(user)
+    assert connected
+
+    def retry():
+        with transaction.atomic():
+            services.claim_retry(record=claim, actor=services.staff_actor(user))
+            # Nothing is sent before the commit.
+            return get_channel_layer()
+
+    await database_sync_to_async(retry)()
+    message = await communicator.receive_json_from(timeout=2)
+    assert message == {"type": "claim.changed", "id": claim.pk, "status": "stored"}
+    assert await communicator.receive_nothing(timeout=0.2)
+    await communicator.disconnect()
+
+
+async def test_publish_claim_changed_waits_for_commit():
+    user = await database_sync_to_async(make_user)(groups.VIEWER)
+    communicator, connected, _ = await _connect(user)
+    assert connected
+    claim = await database_sync_to_async(lambda: make_claim(make_asset()))()
+
+    def rolled_back():
+        try:
+            with transaction.atomic():
+                live.publish_claim_changed(claim)
+                raise RuntimeError("boom")
+        except RuntimeError:
+            pass
+
+    await database_sync_to_async(rolled_back)()
+    assert await communicator.receive_nothing(timeout=0.3)
+    await database_sync_to_async(live.publish_claim_changed)(claim)
+    message = await communicator.receive_json_from(timeout=2)
+    assert message["id"] == claim.pk and message["status"] == ClaimStatus.FAILED
+    await communicator.disconnect()
+
+
+async def test_history_poll_relays_changes_from_other_processes(settings):
+    settings.CONSOLE_POLL_SECONDS = 0.05
+    user = await database_sync_to_async(make_user)(groups.VIEWER)
+    communicator, connected, _ = await _connect(user)
+    assert connected
+    # A write with no signal, as another process's write looks to this one.
+    claim = await database_sync_to_async(
+        lambda: make_claim(make_asset(), ClaimStatus.ISSUED)
+    )()
+    message = await communicator.receive_json_from(timeout=2)
+    assert message == {"type": "claim.changed", "id": claim.pk, "status": "issued"}
+    await communicator.disconnect()
+
+
+async def test_a_broken_layer_never_breaks_the_write(monkeypatch):
+    class Broken:
+        async def group_send(self, group, message):
+            raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(live, "get_channel_layer", lambda: Broken())
+    assert await sync_to_async(live.send_claim_changed)(1, "failed") is False
+
+
+async def test_asgi_routing_runs_the_session_auth_stack(client):
+    # Through the real router and auth middleware, an anonymous socket is refused.
+    app = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+    communicator = WebsocketCommunicator(app, "/ws/console/")
+    connected, code = await communicator.connect()
+    assert not connected and code == CLOSE_FORBIDDEN
+
+
+async def test_origin_validator_refuses_foreign_origins():
+    from evops.asgi import application
+
+    communicator = WebsocketCommunicator(
+        application, "/ws/console/", headers=[(b"origin", b"http://evil.example")]
+    )
+    connected, _ = await communicator.connect()
+    assert not connected
