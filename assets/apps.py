@@ -6,3 +6,10 @@ from django.apps import AppConfig
 class AssetsConfig(AppConfig):
     name = "assets"
     verbose_name = "Assets"
+
+    def ready(self) -> None:
+        from django.core import checks
+
+        from assets.checks import check_relay_operator
+
+        checks.register(check_relay_operator)

@@ -2,9 +2,10 @@
 
 Keys are encrypted at rest with AES-256-GCM under a master key from
 `EVOPS_KEY_ENCRYPTION_KEYS` (the first encrypts, every listed key decrypts). The
-associated data is the asset's address, so a ciphertext copied onto another asset's
-row fails authentication, and after every decryption the address derived from the key
-must equal the asset's address. Plaintext key bytes exist only inside the functions
+associated data is the key's purpose (an asset's key, or the relay operator's) and its
+address, so a ciphertext copied onto another row, or from an asset row onto the operator
+row and back, fails authentication; after every decryption the address derived from the
+key must equal the row's address. Plaintext key bytes exist only inside the functions
 below, for the moment of sealing or signing; callers get addresses, sealed envelopes
 and signatures, never keys. No message raised here contains key bytes or their hex.
 
@@ -31,7 +32,14 @@ from evops.protocol._crypto import keccak256
 
 ALGORITHM = "aes-256-gcm/v1"
 SETTING = "EVOPS_KEY_ENCRYPTION_KEYS"
-_AAD_PREFIX = b"evops/asset-key/v1|"
+# What a sealed key is for, bound into the associated data. The asset prefix is the
+# one every stored asset key was sealed with; never change either.
+ASSET_KEY = "asset-key"
+OPERATOR_KEY = "operator-key"
+_AAD_PREFIXES = {
+    ASSET_KEY: b"evops/asset-key/v1|",
+    OPERATOR_KEY: b"evops/operator-key/v1|",
+}
 _NONCE_BYTES = 12
 _EIP191_PREFIX = b"\x19Ethereum Signed Message:\n"
 # secp256k1 group order: valid private keys are 1 .. N-1.
@@ -44,7 +52,7 @@ MASTER_KEY_MISSING = (
 DECRYPT_FAILED = (
     "Cannot decrypt the key of {address} with master key {key_id!r} from "
     f"{SETTING}: that master key is wrong, or the ciphertext was tampered with or "
-    "belongs to another asset."
+    "belongs to another asset or account."
 )
 ADDRESS_MISMATCH = (
     "The key stored for {address} derives a different address; the key row does not "
@@ -60,7 +68,7 @@ KEYSTORE_MALFORMED = "not an Ethereum V3/V4 keystore"
 
 
 class KeyCustodyError(Exception):
-    """Base of every error about stored asset keys."""
+    """Base of every error about stored keys (asset and operator)."""
 
 
 class MasterKeyMissing(KeyCustodyError):
@@ -125,8 +133,12 @@ def _decrypting_key(key_id: str) -> AESGCM:
     raise MasterKeyMissing(MASTER_KEY_MISSING.format(key_id=key_id))
 
 
-def _aad(address: str) -> bytes:
-    return _AAD_PREFIX + address.lower().encode("ascii")
+def _aad(address: str, purpose: str) -> bytes:
+    try:
+        prefix = _AAD_PREFIXES[purpose]
+    except KeyError:
+        raise ValueError(f"unknown key purpose {purpose!r}") from None
+    return prefix + address.lower().encode("ascii")
 
 
 # --- secp256k1 -----------------------------------------------------------------------
@@ -226,25 +238,25 @@ def _parse_private_key(text: str | bytes) -> bytes:
 # --- sealing -------------------------------------------------------------------------
 
 
-def _seal(secret: bytes, address: str) -> SealedKey:
+def _seal(secret: bytes, address: str, purpose: str) -> SealedKey:
     key_id, cipher = _encrypting_key()
     nonce = os.urandom(_NONCE_BYTES)
     return SealedKey(
         key_id=key_id,
         algorithm=ALGORITHM,
         nonce=nonce,
-        ciphertext=cipher.encrypt(nonce, secret, _aad(address)),
+        ciphertext=cipher.encrypt(nonce, secret, _aad(address, purpose)),
     )
 
 
-def _open(sealed: SealedKey, address: str) -> bytes:
+def _open(sealed: SealedKey, address: str, purpose: str) -> bytes:
     """Decrypt and check that the key derives `address`; the only path to a key."""
     if sealed.algorithm != ALGORITHM:
         raise KeyCustodyError(UNSUPPORTED_ALGORITHM.format(algorithm=sealed.algorithm))
     cipher = _decrypting_key(sealed.key_id)
     try:
         secret = cipher.decrypt(
-            bytes(sealed.nonce), bytes(sealed.ciphertext), _aad(address)
+            bytes(sealed.nonce), bytes(sealed.ciphertext), _aad(address, purpose)
         )
     except InvalidTag:
         raise KeyDecryptionFailed(
@@ -256,27 +268,33 @@ def _open(sealed: SealedKey, address: str) -> bytes:
     return secret
 
 
-def seal_private_key(text: str | bytes) -> tuple[str, SealedKey]:
+def seal_private_key(
+    text: str | bytes, *, purpose: str = ASSET_KEY
+) -> tuple[str, SealedKey]:
     """Seal a key given as hex (optional 0x) or 32 bytes; return (address, envelope).
 
-    Raises `InvalidPrivateKey` (whose message never contains the input).
+    `purpose` (`ASSET_KEY` or `OPERATOR_KEY`) is bound into the envelope: it opens
+    only with the same purpose. Raises `InvalidPrivateKey` (whose message never
+    contains the input).
     """
     secret = _parse_private_key(text)
     address = _address_of(secret)
-    return address, _seal(secret, address)
+    return address, _seal(secret, address, purpose)
 
 
-def seal_new_key() -> tuple[str, SealedKey]:
+def seal_new_key(*, purpose: str = ASSET_KEY) -> tuple[str, SealedKey]:
     """Make a fresh random key and seal it; the plaintext never leaves this call."""
     while True:
         secret = secrets.token_bytes(32)
         if 0 < int.from_bytes(secret, "big") < _CURVE_ORDER:
             break
     address = _address_of(secret)
-    return address, _seal(secret, address)
+    return address, _seal(secret, address, purpose)
 
 
-def seal_keystore(keystore: Mapping[str, Any], password: str) -> tuple[str, SealedKey]:
+def seal_keystore(
+    keystore: Mapping[str, Any], password: str, *, purpose: str = ASSET_KEY
+) -> tuple[str, SealedKey]:
     """Decrypt an Ethereum V3/V4 keystore with eth-account and seal its key."""
     from eth_account import Account
 
@@ -288,40 +306,50 @@ def seal_keystore(keystore: Mapping[str, Any], password: str) -> tuple[str, Seal
         secret = bytes(Account.decrypt(dict(keystore), password))
     except (ValueError, KeyError, TypeError, NotImplementedError):
         raise KeystoreError(KEYSTORE_FAILED) from None
-    return seal_private_key(secret)
+    return seal_private_key(secret, purpose=purpose)
 
 
-def verify(sealed: SealedKey, *, address: str) -> None:
+def verify(sealed: SealedKey, *, address: str, purpose: str = ASSET_KEY) -> None:
     """Check that `sealed` decrypts and derives `address` (raises otherwise)."""
-    _open(sealed, address)
+    _open(sealed, address, purpose)
 
 
-def reseal(sealed: SealedKey, *, address: str) -> SealedKey:
+def reseal(sealed: SealedKey, *, address: str, purpose: str = ASSET_KEY) -> SealedKey:
     """Re-encrypt under the current first master key, verifying before and after."""
-    secret = _open(sealed, address)
-    fresh = _seal(secret, address)
-    _open(fresh, address)
+    secret = _open(sealed, address, purpose)
+    fresh = _seal(secret, address, purpose)
+    _open(fresh, address, purpose)
     return fresh
 
 
 # --- signing -------------------------------------------------------------------------
 
 
-def sign_hash(sealed: SealedKey, *, address: str, digest: bytes) -> bytes:
+def sign_hash(
+    sealed: SealedKey, *, address: str, digest: bytes, purpose: str = ASSET_KEY
+) -> bytes:
     """Raw signature of a 32-byte hash (no prefix): 65 bytes r||s||v, v in {27,28}."""
-    return _sign(_open(sealed, address), digest)
+    return _sign(_open(sealed, address, purpose), digest)
 
 
-def sign_message(sealed: SealedKey, *, address: str, message: bytes) -> bytes:
+def sign_message(
+    sealed: SealedKey, *, address: str, message: bytes, purpose: str = ASSET_KEY
+) -> bytes:
     """EIP-191 `personal_sign` of `message`: 65 bytes r||s||v, v in {27,28}."""
-    return _sign(_open(sealed, address), eip191_digest(message))
+    return _sign(_open(sealed, address, purpose), eip191_digest(message))
 
 
 def sign_transaction(
-    sealed: SealedKey, *, address: str, transaction: Mapping[str, Any]
+    sealed: SealedKey,
+    *,
+    address: str,
+    transaction: Mapping[str, Any],
+    purpose: str = ASSET_KEY,
 ) -> bytes:
     """Sign a transaction dict (web3 field names); return the raw signed bytes."""
     from eth_account import Account
 
-    signed = Account.sign_transaction(dict(transaction), _open(sealed, address))
+    signed = Account.sign_transaction(
+        dict(transaction), _open(sealed, address, purpose)
+    )
     return bytes(signed.raw_transaction)

@@ -96,3 +96,40 @@ class AssetKey(models.Model):
 
     def __repr__(self) -> str:
         return f"<AssetKey asset={self.asset_id} key_id={self.key_id!r}>"
+
+
+class OperatorAccount(models.Model):
+    """The relay-mode sender: the one account that sends `setAttributeSigned` and pays.
+
+    Its key is sealed by `assets.crypto` like an asset key but with the operator
+    purpose in the associated data, so an asset's ciphertext copied onto this row (or
+    this one onto an asset's key row) fails authentication. The envelope lives on the
+    row itself: there are one or two operators, and the admin lists only the columns
+    it names. Which operator a chain uses: `CHAIN_OPERATOR_ADDRESS`, or the only one
+    stored for that chain (`assets.selectors.operator_account_for`).
+    """
+
+    label = models.CharField(max_length=200, blank=True, default="")
+    address = models.CharField(
+        max_length=42, unique=True, help_text="EIP-55 checksummed address (fund it)."
+    )
+    chain = models.CharField(max_length=20, default="volta")
+    key_id = models.CharField(max_length=32)
+    algorithm = models.CharField(max_length=32, default="aes-256-gcm/v1")
+    nonce = models.BinaryField(max_length=12)
+    ciphertext = models.BinaryField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "operator account"
+
+    def __str__(self) -> str:
+        return self.label or self.address
+
+    def __repr__(self) -> str:
+        return (
+            f"<OperatorAccount {self.address} chain={self.chain!r} "
+            f"key_id={self.key_id!r}>"
+        )

@@ -1,13 +1,21 @@
-"""Reads of assets. Nothing here loads key material (`AssetKey` stays untouched)."""
+"""Reads of assets and the operator account.
+
+Nothing here decrypts anything: asset reads leave `AssetKey` untouched, and the
+operator lookup returns the row whose sealed envelope `assets.signers` wraps.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import QuerySet
 
-from assets.models import Asset
-from evops.protocol.dids import DID
+from assets.crypto import KeyCustodyError
+from assets.models import Asset, OperatorAccount
+from evops.protocol.dids import DID, chain_name_for
+from evops.protocol.errors import DIDError
 
 EXPORT_COLUMNS = ("did", "address", "kind", "external_id", "label")
 
@@ -44,3 +52,81 @@ def asset_export_rows() -> Iterator[tuple[str, str, str, str, str]]:
         .values_list(*EXPORT_COLUMNS)
         .iterator(chunk_size=2000)
     )
+
+
+# --- the relay operator account ------------------------------------------------------
+
+OPERATOR_NOT_CONFIGURED = (
+    "Relay mode needs an operator account and none is stored for chain {chain!r}. "
+    "Run `manage.py generate_operator_key` (then fund the address it prints) or "
+    "`manage.py import_operator_key PATH`, and if several are stored set "
+    "CHAIN_OPERATOR_ADDRESS; or set CHAIN_WRITE_MODE=asset."
+)
+OPERATOR_AMBIGUOUS = (
+    "{count} operator accounts are stored for chain {chain!r} ({addresses}); set "
+    "CHAIN_OPERATOR_ADDRESS to the one relay mode should send from."
+)
+OPERATOR_UNKNOWN = (
+    "CHAIN_OPERATOR_ADDRESS is {address}, but no operator account with that address "
+    "is stored for chain {chain!r}. Run `manage.py import_operator_key PATH` with its "
+    "key, or correct CHAIN_OPERATOR_ADDRESS."
+)
+
+
+class OperatorNotConfigured(KeyCustodyError, ImproperlyConfigured):
+    """Relay mode cannot run: no operator, an unknown one configured, or a choice.
+
+    Also an `ImproperlyConfigured`: it is a set-up problem, found at start-up.
+    """
+
+
+def operator_chain_default() -> str:
+    """The chain name operators are stored under for the configured `CHAIN_ID`."""
+    chain_id = int(settings.CHAIN_ID)
+    try:
+        return chain_name_for(chain_id)
+    except DIDError:
+        # A chain with no DID name (a private test chain): key operators by its id.
+        return str(chain_id)
+
+
+def operator_account_for(*, chain: str | None = None) -> OperatorAccount:
+    """The operator relay mode uses on `chain` (default: the configured chain).
+
+    `CHAIN_OPERATOR_ADDRESS` names it when set; otherwise the only operator stored for
+    the chain. Raises `OperatorNotConfigured` with a message saying what to run or
+    set.
+    """
+    chain = chain or operator_chain_default()
+    operators = OperatorAccount.objects.filter(chain=chain).order_by("id")
+    configured = str(getattr(settings, "CHAIN_OPERATOR_ADDRESS", "") or "")
+    if configured:
+        found = operators.filter(address__iexact=configured).first()
+        if found is None:
+            raise OperatorNotConfigured(
+                OPERATOR_UNKNOWN.format(address=configured, chain=chain)
+            )
+        return found
+    candidates = list(operators[:6])
+    if not candidates:
+        raise OperatorNotConfigured(OPERATOR_NOT_CONFIGURED.format(chain=chain))
+    if len(candidates) > 1:
+        count = operators.count()
+        addresses = ", ".join(o.address for o in candidates[:5])
+        raise OperatorNotConfigured(
+            OPERATOR_AMBIGUOUS.format(
+                count=count,
+                chain=chain,
+                addresses=addresses + (", ..." if count > 5 else ""),
+            )
+        )
+    return candidates[0]
+
+
+def operator_exists(*, chain: str | None = None) -> bool:
+    """Whether `operator_account_for(chain=chain)` would find one (no key loaded)."""
+    try:
+        operator_account_for(chain=chain)
+    except OperatorNotConfigured:
+        return False
+    return True

@@ -1,12 +1,14 @@
-"""Writes for assets: creating, generating, importing and re-encrypting their keys.
+"""Writes for assets and the operator account: creating, importing, re-encrypting keys.
 
 Every path that stores a key goes through `assets.crypto` (which seals it) and writes
-the asset and its `AssetKey` row together. Imports are all or nothing by default: every
+the asset and its `AssetKey` row together; operator keys are sealed with the operator
+purpose onto their `OperatorAccount` row. Imports are all or nothing by default: every
 entry is checked first, and nothing is written while any entry is invalid.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
@@ -20,7 +22,8 @@ from django.utils import timezone
 
 from assets import crypto, importers
 from assets.importers import KeyEntry
-from assets.models import Asset, AssetKey, AssetKind
+from assets.models import Asset, AssetKey, AssetKind, OperatorAccount
+from assets.selectors import operator_chain_default
 from assets.signers import sealed_from_row
 from evops.protocol.dids import DID, ERR_SHAPE, VOLTA, chain_id_for, chain_name_for
 from evops.protocol.errors import DIDError
@@ -48,10 +51,24 @@ ERR_RACE = (
     "was written. Run the import again."
 )
 ERR_ROTATION_FAILED = "Re-encryption stopped at {did}; nothing was changed. {reason}"
+ERR_OPERATOR_EXISTS = "An operator account with address {address} already exists."
+ERR_OPERATOR_IS_ASSET = (
+    "{address} is the address of asset {did}; the operator must be its own account."
+)
+ERR_OPERATOR_FILE = (
+    "{path}: expected an Ethereum V3 keystore (JSON) or a file holding one hex "
+    "private key and nothing else."
+)
+ERR_OPERATOR_UNREADABLE = "{path}: cannot read the file ({reason})."
+ERR_OPERATOR_CHAIN = "chain must be 1-20 characters of a-z, 0-9, _ or -, not {chain}"
 
 
 class AssetExists(Exception):
     """The key's address already has an asset."""
+
+
+class OperatorExists(AssetExists):
+    """The key's address is already an operator account (or an asset)."""
 
 
 class ImportRejected(Exception):
@@ -98,9 +115,12 @@ class ImportReport:
 
 @dataclass
 class RotationReport:
+    """`total` counts asset keys, `operators` operator keys; `by_previous_key` both."""
+
     total: int = 0
     by_previous_key: Counter[str] = field(default_factory=Counter)
     key_id: str = ""
+    operators: int = 0
 
 
 def _no_progress(items: Iterable[Any], total: int, description: str) -> Iterable[Any]:
@@ -475,8 +495,138 @@ def asset_rotate_encryption_keys(
             ["key_id", "algorithm", "nonce", "ciphertext", "updated_at"],
             batch_size=500,
         )
+        _reseal_operators(report, now)
     logger.info(
         "asset keys re-encrypted",
-        extra={"asset_count": report.total, "key_id": report.key_id},
+        extra={
+            "asset_count": report.total,
+            "operator_count": report.operators,
+            "key_id": report.key_id,
+        },
     )
     return report
+
+
+def _reseal_operators(report: RotationReport, now: Any) -> None:
+    """Re-encrypt operator keys inside the asset rotation's transaction."""
+    operators = list(OperatorAccount.objects.select_for_update().order_by("pk"))
+    for operator in operators:
+        try:
+            sealed = crypto.reseal(
+                sealed_from_row(operator),
+                address=operator.address,
+                purpose=crypto.OPERATOR_KEY,
+            )
+        except crypto.KeyCustodyError as exc:
+            raise RotationFailed(
+                ERR_ROTATION_FAILED.format(
+                    did=f"operator {operator.address}", reason=exc
+                )
+            ) from None
+        report.by_previous_key[operator.key_id] += 1
+        operator.key_id = sealed.key_id
+        operator.algorithm = sealed.algorithm
+        operator.nonce = sealed.nonce
+        operator.ciphertext = sealed.ciphertext
+        operator.updated_at = now
+    OperatorAccount.objects.bulk_update(
+        operators, ["key_id", "algorithm", "nonce", "ciphertext", "updated_at"]
+    )
+    report.operators = len(operators)
+
+
+# --- the relay operator account ------------------------------------------------------
+
+
+def _operator_chain(chain: str | None) -> str:
+    if chain is None:
+        return operator_chain_default()
+    if not re.fullmatch(r"[a-z0-9_-]{1,20}", chain):
+        raise ValueError(ERR_OPERATOR_CHAIN.format(chain=_safe(chain)))
+    return chain
+
+
+def _operator_save(
+    address: str, sealed: crypto.SealedKey, *, label: str, chain: str
+) -> OperatorAccount:
+    if len(label) > 200:
+        raise ValueError(ERR_TOO_LONG.format(field="label", limit=200))
+    if OperatorAccount.objects.filter(address=address).exists():
+        raise OperatorExists(ERR_OPERATOR_EXISTS.format(address=address))
+    asset = Asset.objects.filter(address=address).only("did").first()
+    if asset is not None:
+        raise OperatorExists(
+            ERR_OPERATOR_IS_ASSET.format(address=address, did=asset.did)
+        )
+    operator = OperatorAccount(
+        label=label,
+        address=address,
+        chain=chain,
+        key_id=sealed.key_id,
+        algorithm=sealed.algorithm,
+        nonce=sealed.nonce,
+        ciphertext=sealed.ciphertext,
+    )
+    try:
+        with transaction.atomic():
+            operator.save()
+    except IntegrityError:
+        raise OperatorExists(ERR_OPERATOR_EXISTS.format(address=address)) from None
+    logger.info(
+        "operator account stored",
+        extra={"operator_address": address, "chain": chain, "key_id": sealed.key_id},
+    )
+    return operator
+
+
+def operator_generate(*, label: str = "", chain: str | None = None) -> OperatorAccount:
+    """Store a new operator account with a fresh key; fund its address before use."""
+    chain = _operator_chain(chain)
+    address, sealed = crypto.seal_new_key(purpose=crypto.OPERATOR_KEY)
+    return _operator_save(address, sealed, label=label, chain=chain)
+
+
+def operator_import_key(
+    *,
+    path: Path,
+    password: str | Callable[[], str] | None = None,
+    label: str = "",
+    chain: str | None = None,
+) -> OperatorAccount:
+    """Store the operator key held in `path`: a V3 keystore or one hex key.
+
+    `password` (or a callable asked only when the file is a keystore) unlocks a
+    keystore. Raises `crypto.KeyCustodyError` (a wrong password, a malformed file or
+    key; messages never show the file's content), `OperatorExists` when the address is
+    already an operator or an asset, `ValueError` for a bad label or chain.
+    """
+    chain = _operator_chain(chain)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise crypto.KeyCustodyError(
+            ERR_OPERATOR_UNREADABLE.format(path=path, reason=reason)
+        ) from None
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            keystore = json.loads(stripped)
+        except ValueError:
+            raise crypto.KeystoreError(ERR_OPERATOR_FILE.format(path=path)) from None
+        secret_password = password() if callable(password) else password
+        if secret_password is None:
+            raise crypto.KeystoreError(ERR_KEYSTORE_LOCKED)
+        address, sealed = crypto.seal_keystore(
+            keystore, secret_password, purpose=crypto.OPERATOR_KEY
+        )
+    else:
+        if len(stripped.split()) != 1:
+            raise crypto.InvalidPrivateKey(ERR_OPERATOR_FILE.format(path=path))
+        try:
+            address, sealed = crypto.seal_private_key(
+                stripped, purpose=crypto.OPERATOR_KEY
+            )
+        except crypto.InvalidPrivateKey as exc:
+            raise crypto.InvalidPrivateKey(f"{path}: {exc}") from None
+    return _operator_save(address, sealed, label=label, chain=chain)

@@ -106,8 +106,9 @@ def _utcnow() -> datetime:
 def integrations_from_settings(*, operator: Signer | None = None) -> Integrations:
     """Build the real integrations from settings (the one place that does).
 
-    In relay mode the chain needs the operator's signer; pass it, or let
-    `assets.signers.operator_signer()` provide it when that backend exists.
+    In relay mode the chain needs the operator's signer; pass it, or the stored
+    operator account is used (`assets.signers.operator_signer()`, which raises
+    `OperatorNotConfigured`, saying what to run, when there is none).
     """
     from django.conf import settings
 
@@ -118,8 +119,7 @@ def integrations_from_settings(*, operator: Signer | None = None) -> Integration
     from evops.protocol.credentials import check_issued_credential
 
     if operator is None and settings.CHAIN_WRITE_MODE == "relay":
-        factory = getattr(assets.signers, "operator_signer", None)
-        operator = factory() if factory is not None else None
+        operator = assets.signers.operator_signer()
     chain = chain_from_settings(operator=operator)
     allowed = tuple(getattr(settings, "ALLOWED_CLAIM_TYPES", ()) or ())
     role = settings.PREQUALIFICATION_ROLE

@@ -299,6 +299,13 @@ CHAIN_RECEIPT_TIMEOUT = _int("CHAIN_RECEIPT_TIMEOUT", 120, minimum=1)
 # Fraction added to every gas estimate (estimates can be short; see test-stack.md).
 CHAIN_GAS_MARGIN = float(_chain_decimal("CHAIN_GAS_MARGIN", "0.25"))
 
+# --- Relay operator account (assets) -------------------------------------------------
+# The operator account that sends relayed writes (CHAIN_WRITE_MODE=relay). Empty: the
+# only operator stored for the chain (generate_operator_key / import_operator_key).
+CHAIN_OPERATOR_ADDRESS = env.str("CHAIN_OPERATOR_ADDRESS", default="").strip()
+if CHAIN_OPERATOR_ADDRESS and not _ADDRESS_RE.match(CHAIN_OPERATOR_ADDRESS):
+    raise ImproperlyConfigured("CHAIN_OPERATOR_ADDRESS must be a 0x-prefixed address.")
+
 # --- Pipeline (NATS listener, claim lifecycle, reconciliation) --------------------
 
 

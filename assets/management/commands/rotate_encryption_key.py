@@ -1,4 +1,4 @@
-"""Re-encrypt every asset key under the first key of EVOPS_KEY_ENCRYPTION_KEYS."""
+"""Re-encrypt every asset and operator key under the first key of the setting."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from assets.services import asset_rotate_encryption_keys
 
 class Command(BaseCommand):
     help = (
-        "Re-encrypt every stored asset key under the first key listed in "
+        "Re-encrypt every stored asset and operator key under the first key listed in "
         "EVOPS_KEY_ENCRYPTION_KEYS, verifying each; all or nothing. Afterwards the "
         "older keys can be removed from the setting."
     )
@@ -34,8 +34,8 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             self.style.SUCCESS(
-                f"Re-encrypted {report.total} key(s) under master key "
-                f"{report.key_id!r}"
-                + (f" (were sealed with {previous})." if previous else ".")
+                f"Re-encrypted {report.total + report.operators} key(s) under master "
+                f"key {report.key_id!r} ({report.total} asset, {report.operators} "
+                "operator" + (f"; were sealed with {previous})." if previous else ").")
             )
         )
