@@ -57,7 +57,8 @@ def console_server(settings) -> Any:
     # Forked after these settings and the test database exist, so the child serves
     # this test's data.
     process = DaphneProcess(
-        "127.0.0.1", partial(make_application, static_wrapper=ASGIStaticFilesHandler)
+        "127.0.0.1",
+        partial(make_application, static_wrapper=ASGIStaticFilesHandler),  # type: ignore[arg-type]
     )
     process.start()
     if not process.ready.wait(timeout=30):
