@@ -1,0 +1,212 @@
+"""Shared set-up for the bench/pipeline_*.py benchmarks (not a benchmark itself).
+
+Each benchmark starts its own peers (evops.sandbox.peers), runs the cache-server
+stand-in in its own process (so it does not share the benchmark's GIL), and uses a
+temporary PostgreSQL database `evops_bench_<pid>` created and dropped here, or a
+temporary SQLite file when PostgreSQL is not reachable. Django is configured from
+environment variables set before `django.setup()`, exactly as the real process is.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+ROLE = "prequalified.roles.tso.apps.elia.iam.ewc"
+ENV = "ewf-bench"
+PG_ADMIN_URL = os.environ.get(
+    "BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def temporary_database() -> str:
+    """Create `evops_bench_<pid>` (dropped at exit) and return its DATABASE_URL.
+
+    Falls back to a SQLite file in a temporary directory without PostgreSQL.
+    """
+    name = f"evops_bench_{os.getpid()}"
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            db.execute(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # no PostgreSQL here: SQLite is enough to run
+        print(f"(PostgreSQL not available: {exc}; using SQLite)", flush=True)
+        directory = tempfile.mkdtemp(prefix="evops-bench-")
+        return f"sqlite:///{directory}/bench.sqlite3"
+
+    def drop() -> None:
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        with (
+            contextlib.suppress(Exception),
+            psycopg.connect(PG_ADMIN_URL, autocommit=True) as db,
+        ):
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    atexit.register(drop)
+    return f"postgres://postgres@127.0.0.1:5432/{name}"
+
+
+def setup_django(**env: str) -> str:
+    """Set the environment, create the database, `django.setup()` and migrate."""
+    database_url = temporary_database()
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evops.settings_test")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.update(env)
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    return database_url
+
+
+@dataclass(frozen=True)
+class StandIn:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of another process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def stand_in_process(
+    rpc_url: str,
+    *,
+    nats_url: str | None,
+    issuer_did: str,
+    latency: float,
+    registry_address: str | None = None,
+) -> Iterator[StandIn]:
+    """The cache-server stand-in in its own process."""
+    from evops.sandbox.peers import free_port
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "evops.sandbox.cache_server",
+        *("--rpc-url", rpc_url, "--port", str(port), "--latency", str(latency)),
+        *("--role", f"{ROLE}={issuer_did}", "--env", ENV),
+    ]
+    if nats_url:
+        command += ["--nats-url", nats_url]
+    if registry_address:
+        command += ["--registry-address", registry_address]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()  # "... listening on ..."
+        yield StandIn(f"http://127.0.0.1:{port}", process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def mine(rpc_url: str, blocks: int = 32) -> None:
+    """Login freshness looks a few blocks back: make sure there are some."""
+    from web3.types import RPCEndpoint
+
+    from evops.sandbox.peers import chain_web3
+
+    chain_web3(rpc_url).manager.request_blocking(
+        RPCEndpoint("anvil_mine"), [hex(blocks)]
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def describe(values: list[float]) -> str:
+    return (
+        f"p50 {percentile(values, 50) * 1000:.0f} ms, "
+        f"p99 {percentile(values, 99) * 1000:.0f} ms, "
+        f"mean {statistics.fmean(values) * 1000:.0f} ms"
+    )
+
+
+def histogram_sum(histogram: Any) -> float:
+    """Sum of all observations of a prometheus Histogram (every label set)."""
+    total = 0.0
+    for metric in histogram.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_sum"):
+                total += sample.value
+    return total
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start
+
+
+async def wait_for(predicate: Any, seconds: float, interval: float = 0.02) -> bool:
+    """Poll the async `predicate` until it is true or `seconds` pass."""
+    import asyncio
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(interval)
+    return False
+
+
+async def start_listener(listener: Any) -> Any:
+    """Start `listener.run()` as a task and return it once NATS is connected."""
+    import asyncio
+
+    from claims.models import ConnectionState
+
+    task = asyncio.create_task(listener.run())
+
+    async def connected() -> bool:
+        if task.done():
+            task.result()
+        return bool(listener.state == ConnectionState.CONNECTED)
+
+    if not await wait_for(connected, 60):
+        raise RuntimeError("the listener did not connect")
+    return task

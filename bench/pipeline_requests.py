@@ -1,0 +1,159 @@
+"""Benchmark 1: a burst of prequalification requests, stand-in adding 20 ms per call.
+
+Run: .venv/bin/python bench/pipeline_requests.py [--small] [--count N]
+
+Publishes N `{"did"}` messages on the prequalification subject at once to a running
+`Listener` (built as `run_nats_listener` builds it: settings, real integrations,
+keys sealed in the database) and times until all N claim requests are filed (N
+`requested` records). Next to it, in the same run against the same stand-in, the
+baseline the original service had: per message, sequentially, log in afresh, fetch
+the role definition and file the request. Goal: evops at least 20x faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pipeline_common import (
+    ENV,
+    ROLE,
+    Stopwatch,
+    cpu_seconds,
+    describe,
+    mine,
+    setup_django,
+    stand_in_process,
+    start_listener,
+    wait_for,
+)
+
+LATENCY = 0.020
+SUBJECT = "bench.prequalification.exchange"
+
+
+async def _evops(url: str, nats_url: str, count: int) -> tuple[float, int]:
+    import nats
+    from asgiref.sync import sync_to_async
+
+    from assets.services import asset_generate
+    from claims.integrations import integrations_from_settings
+    from claims.listener import Listener, ListenerConfig
+    from claims.models import ClaimRecord
+
+    assets = await sync_to_async(asset_generate)(count=count)
+    config = ListenerConfig.from_settings(name="bench", reconcile_on_start=False)
+    config.reconcile_interval = 0
+    integrations = integrations_from_settings()
+    listener = Listener(config, integrations)
+    task = await start_listener(listener)
+    client = await nats.connect(nats_url)
+    clock = Stopwatch()
+    for asset in assets:
+        await client.publish(SUBJECT, json.dumps({"did": asset.did}).encode())
+    await client.flush()
+
+    async def all_filed() -> bool:
+        return await ClaimRecord.objects.acount() >= count
+
+    await wait_for(all_filed, 600)
+    elapsed = clock()
+    filed = await ClaimRecord.objects.acount()
+    listener.stop.set()
+    await task
+    await client.close()
+    await integrations.aclose()
+    return elapsed, filed
+
+
+async def _baseline(url: str, rpc_url: str, count: int) -> tuple[float, list[float]]:
+    """The original: per message, a fresh login, the role, the request; one by one."""
+    from evops.integrations.cache_server import CacheServerClient
+    from evops.protocol.dids import DID
+    from evops.protocol.keys import LocalKeySigner
+    from evops.sandbox.cache_server import eth_block_number
+
+    async def block_number() -> int:
+        return await eth_block_number(rpc_url)
+
+    signers = [LocalKeySigner.generate() for _ in range(count)]
+    each: list[float] = []
+    clock = Stopwatch()
+    for signer in signers:
+        one = Stopwatch()
+        did = DID.for_address(signer.address).canonical
+        async with CacheServerClient(url, block_number=block_number) as client:
+            role = await client.role(signer, did, ROLE)
+            result = await client.request_claim(signer, did, role=role)
+            assert result.claim_id, "the baseline must file a request"
+        each.append(one())
+    return clock(), each
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="100 requests")
+    parser.add_argument("--count", type=int, default=0)
+    args = parser.parse_args(argv)
+    count = args.count or (100 if args.small else 1000)
+
+    from evops.protocol.dids import DID
+    from evops.protocol.keys import LocalKeySigner
+    from evops.sandbox.peers import Anvil, NatsServer
+
+    issuer = LocalKeySigner.generate()
+    issuer_did = DID.for_address(issuer.address).canonical
+    with Anvil() as anvil, NatsServer() as nats_server:
+        registry = anvil.deploy_registry()
+        mine(anvil.rpc_url)
+        with stand_in_process(
+            anvil.rpc_url,
+            nats_url=nats_server.url,
+            issuer_did=issuer_did,
+            latency=LATENCY,
+        ) as stand_in:
+            url = stand_in.url
+            setup_django(
+                CACHE_SERVER_URL=url,
+                CHAIN_RPC_URL=anvil.rpc_url,
+                DID_REGISTRY_ADDRESS=str(registry),
+                NATS_URL=nats_server.url,
+                NATS_PREQUALIFICATION_SUBJECT="*.prequalification.exchange",
+                NATS_CLAIM_EXCHANGE_SUBJECTS=f"*.claim-exchange.*.{ENV}",
+                PREQUALIFICATION_ROLE=ROLE,
+            )
+            from django.conf import settings
+
+            server_cpu, own_cpu = stand_in.cpu_seconds(), cpu_seconds()
+            elapsed, filed = asyncio.run(_evops(url, nats_server.url, count))
+            server_cpu = stand_in.cpu_seconds() - server_cpu
+            own_cpu = cpu_seconds() - own_cpu
+            base_elapsed, each = asyncio.run(_baseline(url, anvil.rpc_url, count))
+    print(
+        f"prequalification burst: {count} requests, stand-in +{LATENCY * 1000:.0f} ms "
+        f"per call; workers {settings.WORKER_CONCURRENCY}, cache-server "
+        f"concurrency {settings.CACHE_SERVER_MAX_CONCURRENCY}",
+        flush=True,
+    )
+    print(
+        f"  evops listener:  {filed}/{count} filed in {elapsed:7.2f} s "
+        f"({filed / elapsed:6.0f} requests/s); CPU: evops {own_cpu:.1f} s, "
+        f"stand-in {server_cpu:.1f} s (2 shared cores)"
+    )
+    print(
+        f"  baseline (login, role, request per message, sequential): "
+        f"{base_elapsed:7.2f} s ({count / base_elapsed:6.1f} requests/s; "
+        f"per message {describe(each)})"
+    )
+    speedup = base_elapsed / elapsed
+    verdict = "met" if speedup >= 20 and filed == count else "NOT met"
+    print(f"  speed-up: {speedup:.1f}x (goal >= 20x: {verdict})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
