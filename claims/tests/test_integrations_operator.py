@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from eth_typing import HexStr
 from eth_utils.address import to_checksum_address
 
@@ -83,9 +84,10 @@ def test_relay_mode_without_an_operator_is_a_clear_error(relay):
 def test_listener_start_without_an_operator_stops_with_the_error(relay):
     """The command fails before it connects anywhere, not on its first message."""
     relay.NATS_URL = "nats://127.0.0.1:1"  # nothing listens there
-    with pytest.raises(OperatorNotConfigured) as info:
+    with pytest.raises(CommandError) as info:
         call_command("run_nats_listener", "--no-reconcile")
     assert str(info.value) == OPERATOR_NOT_CONFIGURED.format(chain="volta")
+    assert isinstance(info.value.__cause__, OperatorNotConfigured)
 
 
 @pytest.mark.peers

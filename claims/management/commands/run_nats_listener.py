@@ -7,7 +7,8 @@ import signal
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from claims.integrations import integrations_from_settings
 from claims.listener import Listener, ListenerConfig
@@ -39,7 +40,11 @@ class Command(BaseCommand):
             from prometheus_client import start_http_server
 
             start_http_server(settings.METRICS_PORT, addr="127.0.0.1")
-        asyncio.run(self._run(config))
+        try:
+            asyncio.run(self._run(config))
+        except ImproperlyConfigured as exc:
+            # e.g. relay mode without an operator key: one readable line, no traceback.
+            raise CommandError(str(exc)) from exc
         self.stdout.write("listener stopped")
 
     async def _run(self, config: ListenerConfig) -> None:
