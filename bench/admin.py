@@ -1,0 +1,152 @@
+"""Benchmark of the console pages: asset list, claim list and dashboard at scale.
+
+Run from the project root:
+`.venv/bin/python bench/admin.py [--assets 10000] [--claims 100000] [--runs 5]`.
+
+Creates (and afterwards drops) a PostgreSQL database `evops_bench_admin` on the
+server of DATABASE_URL (default 127.0.0.1:5432), fills it with `--assets` assets,
+`--claims` claims across every status and one history event per claim, then renders
+each page through Django's test client as a superuser. Prints the median time and
+the query count of each page, and the query count again with a tenth of the rows:
+the goal is under 300 ms per page with a query count that does not grow with rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PAGES = {
+    "asset list": "/admin/assets/asset/",
+    "claim list": "/admin/claims/claimrecord/",
+    "claim list, failed filter": "/admin/claims/claimrecord/?status__exact=failed",
+    "dashboard": "/admin/dashboard/",
+}
+
+
+def _configure() -> None:
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/evops")
+    os.environ["DATABASE_URL"] = base.rsplit("/", 1)[0] + "/evops_bench_admin"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evops.settings_test")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("CHAIN_RPC_URL", "http://127.0.0.1:9")
+
+
+def _fill(assets: int, claims: int) -> None:
+    from django.db import connection
+
+    from assets.models import Asset, AssetKind
+    from claims.models import ClaimEvent, ClaimRecord, ClaimStatus
+    from evops.protocol.dids import DID
+
+    kinds = list(AssetKind.values)
+    statuses = list(ClaimStatus.values)
+    batch = []
+    for number in range(assets):
+        address = DID.for_address("0x" + secrets.token_hex(20)).address
+        batch.append(
+            Asset(
+                did=f"did:ethr:volta:{address}",
+                address=address,
+                kind=kinds[number % len(kinds)],
+                label=f"bench-{number}",
+            )
+        )
+    Asset.objects.bulk_create(batch, batch_size=5000)
+    ids = list(Asset.objects.values_list("id", flat=True))
+    step = 10_000
+    prefix = secrets.token_hex(3)
+    for start in range(0, claims, step):
+        records = [
+            ClaimRecord(
+                asset_id=ids[n % len(ids)],
+                claim_id=f"claim-{prefix}-{n}",
+                role="prequalified.roles.tso.apps.bench.iam.ewc",
+                status=statuses[n % len(statuses)],
+                last_error="ChainError: timeout" if n % 7 == 6 else "",
+            )
+            for n in range(start, min(claims, start + step))
+        ]
+        created = ClaimRecord.objects.bulk_create(records, batch_size=step)
+        ClaimEvent.objects.bulk_create(
+            [
+                ClaimEvent(
+                    record_id=r.pk,
+                    kind=r.status,
+                    to_status=r.status,
+                    actor="system",
+                )
+                for r in created
+            ],
+            batch_size=step,
+        )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+
+
+def _measure(client: object, url: str, runs: int) -> tuple[float, int]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    times, queries = [], 0
+    for _ in range(runs + 1):
+        with CaptureQueriesContext(connection) as captured:
+            started = time.perf_counter()
+            response = client.get(url)  # type: ignore[attr-defined]
+            elapsed = time.perf_counter() - started
+        assert response.status_code == 200, (url, response.status_code)
+        times.append(elapsed)
+        queries = len(captured.captured_queries)
+    return statistics.median(times[1:]) * 1000, queries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--assets", type=int, default=10_000)
+    parser.add_argument("--claims", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    _configure()
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+
+    settings.ALLOWED_HOSTS = ["testserver"]
+    setup_test_environment()
+    creation = connection.creation
+    name = creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
+    try:
+        print(f"database {name}: filling {args.assets} assets, {args.claims} claims")
+        started = time.perf_counter()
+        _fill(args.assets // 10, args.claims // 10)
+        user = User.objects.create_superuser("bench", password="bench-password")
+        client = Client()
+        client.force_login(user)
+        small = {label: _measure(client, url, 1)[1] for label, url in PAGES.items()}
+        _fill(args.assets - args.assets // 10, args.claims - args.claims // 10)
+        print(f"filled in {time.perf_counter() - started:.1f} s\n")
+        print(f"{'page':28} {'median ms':>10} {'queries':>8} {'at 1/10':>8}")
+        for label, url in PAGES.items():
+            median, queries = _measure(client, url, args.runs)
+            flag = "" if median < 300 and queries == small[label] else "  <-- goal"
+            print(f"{label:28} {median:10.1f} {queries:8d} {small[label]:8d}{flag}")
+    finally:
+        creation.destroy_test_db(name, verbosity=0)
+
+
+if __name__ == "__main__":
+    main()
