@@ -155,7 +155,7 @@ async def _run(
         async for claim_id, published_at in ClaimRecord.objects.filter(
             status=ClaimStatus.PUBLISHED
         ).values_list("claim_id", "published_at")
-        if claim_id in issued
+        if claim_id in issued and published_at is not None
     ]
     return elapsed, latencies, len(issued), cpu, external
 
