@@ -165,6 +165,18 @@ try:
 except (ImproperlyConfigured, KeyError, ValueError) as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from None
 DATABASES["default"].setdefault("CONN_MAX_AGE", _int("DATABASE_CONN_MAX_AGE", 60))
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The local default has two writers (the listener and the console): WAL lets readers
+    # run beside a writer, IMMEDIATE transactions take the write lock up front instead of
+    # failing on upgrade, and the timeout waits for the lock instead of "database is
+    # locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
