@@ -1,7 +1,7 @@
 """The protocol core: byte-exact with the Energy Web peers, no Django, no I/O.
 
 See ../shared/docs/protocol.md §2, §3, §7, §8. Submodules: `dids`, `jwt`, `keys`,
-`credentials`, `erc1056`, `resolver`, `signer`, `errors`.
+`credentials`, `erc1056`, `resolver`, `signer`, `errors`, `hashing`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from evops.protocol.errors import (
     SignatureError,
     TokenError,
 )
+from evops.protocol.hashing import keccak256, personal_message_hash
 from evops.protocol.jwt import (
     DecodedToken,
     claim_request_token,
@@ -97,8 +98,10 @@ __all__ = [
     "find_service_for_claim",
     "identity_token",
     "issued_token",
+    "keccak256",
     "normalize_address",
     "parse_service_value",
+    "personal_message_hash",
     "private_key_to_address",
     "recover_addresses",
     "register_chain",

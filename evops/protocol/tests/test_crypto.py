@@ -39,3 +39,12 @@ def test_keccak_is_thread_safe():
     for thread in threads:
         thread.join()
     assert mismatches == []
+
+
+def test_keccak256_is_public_and_the_private_alias_still_works():
+    import evops.protocol
+    from evops.protocol import hashing
+
+    assert evops.protocol.keccak256 is hashing.keccak256 is _crypto.keccak256
+    assert "keccak256" in evops.protocol.__all__
+    assert hashing.personal_message_hash is _crypto.personal_message_hash

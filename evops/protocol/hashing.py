@@ -1,0 +1,13 @@
+"""Public hashing primitives of the protocol core.
+
+Other packages (the assets app's address checks, benchmarks) need Ethereum's
+keccak-256 with the same fast path the protocol modules use; they import it from
+here (or from `evops.protocol`), never from the private `_crypto` module, whose
+layout may change. `evops.protocol._crypto.keccak256` stays as an alias.
+"""
+
+from __future__ import annotations
+
+from evops.protocol._crypto import keccak256, personal_message_hash
+
+__all__ = ["keccak256", "personal_message_hash"]
