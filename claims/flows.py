@@ -572,6 +572,9 @@ async def _dispatch(
     hint: nats.InboundHint, integrations: Integrations, actor: Actor
 ) -> Outcome:
     asset = await sync_to_async(selectors.asset_for_address)(hint.did.address)
+    if asset is None and hint.type is nats.MessageType.REJECT:
+        # Sent to the issuers' subjects; it concerns us if it names one of our claims.
+        asset = await sync_to_async(selectors.asset_for_claim_id)(hint.claim_id)
     if asset is None:
         return Outcome(MessageOutcome.IGNORED, REASON_UNKNOWN_ASSET)
     if not asset.active:

@@ -23,6 +23,20 @@ def asset_for_address(address: str) -> Asset | None:
     return Asset.objects.filter(address=address).first()
 
 
+def asset_for_claim_id(claim_id: str) -> Asset | None:
+    """The asset of our claim record with this cache-server claim id, if any.
+
+    Rejection notices go to the issuers' subjects (protocol.md §5), so the DID in the
+    subject is not our asset's; the claim id is what ties the notice to us.
+    """
+    if not claim_id:
+        return None
+    record = (
+        ClaimRecord.objects.select_related("asset").filter(claim_id=claim_id).first()
+    )
+    return record.asset if record is not None else None
+
+
 def assets_for_reconciliation(dids: Sequence[str] | None = None) -> list[Asset]:
     """Active assets, or the ones named (by DID or address), in id order."""
     query = Asset.objects.filter(active=True)

@@ -288,6 +288,34 @@ async def test_rejection_notice_is_checked_with_the_cache_server(make_asset, fak
     assert "missing documents" in record.last_error
 
 
+async def test_rejection_notice_on_an_issuer_subject_reaches_our_claim(
+    make_asset, fakes
+):
+    """The cache server sends reject-credential to the issuers, not the asset."""
+    integrations, cache, _, _ = fakes
+    asset = await sync_to_async(make_asset)()
+    await _process(
+        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
+    )
+    record = await ClaimRecord.objects.aget(asset=asset)
+    cache.reject(record.claim_id, "meter not certified")
+    issuer_subject = (
+        "reject-credential.claim-exchange."
+        "did:ethr:volta:0x0000000000000000000000000000000000000000.ewf-dev"
+    )
+    notice = {"type": "reject-credential", "claimId": record.claim_id}
+    outcome = await _process(await _message(issuer_subject, notice), integrations)
+    assert outcome.outcome == MessageOutcome.PROCESSED
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.REJECTED
+    assert "meter not certified" in record.last_error
+
+    stranger = {"type": "reject-credential", "claimId": "not-one-of-ours"}
+    ignored = await _process(await _message(issuer_subject, stranger), integrations)
+    assert ignored.outcome == MessageOutcome.IGNORED
+    assert ignored.reason == flows.REASON_UNKNOWN_ASSET
+
+
 async def test_unknown_and_inactive_assets_are_ignored(make_asset, fakes):
     integrations, cache, _, _ = fakes
     inactive = await sync_to_async(make_asset)(active=False)
