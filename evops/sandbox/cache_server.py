@@ -644,7 +644,9 @@ class CacheServerStandIn:
         if self._nats is None:
             return
         try:
-            await self._nats.publish(subject, json.dumps(message).encode())
+            # Compact, as the real server's JSON.stringify writes it (no spaces).
+            payload = json.dumps(message, separators=(",", ":")).encode()
+            await self._nats.publish(subject, payload)
             await self._nats.flush(timeout=5)
         except Exception:
             # The real server queues and publishes with core NATS, at most once.

@@ -368,11 +368,13 @@ async def test_issue_verifies_issuer_and_publishes_on_nats(
         claim_data={"claimType": ROLE, "claimTypeVersion": 1},
     )
     received: list[tuple[str, dict[str, Any]]] = []
+    raw: list[bytes] = []
     connection = await nats.connect(cache_nats.url)
     try:
 
         async def on_message(msg) -> None:
             received.append((msg.subject, json.loads(msg.data)))
+            raw.append(msg.data)
 
         await connection.subscribe(f"*.claim-exchange.{asset_did}.{ENV}", cb=on_message)
         await connection.flush()
@@ -430,6 +432,10 @@ async def test_issue_verifies_issuer_and_publishes_on_nats(
         {"type": "issue-credential", "claimId": body["id"]},
     )
     assert received and set(map(json.dumps, received)) == {json.dumps(expected)}
+    # Byte for byte what the real server sends (JSON.stringify: no spaces).
+    assert set(raw) == {
+        b'{"type":"issue-credential","claimId":"' + body["id"].encode() + b'"}'
+    }
     claim = (await http.get(f"/v1/claim/{body['id']}", headers=session)).json()
     assert claim["isAccepted"] is True
     assert claim["issuedToken"] == token
