@@ -962,6 +962,7 @@ class CacheServerStandIn:
     async def _claim_reject(
         self, request: web.Request, user: str
     ) -> web.StreamResponse:
+        issuer = request.match_info["did"]
         body = await self._json(request)
         if body is None:
             return _bad_request("body must be a JSON object")
@@ -978,6 +979,9 @@ class CacheServerStandIn:
         claim = self.claims.get(claim_id)
         if claim is None or claim["isAccepted"] or not body["isRejected"]:
             return _bad_request(MSG_REJECTION_CRITERIA)
+        # As for issuing: only an issuer the role names may reject its requests.
+        if not self._issuer_allowed(issuer, claim["claimType"]):
+            return _forbidden(MSG_ISSUER)
         reason = body.get("rejectionReason")
         claim.update(
             {

@@ -482,6 +482,23 @@ async def test_reject_marks_rejected_and_publishes(
 ):
     body = claim_body(asset, asset_did)
     await http.post("/v1/claim/request", json=body, headers=session)
+    # An issuer the role does not list may not reject it either.
+    stranger = LocalKeySigner.generate()
+    status = await issue_claim(
+        stand_in.url,
+        stranger,
+        issuer_did=f"did:ethr:volta:{stranger.address}",
+        claim_id=body["id"],
+        requester=asset_did,
+        issued_token="",
+        block_number=await eth_block_number(rpc_url),
+        reject=True,
+    )
+    assert status == 403
+    pending = (await http.get(f"/v1/claim/{body['id']}", headers=session)).json()
+    assert pending["isRejected"] is False
+    assert not [s for s, _ in stand_in.published if s.startswith("reject-")]
+
     status = await issue_claim(
         stand_in.url,
         issuer,
