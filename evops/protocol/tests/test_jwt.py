@@ -18,6 +18,7 @@ from evops.protocol.errors import (
     TokenError,
 )
 from evops.protocol.jwt import (
+    HEADER_ES256K,
     DecodedToken,
     b64url_decode,
     b64url_encode,
@@ -371,25 +372,121 @@ _TOKEN_FOR_MUTATION = issued_token(
     claim_data=CLAIM_DATA,
     exp=1_900_000_000,
 )
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _padded_token(extra: str) -> str:
+    """An asset-signed token whose payload segment length is set by `extra`."""
+    return sign_token(HEADER_ES256K, {"iss": ASSET["did"], "x": extra}, ASSET_SIGNER)
+
+
+def _mutation_tokens() -> list[str]:
+    """Vector tokens plus tokens covering every unpadded base64url length class.
+
+    Segment length mod 4 decides how many unused trailing bits the last character
+    carries (2 -> 4 bits, 3 -> 2 bits, 0 -> none): the class where a lenient
+    decoder maps two different strings to the same bytes.
+    """
+    tokens = [
+        V["identity_token"]["token"],
+        V["claim_request_token"]["token"],
+        V["issued_token"]["token"],
+        _TOKEN_FOR_MUTATION,
+    ]
+    tokens += [_padded_token("y" * n) for n in range(3)]
+    return tokens
+
+
+MUTATION_TOKENS = _mutation_tokens()
+
+
+def _signer_did(token: str) -> str:
+    payload_b64 = token.split(".")[1]
+    return str(json.loads(b64url_decode(payload_b64))["iss"])
+
+
+def _segment_bounds(token: str) -> list[tuple[int, int]]:
+    bounds, start = [], 0
+    for segment in token.split("."):
+        bounds.append((start, start + len(segment)))
+        start += len(segment) + 1
+    return bounds
+
+
+def _trailing_bit_twin(char: str) -> str:
+    """The alphabet character that differs from `char` only in its lowest bit."""
+    return _B64_ALPHABET[_B64_ALPHABET.index(char) ^ 1]
+
+
+def _assert_rejected(mutated: str, signer_did: str) -> None:
+    with pytest.raises((TokenError, SignatureError)):
+        verify_token(mutated, signer_did)
+
+
+def test_mutation_tokens_cover_every_segment_length_class():
+    classes = {
+        (index, len(segment) % 4)
+        for token in MUTATION_TOKENS
+        for index, segment in enumerate(token.split("."))
+    }
+    # header ES256 (0) and ES256K (2); payload 0, 2 and 3; signature always 176 chars
+    assert {(0, 0), (0, 2), (1, 0), (1, 2), (1, 3), (2, 0)} <= classes
+
+
+@pytest.mark.parametrize("token", MUTATION_TOKENS)
+def test_every_position_change_fails(token):
+    """Every position of every segment, the dots and the segment edges, exhaustively.
+
+    Each position gets its trailing-bit twin (the change a non-canonical decoder
+    would not see at a segment's last character); the first and last character of
+    each segment and both dots get every other base64url character plus '=', '.',
+    space and a non-ASCII byte.
+    """
+    signer_did = _signer_did(token)
+    verify_token(token, signer_did)
+    edges = {i for start, end in _segment_bounds(token) for i in (start, end - 1)}
+    dots = {i for i, char in enumerate(token) if char == "."}
+    tried = 0
+    for position, char in enumerate(token):
+        if position in dots:
+            replacements = set(_B64_ALPHABET) | {"=", " ", "\x80"}
+        elif position in edges:
+            replacements = (set(_B64_ALPHABET) | {"=", ".", " ", "\x80"}) - {char}
+        else:
+            replacements = {_trailing_bit_twin(char)}
+        for replacement in sorted(replacements):
+            mutated = token[:position] + replacement + token[position + 1 :]
+            _assert_rejected(mutated, signer_did)
+            tried += 1
+    assert tried >= len(token)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    token=st.sampled_from(
-        [
-            V["identity_token"]["token"],
-            V["claim_request_token"]["token"],
-            V["issued_token"]["token"],
-            _TOKEN_FOR_MUTATION,
-        ]
-    ),
+    key=st.integers(min_value=1, max_value=2**255).map(lambda n: n.to_bytes(32, "big")),
+    extra=st.text(max_size=40),
     data=st.data(),
 )
-def test_any_single_byte_change_fails(token, data):
-    signer_did = json.loads(
-        base64.urlsafe_b64decode(token.split(".")[1] + "==").decode()
-    )["iss"]
-    position = data.draw(st.integers(min_value=0, max_value=len(token) - 1))
+def test_any_single_byte_change_fails(key, extra, data):
+    """Random signers and payloads; the position drawn per class, then any byte."""
+    signer = LocalKeySigner(key)
+    did = DID.for_address(signer.address).canonical
+    token = data.draw(
+        st.sampled_from(MUTATION_TOKENS)
+        | st.just(sign_token(HEADER_ES256K, {"iss": did, "x": extra}, signer))
+    )
+    signer_did = _signer_did(token)
+    (h0, h1), (p0, p1), (s0, s1) = _segment_bounds(token)
+    position = data.draw(
+        st.one_of(
+            st.integers(h0, h1 - 1),  # header
+            st.integers(p0, p1 - 1),  # payload
+            st.integers(s0, s1 - 1),  # signature segment
+            st.sampled_from([h1, p1]),  # the dots
+            st.sampled_from([h1 - 1, p1 - 1, s1 - 1]),  # unpadded base64 edges
+            st.integers(s1 - 4, s1 - 1),  # the v byte's hex digits
+        )
+    )
     replacement = data.draw(
         st.integers(min_value=0, max_value=255).filter(
             lambda b: b != ord(token[position])
@@ -397,9 +494,7 @@ def test_any_single_byte_change_fails(token, data):
     )
     raw = bytearray(token.encode())
     raw[position] = replacement
-    mutated = raw.decode("latin-1")
-    with pytest.raises((TokenError, SignatureError)):
-        verify_token(mutated, signer_did)
+    _assert_rejected(raw.decode("latin-1"), signer_did)
 
 
 @settings(max_examples=300, deadline=None)
