@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from asgiref.sync import async_to_sync
@@ -35,7 +35,12 @@ from claims.models import (
 )
 
 BALANCE_NOT_RELAY = "not used (asset mode: each asset pays for its own writes)"
-BALANCE_NO_OPERATOR = "unavailable: no operator signer is configured"
+BALANCE_NO_OPERATOR = (
+    "unavailable: no operator account (run manage.py generate_operator_key)"
+)
+
+if TYPE_CHECKING:
+    from evops.integrations.chain import Chain
 BALANCE_UNREACHABLE = "unavailable: the chain did not answer ({error})"
 
 
@@ -124,24 +129,36 @@ def _listeners(now: datetime) -> list[ListenerState]:
     return states
 
 
+def _read_only_chain() -> Chain:
+    """A chain client for reads: it needs no operator, whatever the write mode."""
+    from evops.integrations.chain import Chain
+
+    return Chain(
+        settings.CHAIN_RPC_URL,
+        chain_id=settings.CHAIN_ID,
+        registry_address=settings.DID_REGISTRY_ADDRESS,
+        max_fee_gwei=settings.CHAIN_MAX_FEE_GWEI,
+        request_timeout=float(settings.CONSOLE_CHAIN_TIMEOUT),
+    )
+
+
 def operator_balance() -> str:
-    """The relay operator's balance as text, or why it is not shown."""
+    """The relay operator's balance as text, or why it is not shown.
+
+    Only the stored operator's address is needed, so no key is decrypted for this.
+    """
     if settings.CHAIN_WRITE_MODE != "relay":
         return BALANCE_NOT_RELAY
-    import assets.signers
+    from assets.selectors import operator_account_for
+    from assets.signers import OperatorNotConfigured
 
-    factory = getattr(assets.signers, "operator_signer", None)
-    if factory is None:
-        return BALANCE_NO_OPERATOR
     try:
-        address = factory().address
-    except Exception:
+        address = operator_account_for().address
+    except OperatorNotConfigured:
         return BALANCE_NO_OPERATOR
 
     async def read() -> int:
-        from evops.integrations.chain import chain_from_settings
-
-        chain = chain_from_settings(operator=factory())
+        chain = _read_only_chain()
         try:
             return await asyncio.wait_for(
                 chain.balance(address), timeout=float(settings.CONSOLE_CHAIN_TIMEOUT)
@@ -242,17 +259,9 @@ def resolve_did_document(did: str, known_hashes: dict[str, int]) -> ResolvedDocu
     console verified and recorded (`known_hashes`: token sha256 → claim pk). An
     unreachable chain gives a readable error instead of a failing page.
     """
-    from evops.integrations.chain import Chain
 
     async def resolve() -> dict[str, Any]:
-        # Reads need no operator, whatever the write mode.
-        chain = Chain(
-            settings.CHAIN_RPC_URL,
-            chain_id=settings.CHAIN_ID,
-            registry_address=settings.DID_REGISTRY_ADDRESS,
-            max_fee_gwei=settings.CHAIN_MAX_FEE_GWEI,
-            request_timeout=float(settings.CONSOLE_CHAIN_TIMEOUT),
-        )
+        chain = _read_only_chain()
         try:
             return await asyncio.wait_for(
                 chain.resolve_document(did),

@@ -101,46 +101,33 @@ def test_dashboard_query_count_does_not_grow(client, viewer, django_assert_num_q
         client.get(reverse(URL))
 
 
-def test_relay_balance_without_operator_is_readable(settings, monkeypatch):
+def test_relay_balance_without_operator_is_readable(settings):
     settings.CHAIN_WRITE_MODE = "relay"
-    import assets.signers
-
-    monkeypatch.delattr(assets.signers, "operator_signer", raising=False)
     assert dashboard.operator_balance() == dashboard.BALANCE_NO_OPERATOR
 
 
-def test_relay_balance_with_unreachable_chain_is_readable(settings, monkeypatch):
-    from evops.protocol.keys import LocalKeySigner
+def test_relay_balance_with_unreachable_chain_is_readable(settings):
+    from assets.services import operator_generate
 
     settings.CHAIN_WRITE_MODE = "relay"
     settings.CHAIN_RPC_URL = "http://127.0.0.1:9"
-    signer = LocalKeySigner.generate()
-    import assets.signers
-
-    monkeypatch.setattr(
-        assets.signers, "operator_signer", lambda: signer, raising=False
-    )
+    operator_generate(label="relay")
     text = dashboard.operator_balance()
     assert text.startswith("unavailable: the chain did not answer")
 
 
 @pytest.mark.peers
-def test_relay_balance_from_anvil(settings, monkeypatch, anvil, registry_address):
-    from evops.protocol.keys import LocalKeySigner
+def test_relay_balance_from_anvil(settings, anvil, registry_address):
+    from assets.services import operator_generate
     from evops.sandbox.peers import fund
 
     settings.CHAIN_WRITE_MODE = "relay"
     settings.CHAIN_RPC_URL = anvil.rpc_url
     settings.CHAIN_ID = anvil.chain_id
     settings.DID_REGISTRY_ADDRESS = registry_address
-    signer = LocalKeySigner.generate()
-    fund(anvil.rpc_url, signer.address, 3 * 10**18)
-    import assets.signers
-
-    monkeypatch.setattr(
-        assets.signers, "operator_signer", lambda: signer, raising=False
-    )
-    assert dashboard.operator_balance() == f"3.000000 ({signer.address})"
+    operator = operator_generate(label="relay")
+    fund(anvil.rpc_url, operator.address, 3 * 10**18)
+    assert dashboard.operator_balance() == f"3.000000 ({operator.address})"
 
 
 @pytest.mark.peers
