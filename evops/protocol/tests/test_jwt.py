@@ -532,3 +532,34 @@ def test_decoder_on_token_shaped_input_raises_only_protocol_errors(parts):
 def test_decoder_on_bytes_raises_only_protocol_errors(data):
     with pytest.raises(ProtocolError):
         decode_token(data)  # bytes are not a token
+
+
+signature_texts = (
+    st.binary(max_size=140)
+    | st.binary(min_size=65, max_size=65).map(lambda b: b"0x" + b.hex().encode())
+    | st.tuples(st.binary(min_size=64, max_size=64), st.integers(0, 255)).map(
+        lambda rv: b"0x" + (rv[0] + bytes((rv[1],))).hex().encode()
+    )
+    | st.text(alphabet="0123456789abcdefABCDEFx", max_size=140).map(str.encode)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    header=json_values.map(lambda v: compact_json({"v": v})) | st.binary(max_size=60),
+    payload=payloads.map(compact_json) | st.binary(max_size=60),
+    signature=signature_texts,
+)
+def test_decoder_past_the_json_stage_raises_only_protocol_errors(
+    header, payload, signature
+):
+    """Valid base64url everywhere, so the JSON, signature-shape and recovery stages
+    (not only the segment splitter) see arbitrary input."""
+    token = ".".join(b64url_encode(part) for part in (header, payload, signature))
+    try:
+        decoded = verify_token(token, ASSET["did"])
+    except ProtocolError as exc:
+        assert isinstance(exc, TokenError | SignatureError)
+        assert str(exc)
+    else:  # pragma: no cover - would need a forged signature
+        assert isinstance(decoded, DecodedToken)
