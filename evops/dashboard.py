@@ -34,13 +34,13 @@ from claims.models import (
     MessageOutcome,
 )
 
+if TYPE_CHECKING:
+    from evops.integrations.chain import Chain
+
 BALANCE_NOT_RELAY = "not used (asset mode: each asset pays for its own writes)"
 BALANCE_NO_OPERATOR = (
     "unavailable: no operator account (run manage.py generate_operator_key)"
 )
-
-if TYPE_CHECKING:
-    from evops.integrations.chain import Chain
 BALANCE_UNREACHABLE = "unavailable: the chain did not answer ({error})"
 
 
