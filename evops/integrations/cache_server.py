@@ -501,17 +501,21 @@ class CacheServerClient:
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
         retry_statuses: bool = True,
+        retries: int | None = None,
     ) -> httpx.Response:
         """One HTTP exchange with transient-failure retries; no auth handling.
 
         Returns any response that is not transient (including 4xx); raises a transient
-        `CacheServerError` once the retries are spent. With `retry_statuses` False,
-        5xx and 429 answers are returned for the caller to interpret.
+        `CacheServerError` once the retries are spent (`retries`, default the
+        client's limit; 0 for a request that must not be repeated). With
+        `retry_statuses` False, 5xx and 429 answers are returned for the caller to
+        interpret.
         """
         headers = {"Authorization": f"Bearer {token}"} if token else None
         last: str = ""
         last_status: int | None = None
-        for attempt in range(self._max_retries + 1):
+        max_retries = self._max_retries if retries is None else retries
+        for attempt in range(max_retries + 1):
             response: httpx.Response | None = None
             try:
                 async with self._semaphore:
@@ -527,7 +531,7 @@ class CacheServerClient:
                 if (status < 500 and status != 429) or not retry_statuses:
                     return response
                 last, last_status = f"HTTP {status}", status
-            if attempt < self._max_retries:
+            if attempt < max_retries:
                 logger.info(
                     "cache server %s %s: %s; retry %d", method, path, last, attempt + 1
                 )
@@ -668,8 +672,10 @@ class CacheServerClient:
             nonce=nonce,
             issued_at=siwe.format_time(datetime.now(UTC)),
         )
-        # The nonce is single use: a retried verify would be refused, so a transient
-        # failure here surfaces and the next call starts a new SIWE round.
+        # The nonce is single use: a verify repeated after a lost answer would be
+        # refused ("completed already", a 401 that reads as a permanent rejection),
+        # so it is sent once; a transient failure surfaces and the next call starts
+        # a new SIWE round.
         return await self._send(
             "POST",
             "/v1/login/siwe/verify",
@@ -677,6 +683,7 @@ class CacheServerClient:
                 "message": message.prepare(),
                 "signature": siwe.sign_message(signer, message),
             },
+            retries=0,
         )
 
     # --- authenticated calls ---------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import httpx
@@ -101,6 +102,50 @@ async def test_no_login_at_all_is_permanent(
         with pytest.raises(CacheServerError) as info:
             await client.auth_status(asset, asset_did)
     assert info.value.permanent is True
+
+
+async def test_siwe_verify_whose_answer_is_lost_is_not_repeated(asset, asset_did):
+    """A repeated verify would meet the spent nonce: 401, read as permanent."""
+
+    async def block_number() -> int:
+        raise AssertionError("SIWE login reads no block")
+
+    nonces: dict[str, bool] = {}  # nonce -> spent
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path == "/v1/login/siwe/initiate":
+            nonce = f"nonce{len(nonces)}abcdef"
+            nonces[nonce] = False
+            return httpx.Response(201, json={"nonce": nonce})
+        if request.url.path == "/v1/login/siwe/verify":
+            message = json.loads(request.content)["message"]
+            nonce = next(n for n in nonces if f"Nonce: {n}" in message)
+            if nonces[nonce]:
+                return httpx.Response(401, json={"message": "completed already"})
+            nonces[nonce] = True
+            if len(nonces) == 1:
+                # The server verified and spent the nonce; its answer never came.
+                raise httpx.ReadTimeout("lost", request=request)
+            return httpx.Response(201, json={"token": "a.e30.c", "refreshToken": "r"})
+        return httpx.Response(200, json={"user": asset_did})
+
+    async with CacheServerClient(
+        "http://cache.test",
+        block_number=block_number,
+        login_mode="siwe",
+        backoff_base=0.01,
+        transport=httpx.MockTransport(handler),
+    ) as client:
+        with pytest.raises(CacheServerError) as info:
+            await client.auth_status(asset, asset_did)
+        assert info.value.permanent is False
+        assert calls.count("/v1/login/siwe/verify") == 1
+        # The next call starts a fresh SIWE round and succeeds.
+        assert await client.auth_status(asset, asset_did) == asset_did
+    assert calls.count("/v1/login/siwe/initiate") == 2
+    assert calls.count("/v1/login/siwe/verify") == 2
 
 
 async def test_stale_block_source_is_a_permanent_login_error(
