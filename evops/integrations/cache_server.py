@@ -630,10 +630,13 @@ class CacheServerClient:
         if use_siwe:
             response = await self._siwe_login(signer, did)
         if response.status_code not in (200, 201):
+            # Every 4xx here is permanent, 404 included: in "identity" mode it means
+            # the deployment has no identity-token login (a setting to change, not
+            # an outage). 5xx and 429 were retried by `_send` and raised as transient.
             raise CacheServerError(
                 f"{ERR_LOGIN_REJECTED} of {did}: HTTP {response.status_code} "
                 f"{_error_message(response)}",
-                permanent=response.status_code != 404,
+                permanent=True,
                 status=response.status_code,
             )
         self._store(session, _json_body(response))

@@ -91,7 +91,8 @@ async def test_identity_mode_does_not_fall_back(
         with pytest.raises(CacheServerError) as info:
             await client.auth_status(asset, asset_did)
     assert info.value.status == 404
-    assert info.value.permanent is False
+    # A 4xx other than 401/429: the setting must change, retrying cannot help.
+    assert info.value.permanent is True
 
 
 async def test_no_login_at_all_is_permanent(
