@@ -75,6 +75,10 @@ _MAX_BACKOFF_SECONDS = 5.0
 _MAX_RETRY_AFTER_SECONDS = 30.0
 
 
+# `CacheServerClient.store_requester`: one authenticated request of one asset.
+StoreRequester = Callable[..., Awaitable[httpx.Response]]
+
+
 class CacheServerError(Exception):
     """A cache-server call failed; `permanent` says whether retrying can help."""
 
@@ -932,6 +936,35 @@ class CacheServerClient:
                 f"{ERR_BAD_RESPONSE}: DID document of {target}", permanent=True
             )
         return data
+
+    def store_requester(self, signer: Signer, did: DID | str) -> StoreRequester:
+        """One authenticated request function bound to this asset's session.
+
+        For `credential_store.CacheServerStore` (`CREDENTIAL_STORE=cache-server`):
+        `CacheServerStore(client.store_requester(signer, did))`. The returned
+        `request(method, path, *, json=None, params=None)` goes through the same
+        session handling as every call here (cached login, refresh, one 401
+        recovery, transient retries) and returns the `httpx.Response` for 2xx and
+        4xx other than 401/429; anything else raises `CacheServerError`, whose
+        `permanent` flag the store keeps.
+        """
+        did_text, address = _canonical(did)
+        if signer.address != address:
+            raise ValueError("signer does not hold the key of this DID")
+
+        async def request(
+            method: str,
+            path: str,
+            /,
+            *,
+            json: Any = None,
+            params: Mapping[str, str] | None = None,
+        ) -> httpx.Response:
+            return await self._call(
+                signer, did_text, method, path, json_body=json, params=params
+            )
+
+        return request
 
     async def store_put(self, signer: Signer, did: DID | str, token: str) -> str:
         """Store a token in the server's credential store; returns its CID."""

@@ -267,9 +267,10 @@ class CacheServerStore:
 
     `requester` sends one authenticated request: an `httpx.AsyncClient`-like object
     (its `request(method, path, **kw)` is used, with `base_url` and auth already set)
-    or an async callable with that signature, e.g. one bound to an asset's session in
-    cache_server.py. Errors it raises with a boolean `permanent` attribute keep their
-    verdict. `timeout` bounds each whole call.
+    or an async callable with that signature: normally
+    `CacheServerClient.store_requester(signer, did)`, bound to one asset's session.
+    Errors it raises with a boolean `permanent` attribute keep their verdict.
+    `timeout` bounds each whole call.
     """
 
     def __init__(
@@ -339,8 +340,9 @@ def credential_store_from_settings(
 ) -> CredentialStore:
     """The store the settings select (`CREDENTIAL_STORE`), read at call time.
 
-    For `cache-server` the caller passes the authenticated `cache_server` requester
-    (sessions are per asset and live in cache_server.py).
+    For `cache-server` the caller passes the authenticated requester, i.e.
+    `cache_server=client.store_requester(signer, did)` (sessions are per asset and
+    live in cache_server.py), so the store is built per asset.
     """
     from django.conf import settings
 

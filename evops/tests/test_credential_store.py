@@ -275,15 +275,7 @@ async def cache_store(stand_in):
         return 1000
 
     async with CacheServerClient(stand_in.url, block_number=block_number) as client:
-
-        async def request(method: str, path: str, /, **kwargs) -> httpx.Response:
-            # cache_server.py has no public per-asset request function; its session
-            # handling (login, refresh, 401 recovery) sits behind `_call`.
-            return await client._call(
-                signer, did, method, path, json_body=kwargs.get("json")
-            )
-
-        yield CacheServerStore(request, timeout=10)
+        yield CacheServerStore(client.store_requester(signer, did), timeout=10)
 
 
 async def test_cache_server_round_trip_returns_the_exact_token(cache_store, stand_in):
@@ -293,6 +285,30 @@ async def test_cache_server_round_trip_returns_the_exact_token(cache_store, stan
     assert stand_in.store[cid] == TOKEN
     assert await cache_store.get(cid) == TOKEN
     assert await cache_store.put(TOKEN) == cid
+
+
+async def test_cache_server_store_survives_a_revoked_session(cache_store, stand_in):
+    cid = await cache_store.put(TOKEN)
+    stand_in.revoke_access_tokens()  # the next call answers 401: refresh, not fail
+    assert await cache_store.get(cid) == TOKEN
+    assert (stand_in.login_count, stand_in.refresh_count) == (1, 1)
+
+
+async def test_factory_cache_server_store_round_trips_through_the_client(stand_in):
+    """What the pipeline builds in cache-server mode, against the stand-in."""
+    signer = LocalKeySigner.generate()
+    did = DID.for_address(signer.address).canonical
+
+    async def block_number() -> int:
+        return 1000
+
+    async with CacheServerClient(stand_in.url, block_number=block_number) as client:
+        with override_settings(CREDENTIAL_STORE="cache-server"):
+            store = credential_store_from_settings(
+                cache_server=client.store_requester(signer, did)
+            )
+        cid = await store.put(TOKEN)
+        assert await store.get(cid) == TOKEN
 
 
 async def test_cache_server_unknown_cid_is_permanent(cache_store):

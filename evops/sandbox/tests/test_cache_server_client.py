@@ -408,6 +408,25 @@ async def test_store_round_trip(client, asset, asset_did):
     assert (info.value.status, info.value.permanent) == (404, True)
 
 
+async def test_store_requester_is_bound_to_the_asset_session(
+    client, stand_in, asset, asset_did
+):
+    request = client.store_requester(asset, asset_did)
+    put = await request("POST", "/v1/store", json={"data": "a.b.c", "type": "S3"})
+    assert put.status_code == 201
+    cid = put.text
+    stand_in.revoke_access_tokens()  # 401 on the next call: refreshed, not lost
+    got = await request("GET", f"/v1/store/{cid}")
+    assert (got.status_code, got.text) == (200, "a.b.c")
+    missing = await request("GET", "/v1/store/bafkreimissing")
+    assert missing.status_code == 404  # 4xx other than 401/429 is the caller's
+    assert (stand_in.login_count, stand_in.refresh_count) == (1, 1)
+    assert await client.auth_status(asset, asset_did) == asset_did
+    assert stand_in.login_count == 1  # one session shared with the other calls
+    with pytest.raises(ValueError):
+        client.store_requester(LocalKeySigner.generate(), asset_did)
+
+
 async def test_did_document(client, asset, asset_did):
     document = await client.did_document(asset, asset_did)
     assert document["id"] == asset_did
