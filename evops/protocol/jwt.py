@@ -56,6 +56,7 @@ ERR_DUPLICATE_KEY = "duplicate key in JSON object"
 ERR_SIGNATURE_SHAPE = "signature segment must encode '0x' + 130 lowercase hex digits"
 ERR_SIGNER_MISMATCH = "token is not signed by the expected DID or its delegates"
 ERR_SIGNATURE_BYTES = "signer returned a malformed signature"
+ERR_INT_FIELD = "{field} must be an int"
 
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
 _SIGNATURE_RE = re.compile(rb"0x[0-9a-f]{130}\Z")
@@ -180,6 +181,13 @@ def sign_token(
     return signing_input + "." + _signature_segment(signature)
 
 
+def _require_int(field: str, value: object) -> None:
+    # A str or float here would still sign, but as bytes no peer produces
+    # ("claimTypeVersion":"1", "iat":1.65e12): refuse rather than drift silently.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EncodingError(ERR_INT_FIELD.format(field=field))
+
+
 def _did_text(did: DID | str) -> str:
     return DID.coerce(did).canonical
 
@@ -190,8 +198,7 @@ def identity_token(signer: Signer, *, did: DID | str, block_number: int) -> str:
     Mirrors iam-client-lib's `getPublicKeyAndIdentityToken`; the cache server rejects
     it when `blockNumber` is more than a few blocks behind its latest block.
     """
-    if isinstance(block_number, bool) or not isinstance(block_number, int):
-        raise EncodingError("block_number must be an int")
+    _require_int("block_number", block_number)
     payload = {"iss": _did_text(did), "claimData": {"blockNumber": block_number}}
     return sign_token(HEADER_ES256, payload, signer)
 
@@ -210,6 +217,8 @@ def claim_request_token(
     Mirrors iam-client-lib's `createClaimRequest` (`createPublicClaim`), including its
     key order did, signer, claimData, iss, sub, iat.
     """
+    _require_int("claim_type_version", claim_type_version)
+    _require_int("iat_ms", iat_ms)
     did_text = _did_text(did)
     subject_text = _did_text(subject)
     payload = {
@@ -238,6 +247,8 @@ def issued_token(
     optional `exp` (seconds) and `credentialStatus` of newer issuers, then iss, sub;
     no `iat`.
     """
+    if exp is not None:
+        _require_int("exp", exp)
     issuer_text = _did_text(issuer_did)
     subject_text = _did_text(subject)
     payload: dict[str, Any] = {

@@ -563,3 +563,40 @@ def test_decoder_past_the_json_stage_raises_only_protocol_errors(
         assert str(exc)
     else:  # pragma: no cover - would need a forged signature
         assert isinstance(decoded, DecodedToken)
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("claim_type_version", {"claim_type_version": "1"}),
+        ("claim_type_version", {"claim_type_version": True}),
+        ("iat_ms", {"iat_ms": 1.65e12}),
+        ("iat_ms", {"iat_ms": "1650000000000"}),
+    ],
+)
+def test_claim_request_refuses_non_int_fields(field, kwargs):
+    arguments = {
+        "did": ASSET["did"],
+        "subject": ASSET["did"],
+        "claim_type": ROLE["namespace"],
+        "claim_type_version": ROLE["version"],
+        "iat_ms": V["claim_request_token"]["iat_ms"],
+        **kwargs,
+    }
+    with pytest.raises(EncodingError) as info:
+        claim_request_token(ASSET_SIGNER, **arguments)
+    assert str(info.value) == jwt.ERR_INT_FIELD.format(field=field)
+
+
+@pytest.mark.parametrize("bad", ["5", 5.0, True])
+def test_identity_and_issued_tokens_refuse_non_int_numbers(bad):
+    with pytest.raises(EncodingError, match="block_number"):
+        identity_token(ASSET_SIGNER, did=ASSET["did"], block_number=bad)
+    with pytest.raises(EncodingError, match="exp"):
+        issued_token(
+            ISSUER_SIGNER,
+            issuer_did=ISSUER["did"],
+            subject=ASSET["did"],
+            claim_data=CLAIM_DATA,
+            exp=bad,
+        )
