@@ -31,7 +31,7 @@ class Asset(models.Model):
         "DID",
         max_length=100,
         unique=True,
-        help_text="Canonical did:ethr:<chain>:<EIP-55 address>.",
+        help_text="Canonical form: did:ethr:CHAIN:ADDRESS, address EIP-55 checksummed.",
     )
     address = models.CharField(
         max_length=42, unique=True, help_text="EIP-55 checksummed address."

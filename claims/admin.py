@@ -93,9 +93,9 @@ def _short(text: str, chars: int) -> str:
 class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
     list_display = (
         "claim_id",
+        "status_badge",
         "asset_did",
         "role",
-        "status_badge",
         "attempts",
         "error_summary",
         "updated_at",

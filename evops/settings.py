@@ -434,6 +434,9 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        "django": {"handlers": ["console"], "level": "INFO", "propagate": False}
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # One line per HTTP request / RPC connection drowns the pipeline's own records.
+        "httpx": {"level": env.str("LOG_LEVEL_HTTP", default="WARNING").upper()},
+        "web3": {"level": env.str("LOG_LEVEL_HTTP", default="WARNING").upper()},
     },
 }

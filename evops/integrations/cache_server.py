@@ -347,6 +347,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     where aiohttp's connector reaches the server's limit. The client keeps httpx's
     request/response API (and `MockTransport` in tests); only the socket work moves.
     Errors are mapped to httpx's exception types so retry logic sees one family.
+    Of httpx's timeouts, `connect` bounds pool acquisition plus connecting and
+    `read` each socket read; `write` is not applied (request bodies are small).
+    The session is created on first use and belongs to that event loop.
     """
 
     def __init__(self, *, limit: int) -> None:
