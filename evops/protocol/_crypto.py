@@ -78,7 +78,12 @@ _keccak: Callable[[bytes], bytes] = _direct_keccak() or _eth_hash_keccak
 
 
 def keccak256(data: bytes) -> bytes:
-    """Ethereum's keccak-256 (not NIST SHA3-256)."""
+    """Ethereum's keccak-256 (not NIST SHA3-256).
+
+    Mirrors ethers' `keccak256` / Solidity's `keccak256`: the JWT digest, the
+    ERC-1056 signed-write digest and addresses all go through it. Public name:
+    `evops.protocol.hashing.keccak256`.
+    """
     return _keccak(data)
 
 
@@ -88,13 +93,17 @@ def personal_message_hash(message: bytes) -> bytes:
 
 
 def public_key_to_address_bytes(public_key: PublicKey) -> bytes:
-    """The 20-byte account of a secp256k1 public key."""
+    """The 20-byte account of a secp256k1 public key.
+
+    Mirrors ethers' `computeAddress`: the last 20 bytes of keccak-256 of the
+    uncompressed key without its 0x04 prefix.
+    """
     uncompressed = public_key.format(compressed=False)
     return keccak256(uncompressed[1:])[-20:]
 
 
 def checksum(address20: bytes) -> str:
-    """EIP-55 string of a raw 20-byte address."""
+    """EIP-55 string of a raw 20-byte address (as ethers' `getAddress` writes it)."""
     return to_checksum_address(address20)
 
 

@@ -59,7 +59,11 @@ def register_chain(name: str, chain_id: int) -> None:
 
 
 def chain_id_for(name: str) -> int:
-    """The EVM chain id of a DID chain name (volta 73799, ewc 246)."""
+    """The EVM chain id of a DID chain name (volta 73799, ewc 246).
+
+    Mirrors the network table of ethr-did-resolver / iam-client-lib; unknown names
+    raise `DIDError`.
+    """
     try:
         return _CHAIN_IDS[name]
     except (KeyError, TypeError):
@@ -67,7 +71,11 @@ def chain_id_for(name: str) -> int:
 
 
 def chain_name_for(chain_id: int) -> str:
-    """The canonical DID chain name of an EVM chain id (73799 volta, 246 ewc)."""
+    """The canonical DID chain name of an EVM chain id (73799 volta, 246 ewc).
+
+    Mirrors ethr-did-resolver's `did:ethr:0x<chain id hex>:` form, which names the
+    same network as its registered name.
+    """
     try:
         return _CHAIN_NAMES[chain_id]
     except (KeyError, TypeError):
@@ -143,12 +151,18 @@ class DID:
 
     @classmethod
     def for_address(cls, address: str, chain: str = VOLTA) -> DID:
-        """The DID of an account address (any case) on `chain`."""
+        """The DID of an account address (any case) on `chain`.
+
+        Mirrors iam-client-lib, which builds `did:ethr:<chain>:<getAddress(a)>`.
+        """
         return cls(normalize_address(address), chain)
 
     @classmethod
     def coerce(cls, value: DID | str, *, default_chain: str = VOLTA) -> DID:
-        """Accept a `DID` or any string form; convenience for API boundaries."""
+        """Accept a `DID` or any string form; convenience for API boundaries.
+
+        Strings are parsed as `parse` does (the peers' accepted forms).
+        """
         if isinstance(value, DID):
             return value
         return cls.parse(value, default_chain=default_chain)
@@ -164,7 +178,11 @@ class DID:
         return chain_id_for(self.chain)
 
     def same_identity(self, other: DID) -> bool:
-        """True when both DIDs name the same account, whatever the chain label."""
+        """True when both DIDs name the same account, whatever the chain label.
+
+        Mirrors the registry, which knows addresses only: one key controls the
+        identity on every chain, while the cache server compares full DID strings.
+        """
         return self.address == other.address
 
     def __str__(self) -> str:

@@ -175,7 +175,11 @@ def attribute_name(text: str = DEFAULT_ATTRIBUTE_NAME) -> bytes:
 
 
 def attribute_name_text(name: bytes) -> str:
-    """Inverse of `attribute_name`: the text up to the first zero byte."""
+    """Inverse of `attribute_name`: the text up to the first zero byte.
+
+    Mirrors ethr-did-resolver's `bytes32toString`, which reads `did/svc/...` and
+    `veriKey` names this way.
+    """
     return _bytes32(name).split(b"\x00", 1)[0].decode("utf-8", errors="replace")
 
 
@@ -261,7 +265,11 @@ def set_attribute_signed_digest(
 
 
 def split_signature(signature: bytes) -> tuple[int, bytes, bytes]:
-    """(v, r, s) of a 65-byte r || s || v signature, for `setAttributeSigned`."""
+    """(v, r, s) of a 65-byte r || s || v signature, for `setAttributeSigned`.
+
+    Mirrors ethers' `splitSignature` (v stays 27/28, as the registry's `ecrecover`
+    expects).
+    """
     if len(signature) != 65:
         raise EncodingError("signature must be 65 bytes")
     return signature[64], bytes(signature[:32]), bytes(signature[32:64])
@@ -276,7 +284,11 @@ def set_attribute_signed_calldata(
     value: bytes,
     validity: int,
 ) -> bytes:
-    """Calldata of `setAttributeSigned(identity, v, r, s, name, value, validity)`."""
+    """Calldata of `setAttributeSigned(identity, v, r, s, name, value, validity)`.
+
+    Mirrors ethers' contract encoding of the 0.0.3 ABI, as a relayer sends it
+    (anyone may send; the signature proves the owner).
+    """
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
         raise EncodingError("v must be a uint8")
     _uint256(validity)

@@ -76,7 +76,7 @@ class DecodedToken:
 
 
 def b64url_encode(data: bytes) -> str:
-    """Base64url without padding (RFC 7515 §2)."""
+    """Base64url without padding (RFC 7515 §2), as the peers' `base64url` writes."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
@@ -90,7 +90,10 @@ _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
 
 
 def b64url_decode(segment: str) -> bytes:
-    """Strict inverse of `b64url_encode`: no padding, no stray bits, no whitespace."""
+    """Strict inverse of `b64url_encode`: no padding, no stray bits, no whitespace.
+
+    Accepts everything the peers' `base64url` encoder writes, and nothing else.
+    """
     remainder = len(segment) % 4
     if remainder == 1 or not _SEGMENT_RE.match(segment):
         raise TokenError(ERR_BASE64)
@@ -268,10 +271,12 @@ def issued_token(
 def decode_token(token: str, *, max_size: int = DEFAULT_MAX_TOKEN_SIZE) -> DecodedToken:
     """Strictly decode a token without checking its signature.
 
-    Stricter than the peers (which use a lenient `base64url` and `JSON.parse`) so that
-    malformed or ambiguous input is rejected before any cryptography: three non-empty
-    segments, canonical unpadded base64url, UTF-8 JSON objects without duplicate
-    keys, and a signature segment of exactly the shape ethers writes.
+    Mirrors the peers' JWT decoding (iam-client-lib's `decodeJWTToken`, the cache
+    server's login strategy), but stricter than their lenient `base64url` and
+    `JSON.parse`, so that malformed or ambiguous input is rejected before any
+    cryptography: three non-empty segments, canonical unpadded base64url, UTF-8
+    JSON objects without duplicate keys, and a signature segment of exactly the
+    shape ethers writes.
     Raises `TokenError` only.
     """
     if not isinstance(token, str):

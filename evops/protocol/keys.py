@@ -98,7 +98,11 @@ class LocalKeySigner:
         return signature[:64] + bytes((signature[64] + 27,))
 
     def sign_transaction(self, transaction: Mapping[str, Any]) -> bytes:
-        """Sign a web3-style transaction dict; return the raw signed bytes."""
+        """Sign a web3-style transaction dict; return the raw signed bytes.
+
+        Mirrors ethers' `Wallet.signTransaction` (via eth_account) for direct-mode
+        `setAttribute` writes.
+        """
         signed = Account.sign_transaction(dict(transaction), self._key.secret)
         return bytes(signed.raw_transaction)
 

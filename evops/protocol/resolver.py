@@ -123,7 +123,11 @@ def resolve_did_document(
 async def resolve_did_document_async(
     did: DID | str, reader: AsyncRegistryReader, *, now: datetime | float
 ) -> dict[str, Any]:
-    """Async twin of `resolve_did_document` (same walk, same assembly)."""
+    """Async twin of `resolve_did_document` (same walk, same assembly).
+
+    Mirrors ethr-did-resolver's `changeLog` walk like the sync version, for
+    web3's async provider.
+    """
     subject = DID.coerce(did)
     events: list[RegistryEvent] = []
     block = await reader.changed(subject.address)
