@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -20,9 +21,10 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-_dotenv = BASE_DIR / ".env"
-if _dotenv.is_file():
-    environ.Env.read_env(str(_dotenv), overwrite=False)
+# EVOPS_ENV_FILE names another file; set it empty to read none (the tests do).
+_dotenv = os.environ.get("EVOPS_ENV_FILE", str(BASE_DIR / ".env"))
+if _dotenv and Path(_dotenv).is_file():
+    environ.Env.read_env(_dotenv, overwrite=False)
 
 
 def _required(name: str) -> str:
@@ -166,10 +168,10 @@ except (ImproperlyConfigured, KeyError, ValueError) as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from None
 DATABASES["default"].setdefault("CONN_MAX_AGE", _int("DATABASE_CONN_MAX_AGE", 60))
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The local default has two writers (the listener and the console): WAL lets readers
-    # run beside a writer, IMMEDIATE transactions take the write lock up front instead of
-    # failing on upgrade, and the timeout waits for the lock instead of "database is
-    # locked".
+    # The local default has two writers (the listener and the console): WAL lets
+    # readers run beside a writer, IMMEDIATE transactions take the write lock up front
+    # instead of failing on upgrade, and the timeout waits for the lock instead of
+    # "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "timeout": 20,

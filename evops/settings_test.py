@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+# Never pick up a developer's .env (the sandbox writes one) in tests.
+os.environ["EVOPS_ENV_FILE"] = ""
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/evops")
 os.environ.setdefault(
     "SECRET_KEY", "test-only-secret-key-not-for-production-use-0123456789"

@@ -43,7 +43,12 @@ def test_malformed_keys_name_the_variable(raw, fragment):
 
 def _check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     # Start from an empty environment so the test settings of this process do not leak.
-    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **env}
+    clean = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "EVOPS_ENV_FILE": "",
+        **env,
+    }
     clean["DJANGO_SETTINGS_MODULE"] = "evops.settings"
     return subprocess.run(
         [sys.executable, "manage.py", "check", *args],
@@ -81,6 +86,15 @@ def test_malformed_database_url_is_named():
     result = _check({**GOOD, "DATABASE_URL": "nosuchscheme://x"})
     assert result.returncode != 0
     assert "DATABASE_URL is malformed" in result.stderr
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path):
+    env_file = tmp_path / "evops.env"
+    env_file.write_text("DEBUG=maybe\nLOG_FORMAT=xml\n")
+    result = _check({**GOOD, "EVOPS_ENV_FILE": str(env_file), "DEBUG": "false"})
+    assert result.returncode != 0
+    assert "LOG_FORMAT must be 'text' or 'json', not 'xml'." in result.stderr
+    assert "DEBUG must be" not in result.stderr
 
 
 def test_check_deploy_is_clean_with_production_settings():
