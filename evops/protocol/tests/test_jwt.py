@@ -347,7 +347,9 @@ json_values = st.recursive(
     max_leaves=12,
 )
 payloads = st.dictionaries(st.text(max_size=10), json_values, max_size=6)
-private_keys = st.integers(min_value=1, max_value=2**255).map(
+# the whole secp256k1 scalar range, edges included (1 and n - 1)
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+private_keys = st.integers(min_value=1, max_value=SECP256K1_N - 1).map(
     lambda n: n.to_bytes(32, "big")
 )
 
@@ -463,7 +465,7 @@ def test_every_position_change_fails(token):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    key=st.integers(min_value=1, max_value=2**255).map(lambda n: n.to_bytes(32, "big")),
+    key=private_keys,
     extra=st.text(max_size=40),
     data=st.data(),
 )
