@@ -9,6 +9,8 @@ the chain itself sets for this setup:
     limit = block gas limit / gas per write / block time
 
 Run from the repository root: `.venv/bin/python bench/chain.py [--count N ...]`.
+`bench/integrations.py` prints this figure too (`relayed_publications`), next to the
+cache-server one.
 """
 
 from __future__ import annotations
@@ -39,7 +41,21 @@ def _value(index: int) -> bytes:
     )
 
 
-async def _run(count: int, concurrency: int, block_time: float) -> None:
+DEFAULT_COUNT = 300
+DEFAULT_CONCURRENCY = 100
+DEFAULT_BLOCK_TIME = 1.0
+
+
+def relayed_publications(
+    count: int = DEFAULT_COUNT,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    block_time: float = DEFAULT_BLOCK_TIME,
+) -> list[str]:
+    """Relayed publications/s vs block gas limit / gas per write; printed lines."""
+    return asyncio.run(_run(count, concurrency, block_time))
+
+
+async def _run(count: int, concurrency: int, block_time: float) -> list[str]:
     anvil = Anvil(block_time=block_time, balance_ether=1_000_000)
     await asyncio.to_thread(anvil.start)
     chain: Chain | None = None
@@ -83,19 +99,19 @@ async def _run(count: int, concurrency: int, block_time: float) -> None:
         limit = gas_limit / gas_per_write / block_time
         rate = count / elapsed
 
-        print(f"anvil --block-time {block_time:g}, registry 0.0.3, relay mode")
-        print(f"publications:         {count} (concurrency {concurrency})")
-        print(f"elapsed:              {elapsed:.2f} s")
-        print(f"blocks used:          {len(per_block)} (from block {first_block + 1})")
-        print(f"max per block:        {max(per_block.values())}")
-        print(f"gas per write (mean): {gas_per_write:,.0f}")
-        print(f"block gas limit:      {gas_limit:,}")
-        print(f"measured rate:        {rate:.1f} publications/s")
-        print(
-            f"chain limit:          {limit:.1f} publications/s "
-            f"(block gas limit / gas per write / block time)"
-        )
-        print(f"share of limit:       {100 * rate / limit:.1f} %")
+        return [
+            f"chain: anvil --block-time {block_time:g}, registry 0.0.3, relay mode",
+            f"  publications:         {count} (concurrency {concurrency})",
+            f"  elapsed:              {elapsed:.2f} s",
+            f"  blocks used:          {len(per_block)} (from block {first_block + 1})",
+            f"  max per block:        {max(per_block.values())}",
+            f"  gas per write (mean): {gas_per_write:,.0f}",
+            f"  block gas limit:      {gas_limit:,}",
+            f"  measured rate:        {rate:.1f} publications/s",
+            f"  chain limit:          {limit:.1f} publications/s "
+            "(block gas limit / gas per write / block time)",
+            f"  share of limit:       {100 * rate / limit:.1f} %",
+        ]
     finally:
         if chain is not None:
             await chain.aclose()
@@ -104,11 +120,12 @@ async def _run(count: int, concurrency: int, block_time: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--block-time", type=float, default=1.0)
+    parser.add_argument("--count", type=int, default=DEFAULT_COUNT)
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    parser.add_argument("--block-time", type=float, default=DEFAULT_BLOCK_TIME)
     args = parser.parse_args()
-    asyncio.run(_run(args.count, args.concurrency, args.block_time))
+    for line in relayed_publications(args.count, args.concurrency, args.block_time):
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

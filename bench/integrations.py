@@ -1,15 +1,19 @@
 """Benchmark: the integrations against the local peers, each next to its limit.
 
 Run: .venv/bin/python bench/integrations.py [figure ...]
-Figures (default: all): cache-server.
+Figures (default: all): chain, cache-server.
+
+- chain: relayed DID-document publications per second on anvil with 1 s blocks, next
+  to the limit that chain sets, block gas limit / gas per write (per block time).
+  The measurement lives in `bench/chain.py` (`relayed_publications`), which also
+  runs alone with its own options.
 
 - cache-server: calls per second through `CacheServerClient` against the stand-in
   with 20 ms added latency per call and a concurrency limit. The limit for that setup
   is `latency x calls / concurrency` seconds, i.e. `concurrency / latency` calls/s:
   what a perfect client achieves when every call costs exactly the added latency.
 
-Each figure is one function taking no arguments and returning its printed lines, so
-more figures (the chain's relayed publications) slot in beside it.
+Each figure is one function taking no arguments and returning its printed lines.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
+from chain import relayed_publications  # noqa: E402
 
 from evops.integrations.cache_server import CacheServerClient  # noqa: E402
 from evops.protocol.dids import DID  # noqa: E402
@@ -157,6 +162,7 @@ def cache_server_calls() -> list[str]:
 
 
 FIGURES: dict[str, Callable[[], list[str]]] = {
+    "chain": relayed_publications,
     "cache-server": cache_server_calls,
 }
 
