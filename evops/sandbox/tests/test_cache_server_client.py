@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 
 import httpx
@@ -211,6 +212,32 @@ async def test_401_with_refused_refresh_logs_in_again(
         await client.role(asset, asset_did, ROLE)
     assert server.login_count == 2
     assert server.refresh_count == 0
+
+
+async def test_refresh_tokens_and_access_tokens_never_reach_the_logs(
+    client, stand_in, asset, asset_did, caplog, monkeypatch
+):
+    issued: list[dict[str, str]] = []
+    original = stand_in._issue_pair
+
+    def record(did, origin):
+        pair = original(did, origin)
+        issued.append(pair)
+        return pair
+
+    monkeypatch.setattr(stand_in, "_issue_pair", record)
+    # Each logger at DEBUG (the settings keep httpx at WARNING by default).
+    for name in ("", "httpx", "httpcore", "aiohttp", "evops"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    await client.auth_status(asset, asset_did)
+    stand_in.revoke_access_tokens()  # 401: the refresh sends the token in the query
+    await client.role(asset, asset_did, ROLE)
+    assert stand_in.refresh_count == 1
+    assert "refresh_token=[redacted]" in caplog.text  # httpx logged the refresh
+    secrets = [value for pair in issued for value in pair.values()]
+    assert len(secrets) == 4
+    for secret in secrets:
+        assert secret not in caplog.text
 
 
 async def test_persistent_401_is_permanent(
