@@ -243,6 +243,9 @@ def test_signed_write_uses_the_identity_nonce_after_an_owner_change(
     assert chain.send(relayer, by_owner_nonce)["status"] == 0
     by_identity_nonce = _signed_write(chain, new_owner, identity, value, nonce=1)
     assert chain.send(relayer, by_identity_nonce)["status"] == 1
+    # the identity's nonce moved on (the owner's did not), so a replay reverts
+    assert (chain.nonce(identity), chain.nonce(new_owner.address)) == (2, 0)
+    assert chain.send(relayer, by_identity_nonce)["status"] == 0
     # the old owner's key no longer works
     stale = _signed_write(chain, funded, identity, value, nonce=chain.nonce(identity))
     assert chain.send(relayer, stale)["status"] == 0
