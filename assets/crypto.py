@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 
-from evops.protocol._crypto import keccak256
+from evops.protocol.hashing import keccak256
 
 ALGORITHM = "aes-256-gcm/v1"
 SETTING = "EVOPS_KEY_ENCRYPTION_KEYS"

@@ -47,7 +47,7 @@ def _make_keymanager(path: Path, count: int) -> list[str]:
     """A keymanager.db of `count` fresh keys plus ~1% duplicated rows."""
     from coincurve import PrivateKey
 
-    from evops.protocol._crypto import keccak256
+    from evops.protocol.hashing import keccak256
 
     keys = [secrets.token_bytes(32) for _ in range(count)]
     rows = []
