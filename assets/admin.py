@@ -143,6 +143,17 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             extra["did_document"] = resolve_did_document(asset.did, hashes)
         return super().change_view(request, object_id, form_url, extra)
 
+    def _refuse_large(
+        self, request: HttpRequest, queryset: QuerySet[Asset], action: str
+    ) -> bool:
+        """Refuse (with the reason) a selection too large to run in the request."""
+        from claims import console_services
+
+        refusal = console_services.too_many_assets(action, queryset.count())
+        if refusal:
+            self.message_user(request, refusal, messages.ERROR)
+        return bool(refusal)
+
     @admin.action(
         description="Reconcile selected assets with the chain",
         permissions=["reconcile_assets"],
@@ -152,6 +163,8 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
     ) -> HttpResponse | None:
         from claims import console_services
 
+        if self._refuse_large(request, queryset, "Reconcile"):
+            return None
         confirm = self.confirm_or_none(
             request,
             queryset,
@@ -193,6 +206,8 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
     ) -> HttpResponse | None:
         from claims import console_services
 
+        if self._refuse_large(request, queryset, "Request prequalification"):
+            return None
         confirm = self.confirm_or_none(
             request,
             queryset,

@@ -24,6 +24,39 @@ from claims.models import ClaimRecord, ClaimStatus
 
 IntegrationsFactory = Callable[[], Integrations]
 
+# The asset actions call the cache server and the chain (and may wait for a receipt)
+# while a web worker waits, so they take a bounded selection. Beyond it, the work
+# belongs to a process that is not serving pages: reconcile_claims, or the listener's
+# periodic reconciliation of every active asset.
+ERR_TOO_MANY_ASSETS = (
+    "{action} runs while the page waits, for at most {limit} assets; {count} are "
+    "selected. Select fewer, or run `manage.py reconcile_claims --asset <DID>` "
+    "(the listener also reconciles every active asset every RECONCILE_INTERVAL)."
+)
+
+
+class SelectionTooLarge(ValueError):
+    """More assets than an in-request action may handle (`sync_asset_limit`)."""
+
+
+def sync_asset_limit() -> int:
+    """Most assets one in-request reconcile / prequalification action takes."""
+    return int(settings.CONSOLE_SYNC_ASSET_LIMIT)
+
+
+def too_many_assets(action: str, count: int) -> str:
+    """The refusal text for `count` selected assets, or "" when within the limit."""
+    limit = sync_asset_limit()
+    if count <= limit:
+        return ""
+    return ERR_TOO_MANY_ASSETS.format(action=action, limit=limit, count=count)
+
+
+def _check_selection(action: str, assets: Sequence[Asset]) -> None:
+    refusal = too_many_assets(action, len(assets))
+    if refusal:
+        raise SelectionTooLarge(refusal)
+
 
 @dataclass
 class RetryResult:
@@ -91,7 +124,11 @@ def assets_reconcile(
     actor_user: Any,
     integrations: IntegrationsFactory | None = None,
 ) -> flows.ReconcileResult:
-    """Reconcile the selected assets now (cache server vs the chain), as the user."""
+    """Reconcile the selected assets now (cache server vs the chain), as the user.
+
+    Raises `SelectionTooLarge` beyond `sync_asset_limit()` assets.
+    """
+    _check_selection("Reconcile", assets)
     actor = services.staff_actor(actor_user)
 
     async def work(bundle: Integrations) -> flows.ReconcileResult:
@@ -116,7 +153,9 @@ def assets_request_prequalification(
 
     One asset's failure (cache server down, no key) is reported and the others go
     on; a request already pending on the cache server is counted, not an error.
+    Raises `SelectionTooLarge` beyond `sync_asset_limit()` assets.
     """
+    _check_selection("Request prequalification", assets)
     actor = services.staff_actor(actor_user)
     result = PrequalificationResult()
 

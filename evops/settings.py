@@ -414,6 +414,10 @@ CONSOLE_POLL_SECONDS = _seconds("CONSOLE_POLL_SECONDS", 2.0)
 CONSOLE_CHAIN_TIMEOUT = _float("CONSOLE_CHAIN_TIMEOUT", 5.0)
 # A listener whose last heartbeat is older than this many seconds shows as stale.
 CONSOLE_HEARTBEAT_STALE_SECONDS = _seconds("CONSOLE_HEARTBEAT_STALE_SECONDS", 30.0)
+# Most assets the "reconcile" and "request prequalification" admin actions handle in
+# one web request (they call the cache server and the chain while the worker waits);
+# larger selections are refused with a pointer to reconcile_claims / the listener.
+CONSOLE_SYNC_ASSET_LIMIT = _int("CONSOLE_SYNC_ASSET_LIMIT", 25, minimum=1)
 
 # --- Logging -------------------------------------------------------------------------
 

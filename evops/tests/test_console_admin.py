@@ -315,3 +315,48 @@ def test_reconcile_selected_assets_publishes_missing(client, operator, fakes):
     assert len(chain.writes) == 1
     assert record.events.filter(user=operator).exists()
     assert Asset.objects.filter(pk=asset.pk).exists()
+
+
+@pytest.mark.parametrize(
+    ("action", "title"),
+    [("reconcile", "Reconcile"), ("request_prequalification", "Request prequal")],
+)
+@pytest.mark.parametrize("confirmed", [False, True])
+def test_large_asset_selection_is_refused_before_any_call(
+    client, operator, fakes, settings, action, title, confirmed
+):
+    from claims import console_services
+
+    _, cache, _, chain = fakes
+    settings.CONSOLE_SYNC_ASSET_LIMIT = 2
+    pks = [make_asset().pk for _ in range(3)]
+    extra = {"confirm": "yes"} if confirmed else {}
+    response = client.post(
+        reverse(ASSETS),
+        {"action": action, "_selected_action": [str(pk) for pk in pks], **extra},
+        follow=True,
+    )
+    text = response.content.decode()
+    assert f"{title}" in text
+    assert "for at most 2 assets; 3 are selected" in text
+    assert "manage.py reconcile_claims" in text
+    assert b"Yes, go ahead" not in response.content
+    assert cache.requests == [] and chain.writes == []
+    assert not ClaimRecord.objects.exists()
+    assert not LogEntry.objects.exists()
+    with pytest.raises(console_services.SelectionTooLarge):
+        if action == "reconcile":
+            console_services.assets_reconcile(
+                assets=list(Asset.objects.all()), actor_user=operator
+            )
+        else:
+            console_services.assets_request_prequalification(
+                assets=list(Asset.objects.all()), actor_user=operator
+            )
+
+
+def test_selection_at_the_limit_runs(client, operator, fakes, settings):
+    settings.CONSOLE_SYNC_ASSET_LIMIT = 2
+    pks = [make_asset().pk for _ in range(2)]
+    done = _post_action(client, ASSETS, "request_prequalification", pks, confirm="yes")
+    assert "Prequalification: 2 filed" in done.content.decode()
