@@ -250,8 +250,13 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
     def export_csv(
         self, request: HttpRequest, queryset: QuerySet[ClaimRecord]
     ) -> HttpResponseBase:
+        queryset = queryset.order_by("id")
+        console_services.claims_note_export(
+            claim_ids=queryset.values_list("pk", flat=True).iterator(chunk_size=2000),
+            actor_user=request.user,
+        )
         return self.export_csv_response(
-            request, queryset.select_related("asset").order_by("id"), "claims.csv"
+            request, queryset.select_related("asset"), "claims.csv"
         )
 
 

@@ -166,6 +166,29 @@ def test_claims_csv_export_is_safe_and_logged(client, operator):
     assert rows[1][2] == asset.did
     assert rows[1][8] == "'=HYPERLINK('http://evil')"
     assert LogEntry.objects.filter(user=operator, object_repr__contains="CSV").exists()
+    event = ClaimEvent.objects.get(record=claim, kind="exported")
+    assert event.user == operator
+    assert event.actor == "staff" and event.actor_label == operator.get_username()
+    assert event.from_status == event.to_status == ""
+
+
+def test_claims_csv_select_all_notes_every_exported_claim(client, operator):
+    claims = [make_claim(make_asset()) for _ in range(3)]
+    other = make_claim(make_asset(), ClaimStatus.PUBLISHED)
+    response = client.post(
+        reverse(CLAIMS) + "?status__exact=failed",
+        {
+            "action": "export_csv",
+            "select_across": "1",
+            "index": 0,
+            "_selected_action": [str(claims[0].pk)],
+        },
+    )
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert [int(row[0]) for row in rows[1:]] == [c.pk for c in claims]
+    noted = ClaimEvent.objects.filter(kind="exported", user=operator)
+    assert sorted(noted.values_list("record_id", flat=True)) == [c.pk for c in claims]
+    assert not ClaimEvent.objects.filter(record=other, kind="exported").exists()
 
 
 def test_assets_csv_export_never_contains_key_material(client, operator):
@@ -280,7 +303,11 @@ def test_request_prequalification_for_selected_assets(client, operator, fakes):
     record = ClaimRecord.objects.get(asset=first)
     assert record.status == ClaimStatus.REQUESTED
     assert record.events.get().user == operator
-    assert LogEntry.objects.filter(object_id=str(second.pk), user=operator).exists()
+    assert ClaimRecord.objects.get(asset=second).events.get().user == operator
+    for asset in (first, second):
+        entry = LogEntry.objects.get(object_id=str(asset.pk))
+        assert entry.user == operator
+        assert entry.change_message == "Prequalification requested."
 
 
 def test_request_prequalification_reports_each_failure(client, operator, fakes):
@@ -314,6 +341,10 @@ def test_reconcile_selected_assets_publishes_missing(client, operator, fakes):
     assert record.status == ClaimStatus.PUBLISHED
     assert len(chain.writes) == 1
     assert record.events.filter(user=operator).exists()
+    assert {e.user for e in record.events.all() if e.actor == "staff"} == {operator}
+    entry = LogEntry.objects.get(object_id=str(asset.pk))
+    assert entry.user == operator
+    assert entry.change_message == "Reconciled with the chain."
     assert Asset.objects.filter(pk=asset.pk).exists()
 
 
