@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.safestring import SafeString
 
 from assets.models import Asset, AssetKey, OperatorAccount
-from evops.admin_site import ConsoleAdminMixin, badge, message_for
+from evops.admin_site import ConsoleAdminMixin, badge, message_for, searched_address
 
 if TYPE_CHECKING:
     _AssetModelAdmin = admin.ModelAdmin[Asset]
@@ -96,6 +96,15 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
                 event_at=Subquery(latest_event.values("at")[:1]),
             )
         )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Asset], search_term: str
+    ) -> tuple[QuerySet[Asset], bool]:
+        # A DID in any form the peers use, or an address in any case, is one asset.
+        address = searched_address(search_term)
+        if address is not None:
+            return queryset.filter(address=address), False
+        return super().get_search_results(request, queryset, search_term)
 
     @admin.display(description="prequalification")
     def prequalification(self, obj: Asset) -> SafeString:

@@ -25,7 +25,13 @@ from claims.models import (
     InboundMessage,
     ListenerHeartbeat,
 )
-from evops.admin_site import ConsoleAdminMixin, badge, message_for
+from evops.admin_site import (
+    ConsoleAdminMixin,
+    badge,
+    message_for,
+    searched_address,
+    searched_tx_hash,
+)
 
 if TYPE_CHECKING:
     _ClaimAdmin = admin.ModelAdmin[ClaimRecord]
@@ -174,6 +180,19 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
         ("updated_at", lambda c: c.updated_at.isoformat()),
     )
 
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[ClaimRecord], search_term: str
+    ) -> tuple[QuerySet[ClaimRecord], bool]:
+        # A DID in any form (legacy, chain id, lowercase) or a bare address finds
+        # the asset's claims; a tx hash matches whatever its case.
+        address = searched_address(search_term)
+        if address is not None:
+            return queryset.filter(asset__address=address), False
+        tx_hash = searched_tx_hash(search_term)
+        if tx_hash is not None:
+            return queryset.filter(tx_hash__iexact=tx_hash), False
+        return super().get_search_results(request, queryset, search_term)
+
     @admin.display(description="asset", ordering="asset__did")
     def asset_did(self, obj: ClaimRecord) -> str:
         return obj.asset.did
@@ -307,6 +326,18 @@ class InboundMessageAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _InboundAdmin):
         ("claim_id", lambda m: m.claim_id),
         ("received_at", lambda m: m.received_at.isoformat()),
     )
+
+    def get_search_results(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[InboundMessage],
+        search_term: str,
+    ) -> tuple[QuerySet[InboundMessage], bool]:
+        # Stored DIDs are canonical (did:ethr:<chain>:<EIP-55>): match by address.
+        address = searched_address(search_term)
+        if address is not None:
+            return queryset.filter(asset_did__endswith=f":{address}"), False
+        return super().get_search_results(request, queryset, search_term)
 
     @admin.display(description="outcome", ordering="outcome")
     def outcome_badge(self, obj: InboundMessage) -> SafeString:

@@ -13,6 +13,7 @@ No business logic: each action calls one service.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -62,6 +63,37 @@ def badge(value: str, label: str | None = None) -> SafeString:
         colour,
         label or value or "none",
     )
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
+
+
+def searched_address(term: str) -> str | None:
+    """The EIP-55 address a search term names, if it is a DID or an address.
+
+    Staff paste DIDs in every form the peers use: legacy `did:ethr:0x..`, a chain
+    id instead of a name, lowercase hex. Stored DIDs are canonical, so a plain text
+    match would miss those; the address is what identifies the asset.
+    """
+    from evops.protocol.dids import DID, normalize_address
+    from evops.protocol.errors import DIDError
+
+    term = term.strip()
+    try:
+        if term.startswith("did:"):
+            return DID.parse(term).address
+        if _ADDRESS.fullmatch(term):
+            return normalize_address(term)
+    except DIDError:
+        return None
+    return None
+
+
+def searched_tx_hash(term: str) -> str | None:
+    """The term, if it is a transaction hash (compared without regard to case)."""
+    term = term.strip()
+    return term if _TX_HASH.fullmatch(term) else None
 
 
 def _csv_cell(value: Any) -> str:
@@ -191,4 +223,11 @@ def message_for(action: str, parts: Sequence[str]) -> str:
     return f"{action}: {', '.join(parts)}." if parts else f"{action}: nothing to do."
 
 
-__all__ = ["ConsoleAdminMixin", "admin", "badge", "message_for"]
+__all__ = [
+    "ConsoleAdminMixin",
+    "admin",
+    "badge",
+    "message_for",
+    "searched_address",
+    "searched_tx_hash",
+]

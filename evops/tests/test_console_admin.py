@@ -89,6 +89,48 @@ def test_claim_list_filters_and_search(client, operator):
     assert listed(q=published.tx_hash) == {published.pk}
     assert listed(q="bafyCID1") == {published.pk}
     assert listed(q=failed.claim_id) == {failed.pk}
+    # The tx hash whatever its case.
+    assert listed(q=published.tx_hash.upper().replace("0X", "0x")) == {published.pk}
+
+
+def _did_forms(asset: Asset) -> list[str]:
+    lower = asset.address.lower()
+    return [
+        asset.did,
+        f"did:ethr:{asset.address}",  # legacy, no chain
+        f"did:ethr:volta:{lower}",  # lowercase hex
+        f"did:ethr:0x12047:{asset.address}",  # chain id instead of the name
+        lower,  # a bare address, lowercase
+        f"  {asset.address} ",  # pasted with spaces
+    ]
+
+
+def test_claim_search_by_any_did_form_or_address(client, operator):
+    asset, other = make_asset(), make_asset()
+    claim = make_claim(asset)
+    make_claim(other)
+    for term in _did_forms(asset):
+        response = client.get(reverse(CLAIMS), {"q": term})
+        found = {c.pk for c in response.context["cl"].result_list}
+        assert found == {claim.pk}, term
+    # A mixed-case address with a bad checksum is not an address: plain search.
+    bad = "0x" + asset.address[2:].swapcase()
+    assert client.get(reverse(CLAIMS), {"q": bad}).status_code == 200
+
+
+def test_asset_and_inbox_search_by_any_did_form(client, operator):
+    asset, other = make_asset(), make_asset()
+    message = InboundMessage.objects.create(
+        subject="s", dedupe_key="k1", asset_did=asset.did, outcome="processed"
+    )
+    InboundMessage.objects.create(
+        subject="s", dedupe_key="k2", asset_did=other.did, outcome="processed"
+    )
+    for term in _did_forms(asset):
+        assets = client.get(reverse(ASSETS), {"q": term}).context["cl"].result_list
+        assert [a.pk for a in assets] == [asset.pk], term
+        inbox = client.get(reverse(INBOX), {"q": term}).context["cl"].result_list
+        assert [m.pk for m in inbox] == [message.pk], term
 
 
 def test_claim_list_query_count_does_not_grow(
