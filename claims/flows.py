@@ -356,8 +356,10 @@ async def claim_advance(
     record = await _load(record_id)
     if record.status == ClaimStatus.ISSUED:
         try:
+            signer = await _signer(integrations, record.asset)
+            store = integrations.store_for(signer, record.asset.did)
             with metrics.timed(metrics.STORE_LATENCY):
-                cid = await integrations.store.put(record.token)
+                cid = await store.put(record.token)
         except Exception as exc:
             return await _step_failed(record, ClaimStatus.ISSUED, exc, actor, "store")
         if not await sync_to_async(services.claim_record_stored)(

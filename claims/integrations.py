@@ -81,14 +81,25 @@ class Integrations:
     """Everything outside evops' database that a pipeline step may call."""
 
     cache: CacheServer
-    store: CredentialStore
+    store: CredentialStore | None
     chain: Chain
     check_credential: CredentialChecker
     signer_for: Callable[[Any], Signer]
     prequalification_role: str
     allowed_claim_types: tuple[str, ...]
     now: Callable[[], datetime] = field(default=lambda: _utcnow())
+    # Stores that need the asset's own session (the cache server's /v1/store) are
+    # built per asset; `store` is then None.
+    store_factory: Callable[[Signer, str], CredentialStore] | None = None
     _closers: list[Any] = field(default_factory=list, repr=False)
+
+    def store_for(self, signer: Signer, did: str) -> CredentialStore:
+        """The credential store to write this asset's tokens to."""
+        if self.store_factory is not None:
+            return self.store_factory(signer, did)
+        if self.store is None:
+            raise ValueError("Integrations has neither a store nor a store_factory.")
+        return self.store
 
     async def aclose(self) -> None:
         for closer in (self.cache, self.store, self.chain, *self._closers):
@@ -123,9 +134,22 @@ def integrations_from_settings(*, operator: Signer | None = None) -> Integration
     chain = chain_from_settings(operator=operator)
     allowed = tuple(getattr(settings, "ALLOWED_CLAIM_TYPES", ()) or ())
     role = settings.PREQUALIFICATION_ROLE
+    cache = cache_server_client_from_settings(block_number=chain.block_number)
+    store: CredentialStore | None = None
+    store_factory: Callable[[Signer, str], CredentialStore] | None = None
+    if settings.CREDENTIAL_STORE == "cache-server":
+
+        def store_factory(signer: Signer, did: str) -> CredentialStore:
+            return credential_store_from_settings(
+                cache_server=cache.store_requester(signer, did)
+            )
+
+    else:
+        store = credential_store_from_settings()
     return Integrations(
-        cache=cache_server_client_from_settings(block_number=chain.block_number),
-        store=credential_store_from_settings(),
+        cache=cache,
+        store=store,
+        store_factory=store_factory,
         chain=chain,
         check_credential=check_issued_credential,
         signer_for=assets.signers.signer_for_asset,

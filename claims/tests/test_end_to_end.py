@@ -336,3 +336,46 @@ async def test_flaky_cache_server_and_chain_outage_still_publish_everything(
     assert published == len(assets)
     for record in records:
         assert await record.events.filter(kind="written").acount() == 1
+
+
+@pytest.mark.parametrize("chain_mode", ["asset"], indirect=True)
+async def test_cache_server_store_mode_writes_through_the_assets_session(
+    real, stand_in, funded_asset, issuer, anvil
+):
+    """CREDENTIAL_STORE=cache-server: /v1/store needs each asset's own session."""
+    from evops.integrations.credential_store import CacheServerStore
+
+    cache = real.cache
+    assert isinstance(cache, CacheServerClient)
+    per_asset = Integrations(
+        cache=cache,
+        store=None,
+        store_factory=lambda signer, did: CacheServerStore(
+            cache.store_requester(signer, did)
+        ),
+        chain=real.chain,
+        check_credential=real.check_credential,
+        signer_for=real.signer_for,
+        prequalification_role=ROLE,
+        allowed_claim_types=(ROLE,),
+    )
+    asset = await sync_to_async(funded_asset)()
+    outcome = await flows.claim_request_prequalification(
+        asset=asset, integrations=per_asset, actor=LISTENER
+    )
+    record = await ClaimRecord.objects.select_related("asset").aget(
+        pk=outcome.record_id or 0
+    )
+    token = _token(issuer, asset)
+    assert await _issue(stand_in, issuer, anvil, record, token) == 201
+    result = await flows.reconcile_assets(
+        assets=[asset], integrations=per_asset, actor=RECONCILER, concurrency=1
+    )
+    assert result.errors == [] and result.published == 1
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.PUBLISHED, record.last_error
+    signer = real.signer_for(asset)
+    assert await per_asset.store_for(signer, asset.did).get(record.cid) == token
+    document = await real.chain.resolve_document(asset.did)
+    entry = flows.find_service_by_hash(document, flows.token_sha256(token))
+    assert entry is not None and entry["serviceEndpoint"] == record.cid
