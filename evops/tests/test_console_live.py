@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,3 +153,94 @@ async def test_origin_validator_refuses_foreign_origins():
     )
     connected, _ = await communicator.connect()
     assert not connected
+
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+_OTHER_PROCESS = """
+import sys
+import django
+django.setup()
+from claims import services
+from claims.models import ClaimRecord
+claim = ClaimRecord.objects.get(pk=int(sys.argv[1]))
+print(services.claim_retry(record=claim, actor=services.staff_actor(None)))
+"""
+
+
+@pytest.fixture
+def redis_url():
+    import shutil
+    import subprocess
+    import time
+
+    from evops.sandbox.peers import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import socket
+
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def test_redis_layer_carries_a_change_made_in_another_process(
+    settings, redis_url
+):
+    """CHANNEL_LAYER_URL: the listener process's service write reaches this socket.
+
+    The other process is a real Python process doing a service transition on the
+    shared database; nothing but the redis layer connects it to this consumer (the
+    history check is off with a redis layer).
+    """
+    import os
+    import subprocess
+    import sys
+
+    settings.CHANNEL_LAYER_URL = redis_url
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [redis_url]},
+        }
+    }
+    settings.CONSOLE_POLL_SECONDS = 60
+    user = await database_sync_to_async(make_user)(groups.VIEWER)
+    claim = await database_sync_to_async(lambda: make_claim(make_asset()))()
+    communicator, connected, _ = await _connect(user)
+    assert connected
+    name = connections["default"].settings_dict["NAME"]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "evops.settings_test",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}",
+        "CHANNEL_LAYER_URL": redis_url,
+    }
+    result = await sync_to_async(subprocess.run)(
+        [sys.executable, "-c", _OTHER_PROCESS, str(claim.pk)],
+        env=env,
+        cwd=_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "True"
+    message = await communicator.receive_json_from(timeout=5)
+    assert message == {"type": "claim.changed", "id": claim.pk, "status": "stored"}
+    await communicator.disconnect()
