@@ -68,6 +68,8 @@ def test_sandbox_runs_plays_and_stops_everything(tmp_path):
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        # Its own process group, so the test can press "Ctrl-C" on it alone.
+        start_new_session=True,
     )
     try:
 
@@ -107,6 +109,27 @@ def test_sandbox_runs_plays_and_stops_everything(tmp_path):
             return bool(rows[0] == 2)
 
         _wait_for(published, 90, "two claims published")
+
+        # The TSO rejects the third asset's claim: the notice goes to the issuers'
+        # subjects and is routed to our claim by its id.
+        rejecting = subprocess.run(
+            [*manage, "sandbox_play", "--count", "1", "--reject", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert rejecting.returncode == 0, rejecting.stderr[-2000:]
+        assert rejecting.stdout.count("rejected (HTTP ") == 1
+
+        def rejected() -> bool:
+            with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+                rows = db.execute(
+                    "select count(*) from claims_claimrecord where status='rejected'"
+                ).fetchone()
+            return bool(rows[0] == 1)
+
+        _wait_for(rejected, 90, "the rejected claim reaching 'rejected'")
         # No private key in anything the commands printed.
         state_key = "issuer_key"
         assert state_key not in output() and state_key not in play.stdout
@@ -117,7 +140,8 @@ def test_sandbox_runs_plays_and_stops_everything(tmp_path):
             text=True,
             check=False,
         ).stdout.split()
-        sandbox.send_signal(signal.SIGTERM)
+        # Ctrl-C in a terminal: SIGINT to the foreground process group.
+        os.killpg(sandbox.pid, signal.SIGINT)
         sandbox.wait(timeout=60)
         log.close()
     assert children, "the sandbox started no child processes"
@@ -127,3 +151,5 @@ def test_sandbox_runs_plays_and_stops_everything(tmp_path):
             or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
         ), f"child {pid} still runs after the sandbox stopped"
     assert not (tmp_path / "state" / "state.json").exists()
+    assert sandbox.returncode == 0
+    assert "stopping the sandbox" in (tmp_path / "sandbox.log").read_text()
