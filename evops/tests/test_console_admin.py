@@ -433,3 +433,26 @@ def test_selection_at_the_limit_runs(client, operator, fakes, settings):
     pks = [make_asset().pk for _ in range(2)]
     done = _post_action(client, ASSETS, "request_prequalification", pks, confirm="yes")
     assert "Prequalification: 2 filed" in done.content.decode()
+
+
+def test_huge_inbound_payload_is_refused_stored_truncated_and_shown_escaped(
+    client, operator, settings
+):
+    from claims import services
+
+    settings.INBOUND_PAYLOAD_LIMIT = 64 * 1024
+    payload = b'{"did": "<script>alert(1)</script>", "x": "' + b"y" * 1_000_000 + b'"}'
+    message = services.inbound_record(
+        subject="dashboard.prequalification.exchange", payload=payload
+    )
+    assert message.truncated and message.outcome == "rejected"
+    listing = client.get(reverse(INBOX))
+    assert listing.status_code == 200
+    assert b"yyyyyyyyyy" not in listing.content  # the list never loads the payload
+    page = client.get(reverse("admin:claims_inboundmessage_change", args=[message.pk]))
+    content = page.content.decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in content
+    assert "<script>alert(1)" not in content
+    assert f"shown 4000 of {64 * 1024} characters" in content
+    assert f"received {len(payload)} bytes; stored truncated" in content
+    assert content.count("y") < 10_000
