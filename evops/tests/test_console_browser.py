@@ -91,6 +91,7 @@ def test_operator_session_in_a_browser(console_server, browser_page):
     asset = make_asset(label="browser-asset")
     failed = make_claim(asset)
     moving = make_claim(make_asset(), ClaimStatus.PUBLISHING)
+    listed = make_claim(make_asset(), ClaimStatus.PUBLISHING)
 
     page.goto(f"{console_server}/admin/login/")
     page.fill("#id_username", user.get_username())
@@ -129,6 +130,26 @@ def test_operator_session_in_a_browser(console_server, browser_page):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "console-dashboard.png"), full_page=True)
     assert (ARTIFACTS / "console-dashboard.png").stat().st_size > 0
+
+    # The claim list updates in place too: same page (marker kept), new badge.
+    page.goto(f"{console_server}/admin/claims/claimrecord/")
+    badge = page.locator(
+        f"tr:has(input.action-select[value='{listed.pk}']) .evops-badge"
+    )
+    expect(badge).to_have_attribute("data-status", "publishing")
+    expect(page.locator("#evops-live-status")).to_have_attribute(
+        "data-state", "connected"
+    )
+    page.evaluate("window.evopsNoReload = true")
+    assert services.claim_mark_published(
+        record_id=listed.pk,
+        actor=services.LISTENER,
+        service_id="svc-2",
+        tx_hash="0x" + "34" * 32,
+    )
+    expect(badge).to_have_attribute("data-status", "published")
+    assert page.evaluate("window.evopsNoReload") is True
+    page.screenshot(path=str(ARTIFACTS / "console-claim-list.png"), full_page=True)
 
 
 def test_browser_launch_args_never_download():
