@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.urls import reverse
@@ -93,6 +94,33 @@ def test_viewer_posting_an_action_gets_403_and_nothing_changes(client, url, acti
     )
     assert response.status_code == 403
     assert ClaimRecord.objects.get(pk=claim.pk).status == ClaimStatus.FAILED
+    assert not LogEntry.objects.exists()
+    assert claim.events.count() == 1  # only the one make_claim wrote
+
+
+@pytest.mark.parametrize(
+    ("url", "action"),
+    [
+        (CLAIMS, "retry_publication"),
+        (CLAIMS, "export_csv"),
+        (ASSETS, "reconcile"),
+        (ASSETS, "request_prequalification"),
+    ],
+)
+@pytest.mark.parametrize("who", ["nostaff", "anonymous"])
+def test_non_staff_posting_an_action_is_sent_to_login(client, url, action, who):
+    claim = make_claim(make_asset())
+    if who == "nostaff":
+        client.force_login(make_user("nostaff"))
+    pk = claim.pk if url == CLAIMS else claim.asset_id
+    response = client.post(
+        reverse(url),
+        {"action": action, "_selected_action": [pk], "index": 0, "confirm": "yes"},
+    )
+    assert response.status_code == 302
+    assert reverse("admin:login") in response["Location"]
+    assert ClaimRecord.objects.get(pk=claim.pk).status == ClaimStatus.FAILED
+    assert not LogEntry.objects.exists()
 
 
 def test_viewer_cannot_change_or_delete_claims(client):
