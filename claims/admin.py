@@ -246,7 +246,10 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
         )
         if confirm is not None:
             return confirm
-        claims = list(queryset.select_related("asset"))
+        # Only the failed rows are loaded: "select all" on a big list may name
+        # 100,000 claims of which a few are failed.
+        selected = queryset.count()
+        claims = list(failed.select_related("asset"))
         result = console_services.claims_retry_publication(
             claims=claims, actor_user=request.user
         )
@@ -257,8 +260,9 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
             "Retry publication scheduled.",
         )
         parts = [f"{len(result.scheduled)} scheduled"]
-        if result.skipped:
-            parts.append(f"{len(result.skipped)} skipped (not failed)")
+        skipped = selected - len(result.scheduled)
+        if skipped:
+            parts.append(f"{skipped} skipped (not failed)")
         level = messages.SUCCESS if result.scheduled else messages.WARNING
         self.message_user(request, message_for("Retry publication", parts), level)
         return None
