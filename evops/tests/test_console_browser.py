@@ -48,10 +48,19 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def console_server(settings) -> Any:
+def console_server(settings, monkeypatch) -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from asgiref.sync import SyncToAsync
     from channels.testing.live import make_application
     from daphne.testing import DaphneProcess
 
+    # A fork copies only the calling thread: if an earlier async test started
+    # asgiref's single-thread executor, the child would inherit an executor whose
+    # worker is gone and every database_sync_to_async call (the websocket's staff
+    # check) would hang. Fork with a fresh executor that has no thread yet.
+    fresh = ThreadPoolExecutor(max_workers=1)
+    monkeypatch.setattr(SyncToAsync, "single_thread_executor", fresh)
     settings.CONSOLE_POLL_SECONDS = 0.3
     settings.CHAIN_RPC_URL = "http://127.0.0.1:9"  # the asset page: chain "down"
     # Forked after these settings and the test database exist, so the child serves
@@ -67,6 +76,7 @@ def console_server(settings) -> Any:
     yield f"http://127.0.0.1:{process.port.value}"
     process.terminate()
     process.join(timeout=10)
+    fresh.shutdown(wait=False)
 
 
 @pytest.fixture
