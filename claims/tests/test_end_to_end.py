@@ -374,8 +374,8 @@ async def test_cache_server_store_mode_writes_through_the_assets_session(
     assert result.errors == [] and result.published == 1
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.PUBLISHED, record.last_error
-    signer = real.signer_for(asset)
-    assert await per_asset.store_for(signer, asset.did).get(record.cid) == token
+    store = CacheServerStore(cache.store_requester(real.signer_for(asset), asset.did))
+    assert await store.get(record.cid) == token
     document = await real.chain.resolve_document(asset.did)
     entry = flows.find_service_by_hash(document, flows.token_sha256(token))
     assert entry is not None and entry["serviceEndpoint"] == record.cid
