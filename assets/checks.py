@@ -1,4 +1,8 @@
-"""System checks for key custody: relay mode needs an operator account to send from.
+"""System checks for key custody.
+
+Relay mode needs an operator account to send from, and every stored key must be
+sealed with a master key that is still configured (a key dropped from
+EVOPS_KEY_ENCRYPTION_KEYS too early makes those assets unusable).
 
 The check reads the database only when Django passes `databases` (`manage.py check
 --database default`, `migrate`), as Django asks of checks that touch a database, and
@@ -15,6 +19,15 @@ from django.core.checks import CheckMessage, Warning
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
 W001 = "assets.W001"
+W002 = "assets.W002"
+UNKNOWN_MASTER_KEY = (
+    "{count} stored key(s) are sealed with master key(s) {ids} that "
+    "EVOPS_KEY_ENCRYPTION_KEYS does not list; they cannot be used."
+)
+UNKNOWN_MASTER_KEY_HINT = (
+    "Add the old key back to EVOPS_KEY_ENCRYPTION_KEYS (after the first one), run "
+    "`manage.py rotate_encryption_key`, and only then drop it."
+)
 NO_OPERATOR_HINT = (
     "Run `manage.py generate_operator_key` (and fund the address it prints) or "
     "`manage.py import_operator_key PATH`; with several operators set "
@@ -46,3 +59,42 @@ def check_relay_operator(
     except DatabaseError:
         return []  # no database to ask: other checks and commands will say so
     return []
+
+
+def check_master_keys_configured(
+    app_configs: Sequence[Any] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """Warn when stored keys were sealed with a master key no longer configured.
+
+    A warning, not an error: `migrate` runs database checks, and must not be blocked
+    while the operator restores the missing key.
+    """
+    if DEFAULT_DB_ALIAS not in (databases or ()):
+        return []
+    from assets.models import AssetKey, OperatorAccount
+
+    configured = [key_id for key_id, _ in settings.EVOPS_KEY_ENCRYPTION_KEYS]
+    try:
+        tables = connections[DEFAULT_DB_ALIAS].introspection.table_names()
+        unknown: dict[str, int] = {}
+        for model in (AssetKey, OperatorAccount):
+            if model._meta.db_table not in tables:
+                continue
+            rows = (
+                model.objects.exclude(key_id__in=configured)
+                .values_list("key_id", flat=True)
+                .distinct()
+            )
+            for key_id in rows:
+                count = model.objects.filter(key_id=key_id).count()
+                unknown[key_id] = unknown.get(key_id, 0) + count
+    except DatabaseError:
+        return []
+    if not unknown:
+        return []
+    message = UNKNOWN_MASTER_KEY.format(
+        count=sum(unknown.values()), ids=", ".join(sorted(unknown))
+    )
+    return [Warning(message, hint=UNKNOWN_MASTER_KEY_HINT, id=W002)]
