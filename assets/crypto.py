@@ -7,7 +7,10 @@ address, so a ciphertext copied onto another row, or from an asset row onto the 
 row and back, fails authentication; after every decryption the address derived from the
 key must equal the row's address. Plaintext key bytes exist only inside the functions
 below, for the moment of sealing or signing; callers get addresses, sealed envelopes
-and signatures, never keys. No message raised here contains key bytes or their hex.
+and signatures, never keys. No message raised here contains key bytes or their hex,
+and every function that touches key material is marked `sensitive_variables`, so
+Django's error reports (the DEBUG page, error mails, tools that read them) show its
+locals and arguments as stars.
 
 secp256k1 work goes straight to libsecp256k1 through coincurve's cffi binding:
 `coincurve.PrivateKey()` derives both the ECDSA and the x-only public key on
@@ -27,6 +30,7 @@ from coincurve.context import GLOBAL_CONTEXT
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 
 from evops.protocol.hashing import keccak256
 
@@ -109,6 +113,7 @@ class SealedKey:
 _ciphers: dict[bytes, AESGCM] = {}
 
 
+@sensitive_variables()
 def _cipher(material: bytes) -> AESGCM:
     cipher = _ciphers.get(material)
     if cipher is None:
@@ -121,11 +126,13 @@ def current_key_id() -> str:
     return str(settings.EVOPS_KEY_ENCRYPTION_KEYS[0][0])
 
 
+@sensitive_variables()
 def _encrypting_key() -> tuple[str, AESGCM]:
     key_id, material = settings.EVOPS_KEY_ENCRYPTION_KEYS[0]
     return key_id, _cipher(material)
 
 
+@sensitive_variables()
 def _decrypting_key(key_id: str) -> AESGCM:
     for candidate, material in settings.EVOPS_KEY_ENCRYPTION_KEYS:
         if candidate == key_id:
@@ -149,6 +156,7 @@ def eip191_digest(message: bytes) -> bytes:
     return keccak256(_EIP191_PREFIX + str(len(message)).encode("ascii") + message)
 
 
+@sensitive_variables()
 def _public_key(secret: bytes) -> bytes:
     """The 64-byte uncompressed public key (x || y) of a valid secret."""
     pubkey = ffi.new("secp256k1_pubkey *")
@@ -176,6 +184,7 @@ def checksum_address(address20: bytes) -> str:
     )
 
 
+@sensitive_variables()
 def _address_of(secret: bytes) -> str:
     return checksum_address(keccak256(_public_key(secret))[-20:])
 
@@ -188,6 +197,7 @@ _VERIFIED_PUBLIC_KEYS: dict[str, bytes] = {}
 _VERIFIED_LIMIT = 100_000
 
 
+@sensitive_variables()
 def _check_derives(secret: bytes, address: str) -> None:
     lowered = address.lower()
     public = _public_key(secret)
@@ -201,6 +211,7 @@ def _check_derives(secret: bytes, address: str) -> None:
     _VERIFIED_PUBLIC_KEYS[lowered] = public
 
 
+@sensitive_variables()
 def _sign(secret: bytes, digest: bytes) -> bytes:
     if len(digest) != 32:
         raise ValueError("sign_hash needs exactly 32 bytes")
@@ -217,6 +228,7 @@ def _sign(secret: bytes, digest: bytes) -> bytes:
     return bytes(ffi.buffer(compact, 64)) + bytes([27 + recid[0]])
 
 
+@sensitive_variables()
 def _parse_private_key(text: str | bytes) -> bytes:
     if isinstance(text, bytes):
         secret = text
@@ -238,6 +250,7 @@ def _parse_private_key(text: str | bytes) -> bytes:
 # --- sealing -------------------------------------------------------------------------
 
 
+@sensitive_variables()
 def _seal(secret: bytes, address: str, purpose: str) -> SealedKey:
     key_id, cipher = _encrypting_key()
     nonce = os.urandom(_NONCE_BYTES)
@@ -249,6 +262,7 @@ def _seal(secret: bytes, address: str, purpose: str) -> SealedKey:
     )
 
 
+@sensitive_variables()
 def _open(sealed: SealedKey, address: str, purpose: str) -> bytes:
     """Decrypt and check that the key derives `address`; the only path to a key."""
     if sealed.algorithm != ALGORITHM:
@@ -268,6 +282,7 @@ def _open(sealed: SealedKey, address: str, purpose: str) -> bytes:
     return secret
 
 
+@sensitive_variables()
 def seal_private_key(
     text: str | bytes, *, purpose: str = ASSET_KEY
 ) -> tuple[str, SealedKey]:
@@ -282,6 +297,7 @@ def seal_private_key(
     return address, _seal(secret, address, purpose)
 
 
+@sensitive_variables()
 def seal_new_key(*, purpose: str = ASSET_KEY) -> tuple[str, SealedKey]:
     """Make a fresh random key and seal it; the plaintext never leaves this call."""
     while True:
@@ -292,6 +308,7 @@ def seal_new_key(*, purpose: str = ASSET_KEY) -> tuple[str, SealedKey]:
     return address, _seal(secret, address, purpose)
 
 
+@sensitive_variables()
 def seal_keystore(
     keystore: Mapping[str, Any], password: str, *, purpose: str = ASSET_KEY
 ) -> tuple[str, SealedKey]:
@@ -309,11 +326,13 @@ def seal_keystore(
     return seal_private_key(secret, purpose=purpose)
 
 
+@sensitive_variables()
 def verify(sealed: SealedKey, *, address: str, purpose: str = ASSET_KEY) -> None:
     """Check that `sealed` decrypts and derives `address` (raises otherwise)."""
     _open(sealed, address, purpose)
 
 
+@sensitive_variables()
 def reseal(sealed: SealedKey, *, address: str, purpose: str = ASSET_KEY) -> SealedKey:
     """Re-encrypt under the current first master key, verifying before and after."""
     secret = _open(sealed, address, purpose)
@@ -325,6 +344,7 @@ def reseal(sealed: SealedKey, *, address: str, purpose: str = ASSET_KEY) -> Seal
 # --- signing -------------------------------------------------------------------------
 
 
+@sensitive_variables()
 def sign_hash(
     sealed: SealedKey, *, address: str, digest: bytes, purpose: str = ASSET_KEY
 ) -> bytes:
@@ -332,6 +352,7 @@ def sign_hash(
     return _sign(_open(sealed, address, purpose), digest)
 
 
+@sensitive_variables()
 def sign_message(
     sealed: SealedKey, *, address: str, message: bytes, purpose: str = ASSET_KEY
 ) -> bytes:
@@ -339,6 +360,7 @@ def sign_message(
     return _sign(_open(sealed, address, purpose), eip191_digest(message))
 
 
+@sensitive_variables()
 def sign_transaction(
     sealed: SealedKey,
     *,

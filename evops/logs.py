@@ -12,6 +12,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from django.views.debug import SafeExceptionReporterFilter
+
 # Attributes every LogRecord has; anything else came in through `extra=`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -36,3 +38,14 @@ class JsonFormatter(logging.Formatter):
 
 def _is_plain(value: object) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
+
+
+class AlwaysSafeExceptionReporterFilter(SafeExceptionReporterFilter):
+    """Hide `sensitive_variables` and secret settings in every error report.
+
+    Django's default filter stands down when DEBUG is on; evops keeps it on, because
+    the frames that sign hold plaintext keys even in the local sandbox.
+    """
+
+    def is_active(self, request: Any) -> bool:
+        return True

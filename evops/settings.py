@@ -421,6 +421,8 @@ CONSOLE_SYNC_ASSET_LIMIT = _int("CONSOLE_SYNC_ASSET_LIMIT", 25, minimum=1)
 
 # --- Logging -------------------------------------------------------------------------
 
+DEFAULT_EXCEPTION_REPORTER_FILTER = "evops.logs.AlwaysSafeExceptionReporterFilter"
+
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")
 if LOG_FORMAT not in {"text", "json"}:

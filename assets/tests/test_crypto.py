@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
+import re
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -259,3 +261,51 @@ def test_a_forged_key_is_refused_even_after_the_address_was_verified():
 @given(st.binary(min_size=20, max_size=20))
 def test_checksum_address_is_eip55(raw):
     assert crypto.checksum_address(raw) == to_checksum_address(raw)
+
+
+# The HTML report shows each frame's locals as <td>name</td> <td class=code><pre>value.
+LOCAL_VAR_ROW = re.compile(r'<td>(\w+)</td>\s*<td class="code"><pre>(.*?)</pre>', re.S)
+
+
+def _crash_report(rf, sealed: crypto.SealedKey, address: str) -> tuple[str, str]:
+    """Django's text and HTML error reports for a crash inside signing.
+
+    Caught here so the report holds only crypto's frames and this one (no test locals).
+    """
+    import sys
+
+    from django.views.debug import ExceptionReporter
+
+    try:
+        crypto.sign_hash(sealed, address=address, digest=b"not 32 bytes")
+    except ValueError:
+        reporter = ExceptionReporter(rf.get("/admin/"), *sys.exc_info())
+        return reporter.get_traceback_text(), reporter.get_traceback_html()
+    raise AssertionError("signing a short digest must fail")
+
+
+@pytest.mark.parametrize("debug", [True, False])
+def test_django_error_reports_hide_key_material(rf, settings, debug):
+    """A crash inside signing, reported by Django (DEBUG page, error mail), shows stars.
+
+    The report lists every frame's locals; the frames that hold the plaintext key or
+    the master key are marked `sensitive_variables`.
+    """
+    from django.utils.html import escape
+    from django.views.debug import SafeExceptionReporterFilter
+
+    CLEANSED = SafeExceptionReporterFilter.cleansed_substitute
+    settings.DEBUG = debug
+    key = make_key()
+    address, sealed = crypto.seal_private_key(key.hex)
+    text, html = _crash_report(rf, sealed, address)
+    assert "_sign" in text  # the frame that held the key is in the report
+    shown = dict(LOCAL_VAR_ROW.findall(html))
+    # (no failure message: it would print the leaked value)
+    assert shown["secret"] == escape(repr(CLEANSED))
+    assert shown["digest"] == escape(repr(CLEANSED))
+    secret = bytes.fromhex(key.hex[2:])
+    for report in (text, html):
+        LEAK_GUARD.assert_clean(report, "error report")
+        assert secret.hex() not in report
+        assert base64.b64encode(secret).decode() not in report
