@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,23 @@ ERR_REJECTED = (
     "{count} invalid entr{plural}; nothing was imported. Fix them, or pass "
     "--skip-invalid to import the rest."
 )
+
+
+def keystore_password(password_file: Path | None) -> str | Callable[[], str]:
+    """The password read from `password_file`, or a prompt for it.
+
+    The prompt is a callable so that it is only shown when a keystore is actually
+    met. The file's trailing newline (editors add one) is not part of the password.
+    Shared with import_operator_key.
+    """
+    if password_file is None:
+        return lambda: getpass.getpass("Keystore password: ")
+    try:
+        text = password_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise CommandError(ERR_UNREADABLE_FILE.format(reason=reason)) from None
+    return text.rstrip("\r\n")
 
 
 class Command(BaseCommand):
@@ -40,16 +58,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        password: str | Any
-        if options["password_file"] is not None:
-            try:
-                text = options["password_file"].read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-                raise CommandError(ERR_UNREADABLE_FILE.format(reason=reason)) from None
-            password = text.rstrip("\r\n")
-        else:
-            password = lambda: getpass.getpass("Keystore password: ")  # noqa: E731
+        password = keystore_password(options["password_file"])
         for path in options["paths"]:
             if not path.exists():
                 raise CommandError(f"{path}: no such file or directory.")

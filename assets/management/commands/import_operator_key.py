@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import getpass
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from assets import crypto
+from assets.management.commands.import_asset_keys import keystore_password
 from assets.models import OperatorAccount
 from assets.services import AssetExists, operator_import_key
 
-ERR_UNREADABLE_FILE = "Cannot read --password-file: {reason}."
 SEVERAL_OPERATORS = (
     "{count} operator accounts are stored for chain {chain!r}: set "
     "CHAIN_OPERATOR_ADDRESS={address} to relay from this one."
@@ -53,16 +52,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        password: str | Any
-        if options["password_file"] is not None:
-            try:
-                text = options["password_file"].read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-                raise CommandError(ERR_UNREADABLE_FILE.format(reason=reason)) from None
-            password = text.rstrip("\r\n")
-        else:
-            password = lambda: getpass.getpass("Keystore password: ")  # noqa: E731
+        password = keystore_password(options["password_file"])
         if not options["path"].exists():
             raise CommandError(f"{options['path']}: no such file.")
         try:
