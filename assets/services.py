@@ -478,23 +478,15 @@ def asset_rotate_encryption_keys(
         report.total = len(rows)
         now = timezone.now()
         for row in progress(rows, len(rows), "re-encrypting"):
-            try:
-                sealed = crypto.reseal(sealed_from_row(row), address=row.asset.address)
-            except crypto.KeyCustodyError as exc:
-                raise RotationFailed(
-                    ERR_ROTATION_FAILED.format(did=row.asset.did, reason=exc)
-                ) from None
-            report.by_previous_key[row.key_id] += 1
-            row.key_id = sealed.key_id
-            row.algorithm = sealed.algorithm
-            row.nonce = sealed.nonce
-            row.ciphertext = sealed.ciphertext
-            row.updated_at = now
-        AssetKey.objects.bulk_update(
-            rows,
-            ["key_id", "algorithm", "nonce", "ciphertext", "updated_at"],
-            batch_size=500,
-        )
+            _reseal_row(
+                row,
+                address=row.asset.address,
+                purpose=crypto.ASSET_KEY,
+                label=row.asset.did,
+                report=report,
+                now=now,
+            )
+        AssetKey.objects.bulk_update(rows, _SEALED_FIELDS, batch_size=500)
         _reseal_operators(report, now)
     logger.info(
         "asset keys re-encrypted",
@@ -511,28 +503,43 @@ def _reseal_operators(report: RotationReport, now: Any) -> None:
     """Re-encrypt operator keys inside the asset rotation's transaction."""
     operators = list(OperatorAccount.objects.select_for_update().order_by("pk"))
     for operator in operators:
-        try:
-            sealed = crypto.reseal(
-                sealed_from_row(operator),
-                address=operator.address,
-                purpose=crypto.OPERATOR_KEY,
-            )
-        except crypto.KeyCustodyError as exc:
-            raise RotationFailed(
-                ERR_ROTATION_FAILED.format(
-                    did=f"operator {operator.address}", reason=exc
-                )
-            ) from None
-        report.by_previous_key[operator.key_id] += 1
-        operator.key_id = sealed.key_id
-        operator.algorithm = sealed.algorithm
-        operator.nonce = sealed.nonce
-        operator.ciphertext = sealed.ciphertext
-        operator.updated_at = now
-    OperatorAccount.objects.bulk_update(
-        operators, ["key_id", "algorithm", "nonce", "ciphertext", "updated_at"]
-    )
+        _reseal_row(
+            operator,
+            address=operator.address,
+            purpose=crypto.OPERATOR_KEY,
+            label=f"operator {operator.address}",
+            report=report,
+            now=now,
+        )
+    OperatorAccount.objects.bulk_update(operators, _SEALED_FIELDS)
     report.operators = len(operators)
+
+
+# The columns `_reseal_row` changes.
+_SEALED_FIELDS = ["key_id", "algorithm", "nonce", "ciphertext", "updated_at"]
+
+
+def _reseal_row(
+    row: AssetKey | OperatorAccount,
+    *,
+    address: str,
+    purpose: str,
+    label: str,
+    report: RotationReport,
+    now: Any,
+) -> None:
+    """Re-encrypt one stored key in place (unsaved), counted by its previous key."""
+    try:
+        sealed = crypto.reseal(sealed_from_row(row), address=address, purpose=purpose)
+    except crypto.KeyCustodyError as exc:
+        reason = ERR_ROTATION_FAILED.format(did=label, reason=exc)
+        raise RotationFailed(reason) from None
+    report.by_previous_key[row.key_id] += 1
+    row.key_id = sealed.key_id
+    row.algorithm = sealed.algorithm
+    row.nonce = sealed.nonce
+    row.ciphertext = sealed.ciphertext
+    row.updated_at = now
 
 
 # --- the relay operator account ------------------------------------------------------
