@@ -1,14 +1,24 @@
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+
 import pytest
 from asgiref.sync import SyncToAsync
 from django.db import connections
+from web3.types import RPCEndpoint
 
 from assets.models import Asset
 from claims import flows
 from claims.tests.fakes import fake_integrations
 from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
+from evops.sandbox import peers
+from evops.sandbox.cache_server import CacheServerStandIn, role_json
+
+#: The role the end-to-end tests' stand-in serves, with the test's `issuer` as its
+#: only issuer.
+E2E_ROLE = "prequalified.roles.tso.apps.elia.iam.ewc"
 
 
 @pytest.fixture(autouse=True)
@@ -53,3 +63,32 @@ def make_asset(signers):
 @pytest.fixture
 def fakes(issuer, signers):
     return fake_integrations(issuer, signers)
+
+
+@pytest.fixture
+def env_name() -> str:
+    """A claim-exchange environment of this test only (its own NATS subjects)."""
+    return f"e2e{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def stand_in(
+    anvil: peers.Anvil,
+    nats_server: peers.NatsServer,
+    issuer: LocalKeySigner,
+    env_name: str,
+) -> Iterator[CacheServerStandIn]:
+    """The cache-server stand-in on the local peers, serving `E2E_ROLE`."""
+    issuer_did = DID.for_address(issuer.address).canonical
+    # Login freshness looks a few blocks back: make sure there are some.
+    peers.chain_web3(anvil.rpc_url).manager.request_blocking(
+        RPCEndpoint("anvil_mine"), ["0x20"]
+    )
+    server = CacheServerStandIn(
+        anvil.rpc_url,
+        nats_server.url,
+        roles=[role_json(E2E_ROLE, issuer_dids=[issuer_did])],
+        env=env_name,
+    ).start()
+    yield server
+    server.stop()

@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connection
-from web3.types import RPCEndpoint
 
 from assets.models import Asset
 from assets.services import asset_create_from_key
@@ -51,10 +50,9 @@ from claims.models import (
 from claims.tests.test_end_to_end import ROLE, _issue, _token, _until
 from evops.integrations.nats import NatsOptions
 from evops.logs import JsonFormatter
-from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
 from evops.sandbox import peers
-from evops.sandbox.cache_server import CacheServerStandIn, role_json
+from evops.sandbox.cache_server import CacheServerStandIn
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.peers]
 
@@ -65,34 +63,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def issuer() -> LocalKeySigner:
     """The TSO's key, known to the leak guard (it must never show up either)."""
     return LocalKeySigner(make_key().hex)
-
-
-@pytest.fixture
-def env_name() -> str:
-    """A claim-exchange environment of this test only (its own NATS subjects)."""
-    return f"e2e{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def stand_in(
-    anvil: peers.Anvil,
-    nats_server: peers.NatsServer,
-    issuer: LocalKeySigner,
-    env_name: str,
-) -> Iterator[CacheServerStandIn]:
-    issuer_did = DID.for_address(issuer.address).canonical
-    # Login freshness looks a few blocks back: make sure there are some.
-    peers.chain_web3(anvil.rpc_url).manager.request_blocking(
-        RPCEndpoint("anvil_mine"), ["0x20"]
-    )
-    server = CacheServerStandIn(
-        anvil.rpc_url,
-        nats_server.url,
-        roles=[role_json(ROLE, issuer_dids=[issuer_did])],
-        env=env_name,
-    ).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

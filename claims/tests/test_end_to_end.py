@@ -18,13 +18,13 @@ from typing import Any
 import nats
 import pytest
 from asgiref.sync import sync_to_async
-from web3.types import RPCEndpoint
 
 from claims import flows
 from claims.integrations import Integrations
 from claims.listener import Listener, ListenerConfig
 from claims.models import ClaimRecord, ClaimStatus, InboundMessage
 from claims.services import LISTENER, RECONCILER, claims_lease_due
+from claims.tests.conftest import E2E_ROLE
 from evops.integrations.cache_server import CacheServerClient
 from evops.integrations.chain import Chain
 from evops.integrations.credential_store import IpfsStore
@@ -34,7 +34,7 @@ from evops.protocol.dids import DID
 from evops.protocol.jwt import issued_token
 from evops.protocol.keys import LocalKeySigner
 from evops.sandbox import peers
-from evops.sandbox.cache_server import CacheServerStandIn, issue_claim, role_json
+from evops.sandbox.cache_server import issue_claim
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -42,24 +42,14 @@ pytestmark = [
     pytest.mark.peers,
 ]
 
-ROLE = "prequalified.roles.tso.apps.elia.iam.ewc"
+ROLE = E2E_ROLE
 ENV = "ewf-e2e"
 
 
 @pytest.fixture
-def stand_in(anvil, nats_server, issuer):
-    issuer_did = DID.for_address(issuer.address).canonical
-    peers.chain_web3(anvil.rpc_url).manager.request_blocking(
-        RPCEndpoint("anvil_mine"), ["0x20"]
-    )
-    server = CacheServerStandIn(
-        anvil.rpc_url,
-        nats_server.url,
-        roles=[role_json(ROLE, issuer_dids=[issuer_did])],
-        env=ENV,
-    ).start()
-    yield server
-    server.stop()
+def env_name() -> str:
+    """One fixed environment: the listener here subscribes by wildcard to it."""
+    return ENV
 
 
 @pytest.fixture(params=["asset", "relay"])
