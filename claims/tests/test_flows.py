@@ -37,6 +37,22 @@ def _issue_subject(asset) -> str:
     return f"issue-credential.claim-exchange.{asset.did}.ewf-dev"
 
 
+async def _requested(asset, integrations: Any) -> ClaimRecord:
+    """Process a prequalification request for `asset`; the claim it filed."""
+    await _process(
+        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
+    )
+    return await ClaimRecord.objects.aget(asset=asset)
+
+
+async def _notify_issued(
+    asset, record: ClaimRecord, integrations: Any
+) -> flows.Outcome:
+    """Process the cache server's issue-credential notice for `record`."""
+    notice = {"type": "issue-credential", "claimId": record.claim_id}
+    return await _process(await _message(_issue_subject(asset), notice), integrations)
+
+
 async def test_request_then_issue_publishes_once(make_asset, fakes):
     integrations, cache, _, chain = fakes
     asset = await sync_to_async(make_asset)()
@@ -48,10 +64,7 @@ async def test_request_then_issue_publishes_once(make_asset, fakes):
     assert cache.requests == [(asset.did, integrations.prequalification_role)]
 
     token = cache.issue(record.claim_id)
-    notice = {"type": "issue-credential", "claimId": record.claim_id}
-    outcome = await _process(
-        await _message(_issue_subject(asset), notice), integrations
-    )
+    outcome = await _notify_issued(asset, record, integrations)
     assert outcome.outcome == MessageOutcome.PROCESSED
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.PUBLISHED
@@ -73,10 +86,7 @@ async def test_duplicate_and_racing_notices_write_once(make_asset, fakes, settin
     settings.DUPLICATE_WINDOW_SECONDS = 0  # defeat the inbox shortcut: test the CAS
     integrations, cache, _, chain = fakes
     asset = await sync_to_async(make_asset)()
-    await _process(
-        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
-    )
-    record = await ClaimRecord.objects.aget(asset=asset)
+    record = await _requested(asset, integrations)
     cache.issue(record.claim_id)
     notice = {"type": "issue-credential", "claimId": record.claim_id}
     messages = [await _message(_issue_subject(asset), notice) for _ in range(3)]
@@ -113,10 +123,7 @@ async def test_reconcile_finds_entry_written_before_a_crash(make_asset, fakes):
     """A record stuck in publishing after its write landed: no second write."""
     integrations, cache, _, chain = fakes
     asset = await sync_to_async(make_asset)()
-    await _process(
-        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
-    )
-    record = await ClaimRecord.objects.aget(asset=asset)
+    record = await _requested(asset, integrations)
     cache.issue(record.claim_id)
     chain.fail_resolve = [None]  # placeholder replaced below
 
@@ -132,8 +139,7 @@ async def test_reconcile_finds_entry_written_before_a_crash(make_asset, fakes):
 
     chain.fail_resolve = []
     chain.resolve_document = flaky
-    notice = {"type": "issue-credential", "claimId": record.claim_id}
-    await _process(await _message(_issue_subject(asset), notice), integrations)
+    await _notify_issued(asset, record, integrations)
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.STORED
     assert record.tx_hash  # kept for the operator
@@ -149,15 +155,11 @@ async def test_transient_failures_retry_until_published(
 ):
     integrations, cache, store, chain = fakes
     asset = await sync_to_async(make_asset)()
-    await _process(
-        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
-    )
-    record = await ClaimRecord.objects.aget(asset=asset)
+    record = await _requested(asset, integrations)
     cache.issue(record.claim_id)
     store.fail_next = [FakeError("store 503", permanent=False)]
     chain.fail_next = [FakeError("rpc unreachable", permanent=False)] * 2
-    notice = {"type": "issue-credential", "claimId": record.claim_id}
-    await _process(await _message(_issue_subject(asset), notice), integrations)
+    await _notify_issued(asset, record, integrations)
     for _ in range(5):
         for pk in await sync_to_async(services.claims_lease_due)(limit=10):
             await flows.claim_process_due(
@@ -174,14 +176,10 @@ async def test_transient_failures_retry_until_published(
 async def test_permanent_chain_error_fails_with_reason(make_asset, fakes):
     integrations, cache, _, chain = fakes
     asset = await sync_to_async(make_asset)()
-    await _process(
-        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
-    )
-    record = await ClaimRecord.objects.aget(asset=asset)
+    record = await _requested(asset, integrations)
     cache.issue(record.claim_id)
     chain.fail_next = [FakeError("transaction reverted: not owner", permanent=True)]
-    notice = {"type": "issue-credential", "claimId": record.claim_id}
-    await _process(await _message(_issue_subject(asset), notice), integrations)
+    await _notify_issued(asset, record, integrations)
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.FAILED
     assert "transaction reverted: not owner" in record.last_error
@@ -208,10 +206,7 @@ async def test_bad_tokens_are_never_published(make_asset, fakes, case):
     integrations, cache, _, chain = fakes
     asset = await sync_to_async(make_asset)()
     other = await sync_to_async(make_asset)()
-    await _process(
-        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
-    )
-    record = await ClaimRecord.objects.aget(asset=asset)
+    record = await _requested(asset, integrations)
     good = make_token(cache.issuer, asset.did)
     token = {
         "forged": make_token(LocalKeySigner.generate(), asset.did).replace(
@@ -223,10 +218,7 @@ async def test_bad_tokens_are_never_published(make_asset, fakes, case):
         "unauthorised": make_token(LocalKeySigner.generate(), asset.did),
     }[case]
     cache.issue(record.claim_id, token=token)
-    notice = {"type": "issue-credential", "claimId": record.claim_id}
-    outcome = await _process(
-        await _message(_issue_subject(asset), notice), integrations
-    )
+    outcome = await _notify_issued(asset, record, integrations)
     assert outcome.outcome == MessageOutcome.REJECTED
     assert outcome.reason.startswith(flows.REASON_CREDENTIAL_REJECTED)
     await record.arefresh_from_db()
@@ -238,10 +230,7 @@ async def test_bad_tokens_are_never_published(make_asset, fakes, case):
 async def test_forged_legacy_message_does_not_touch_the_claim(make_asset, fakes):
     integrations, _, _, chain = fakes
     asset = await sync_to_async(make_asset)()
-    await _process(
-        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
-    )
-    record = await ClaimRecord.objects.aget(asset=asset)
+    record = await _requested(asset, integrations)
     forged = make_token(LocalKeySigner.generate(), asset.did)
     legacy = {"id": record.claim_id, "requester": asset.did, "issuedToken": forged}
     outcome = await _process(
@@ -271,10 +260,7 @@ async def test_legacy_message_with_a_good_token_is_published(make_asset, fakes):
 async def test_rejection_notice_is_checked_with_the_cache_server(make_asset, fakes):
     integrations, cache, _, _ = fakes
     asset = await sync_to_async(make_asset)()
-    await _process(
-        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
-    )
-    record = await ClaimRecord.objects.aget(asset=asset)
+    record = await _requested(asset, integrations)
     subject = f"reject-credential.claim-exchange.{asset.did}.ewf-dev"
     notice = {"type": "reject-credential", "claimId": record.claim_id}
     early = await _process(await _message(subject, notice), integrations)
@@ -294,10 +280,7 @@ async def test_rejection_notice_on_an_issuer_subject_reaches_our_claim(
     """The cache server sends reject-credential to the issuers, not the asset."""
     integrations, cache, _, _ = fakes
     asset = await sync_to_async(make_asset)()
-    await _process(
-        await _message("t.prequalification.exchange", {"did": asset.did}), integrations
-    )
-    record = await ClaimRecord.objects.aget(asset=asset)
+    record = await _requested(asset, integrations)
     cache.reject(record.claim_id, "meter not certified")
     issuer_subject = (
         "reject-credential.claim-exchange."
@@ -350,8 +333,7 @@ async def test_second_credential_of_the_same_role_reuses_the_service_id(
         record = await ClaimRecord.objects.filter(asset=asset).afirst()
         assert record is not None
         cache.issue(record.claim_id, exp=int(time.time()) + 3600 + n)
-        notice = {"type": "issue-credential", "claimId": record.claim_id}
-        await _process(await _message(_issue_subject(asset), notice), integrations)
+        await _notify_issued(asset, record, integrations)
     assert len(chain.writes) == 2
     assert chain.writes[0][1]["id"] == chain.writes[1][1]["id"]
     assert chain.writes[0][1]["hash"] != chain.writes[1][1]["hash"]
