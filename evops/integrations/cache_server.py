@@ -20,8 +20,6 @@ rule (no `Origin` header is ever sent).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import json
 import logging
@@ -42,7 +40,11 @@ import httpx
 
 from evops.integrations import siwe
 from evops.protocol.dids import DID
-from evops.protocol.jwt import claim_request_token, identity_token
+from evops.protocol.jwt import (
+    claim_request_token,
+    identity_token,
+    unverified_payload,
+)
 from evops.protocol.signer import Signer
 
 logger = logging.getLogger(__name__)
@@ -232,15 +234,10 @@ class _Session:
 
 def _token_expiry(token: str) -> float:
     """The `exp` of an access token (unverified: only the server checks it)."""
-    try:
-        payload_b64 = token.split(".")[1]
-        padded = payload_b64 + "=" * (-len(payload_b64) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded))
-        exp = payload.get("exp")
-        if isinstance(exp, int | float) and not isinstance(exp, bool):
-            return float(exp)
-    except (IndexError, ValueError, binascii.Error, AttributeError):
-        pass
+    payload = unverified_payload(token)
+    exp = payload.get("exp") if payload is not None else None
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        return float(exp)
     return time.time() + _DEFAULT_TOKEN_LIFETIME
 
 

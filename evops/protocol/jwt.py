@@ -109,6 +109,23 @@ def b64url_decode(segment: str) -> bytes:
         raise TokenError(ERR_BASE64) from None
 
 
+def unverified_payload(token: str) -> dict[str, Any] | None:
+    """The payload of someone else's JWT, read without any check; None if unreadable.
+
+    Not for protocol tokens (`decode_token` is strict on purpose): this reads the
+    cache server's own HS256 access tokens, whose MAC only it can check, for fields
+    such as `exp`. Padding is tolerated, since nothing is decided on the encoding.
+    """
+    try:
+        segment = token.split(".")[1]
+        payload = json.loads(
+            base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        )
+    except (IndexError, ValueError):  # binascii.Error is a ValueError
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 def compact_json(value: Mapping[str, Any]) -> bytes:
     """UTF-8 compact JSON as JavaScript's `JSON.stringify` writes it.
 

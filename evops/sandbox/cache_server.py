@@ -55,7 +55,12 @@ from eth_utils.crypto import keccak
 from evops.integrations import siwe
 from evops.protocol.dids import DID, chain_id_for
 from evops.protocol.errors import ProtocolError
-from evops.protocol.jwt import decode_token, verify_token
+from evops.protocol.jwt import (
+    b64url_encode,
+    decode_token,
+    unverified_payload,
+    verify_token,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +137,6 @@ def cid_of(data: bytes) -> str:
     digest = hashlib.sha256(data).digest()
     raw = b"\x01\x55\x12\x20" + digest
     return "b" + base64.b32encode(raw).decode("ascii").lower().rstrip("=")
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _b64url_decode(text: str) -> bytes:
@@ -512,10 +513,10 @@ class CacheServerStandIn:
     # --- tokens ----------------------------------------------------------------------
 
     def _sign(self, payload: Mapping[str, Any]) -> str:
-        header = _b64url(b'{"alg":"HS256","typ":"JWT"}')
-        body = _b64url(json.dumps(payload, separators=(",", ":")).encode())
+        header = b64url_encode(b'{"alg":"HS256","typ":"JWT"}')
+        body = b64url_encode(json.dumps(payload, separators=(",", ":")).encode())
         mac = hmac.new(self._secret, f"{header}.{body}".encode(), hashlib.sha256)
-        return f"{header}.{body}.{_b64url(mac.digest())}"
+        return f"{header}.{body}.{b64url_encode(mac.digest())}"
 
     def _verify(self, token: str) -> dict[str, Any] | None:
         """Payload of one of our tokens if its MAC and `exp` are good, else None."""
@@ -535,13 +536,6 @@ class CacheServerStandIn:
         if not isinstance(exp, int | float) or exp <= time.time():
             return None
         return payload
-
-    def _decode_unverified(self, token: str) -> dict[str, Any] | None:
-        try:
-            payload = json.loads(_b64url_decode(token.split(".")[1]))
-        except (ValueError, IndexError, TypeError):
-            return None
-        return payload if isinstance(payload, dict) else None
 
     def _issue_pair(self, did: str, origin: str | None) -> dict[str, str]:
         now = int(time.time())
@@ -759,7 +753,7 @@ class CacheServerStandIn:
             return _unauthorized("Refresh token was not set")
         if request.headers.get("Origin") is not None:
             return _unauthorized()
-        claims = self._decode_unverified(token) or {}
+        claims = unverified_payload(token) or {}
         token_id = claims.get("tokenId")
         if not isinstance(token_id, str):
             return _unauthorized()

@@ -29,6 +29,7 @@ from evops.protocol.jwt import (
     issued_token,
     recover_addresses,
     sign_token,
+    unverified_payload,
     verify_token,
 )
 from evops.protocol.keys import LocalKeySigner
@@ -602,3 +603,20 @@ def test_identity_and_issued_tokens_refuse_non_int_numbers(bad):
             claim_data=CLAIM_DATA,
             exp=bad,
         )
+
+
+def test_unverified_payload_reads_foreign_tokens_leniently():
+    body = b64url_encode(b'{"exp":1700000000,"did":"d"}')
+    assert unverified_payload(f"h.{body}.mac") == {"exp": 1700000000, "did": "d"}
+    # Padding, which decode_token refuses, is tolerated here.
+    padded = base64.urlsafe_b64encode(b'{"a":1}').decode()
+    assert padded.endswith("=")
+    assert unverified_payload(f"h.{padded}.mac") == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "no-dots", "h.!!!.s", f"h.{b64url_encode(b'[1]')}.s", "h.\u00e9.s"],
+)
+def test_unverified_payload_is_none_for_unreadable_tokens(token):
+    assert unverified_payload(token) is None
