@@ -19,11 +19,9 @@ Each figure is one function taking no arguments and returning its printed lines.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +34,11 @@ from evops.integrations.cache_server import CacheServerClient  # noqa: E402
 from evops.protocol.dids import DID  # noqa: E402
 from evops.protocol.jwt import identity_token  # noqa: E402
 from evops.protocol.keys import LocalKeySigner  # noqa: E402
-from evops.sandbox.cache_server import eth_block_number  # noqa: E402
-from evops.sandbox.peers import Anvil, free_port  # noqa: E402
+from evops.sandbox.cache_server import (  # noqa: E402
+    eth_block_number,
+    stand_in_process,
+)
+from evops.sandbox.peers import Anvil  # noqa: E402
 
 ROLE = "prequalified.roles.tso.apps.elia.iam.ewc"
 
@@ -74,37 +75,6 @@ async def _cache_server_run(url: str, rpc_url: str) -> tuple[float, int, int]:
         return elapsed, logins, client.logins - logins
 
 
-@contextlib.contextmanager
-def _stand_in_process(rpc_url: str, latency: float) -> Iterator[tuple[str, str]]:
-    """The stand-in in its own process, so it does not share this one's GIL."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "evops.sandbox.cache_server",
-            "--rpc-url",
-            rpc_url,
-            "--port",
-            str(port),
-            "--latency",
-            str(latency),
-            "--role",
-            f"{ROLE}=",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    try:
-        assert process.stdout is not None
-        process.stdout.readline()  # "listening on ..."
-        yield f"http://127.0.0.1:{port}", rpc_url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 async def _cache_server_bare(url: str, rpc_url: str) -> float:
     """The same calls from a bare aiohttp session: what the server itself sustains."""
     signer = LocalKeySigner.generate()
@@ -139,13 +109,15 @@ def cache_server_calls() -> list[str]:
     """Cache-server calls/s through the client vs concurrency / latency."""
     with (
         Anvil() as anvil,
-        _stand_in_process(anvil.rpc_url, CACHE_LATENCY) as (
-            url,
-            rpc_url,
-        ),
+        # In its own process, so that it does not share this one's GIL.
+        stand_in_process(
+            anvil.rpc_url, "--latency", str(CACHE_LATENCY), "--role", f"{ROLE}="
+        ) as (url, _, _),
     ):
-        elapsed, logins, extra_logins = asyncio.run(_cache_server_run(url, rpc_url))
-        bare = asyncio.run(_cache_server_bare(url, rpc_url))
+        elapsed, logins, extra_logins = asyncio.run(
+            _cache_server_run(url, anvil.rpc_url)
+        )
+        bare = asyncio.run(_cache_server_bare(url, anvil.rpc_url))
     limit_seconds = CACHE_LATENCY * CACHE_CALLS / CACHE_CONCURRENCY
     return [
         f"cache server: {CACHE_CALLS} calls (GET /v1/role) over {CACHE_ASSETS} "

@@ -39,10 +39,12 @@ import logging
 import random
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1124,6 +1126,44 @@ async def issue_claim(
 
 
 # --- process entry point -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stand_in_process(
+    rpc_url: str, *options: str
+) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """This module's command line on a free port, in a process of its own.
+
+    A stand-in under load must not share the caller's GIL. Yields its base URL, the
+    line it printed once listening, and the process, which gets SIGTERM (a clean
+    stop) on exit and is waited for. `options` are further command-line options.
+    """
+    # Imported here: the command line itself never needs the peers (web3 and more).
+    from evops.sandbox.peers import PROJECT_DIR, free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "evops.sandbox.cache_server",
+            "--rpc-url",
+            rpc_url,
+            "--port",
+            str(port),
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=PROJECT_DIR,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        yield f"http://127.0.0.1:{port}", line, process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def _parse_role(text: str) -> dict[str, Any]:

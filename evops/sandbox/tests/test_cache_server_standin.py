@@ -33,6 +33,7 @@ from evops.sandbox.cache_server import (
     eth_block_number,
     issue_claim,
     namehash,
+    stand_in_process,
 )
 
 from .conftest import ENV, ROLE
@@ -585,38 +586,15 @@ async def test_hang_injection_never_answers_within_timeout(
 
 
 def test_stand_in_runs_as_a_process(rpc_url, issuer_did):
-    import socket
-    import subprocess
-    import sys
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "evops.sandbox.cache_server",
-            "--rpc-url",
-            rpc_url,
-            "--port",
-            str(port),
-            "--role",
-            f"{ROLE}@2={issuer_did}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().decode()
-        assert f"http://127.0.0.1:{port}" in line
-        response = httpx.get(f"http://127.0.0.1:{port}/v1/auth/status")
+    with stand_in_process(rpc_url, "--role", f"{ROLE}@2={issuer_did}") as (
+        url,
+        line,
+        process,
+    ):
+        assert url in line
+        response = httpx.get(f"{url}/v1/auth/status")
         assert response.json() == {"user": None}
-    finally:
-        process.terminate()
-        assert process.wait(timeout=10) == 0
+    assert process.returncode == 0
 
 
 def test_role_json_shapes():
