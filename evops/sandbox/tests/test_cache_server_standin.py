@@ -390,38 +390,22 @@ async def test_issue_verifies_issuer_and_publishes_on_nats(
             claim_data={"claimType": ROLE, "claimTypeVersion": 1},
         )
         block = await eth_block_number(rpc_url)
-        status = await issue_claim(
-            stand_in.url,
-            stranger,
-            issuer_did=stranger_did,
-            claim_id=body["id"],
-            requester=asset_did,
-            issued_token=foreign,
-            block_number=block,
-        )
-        assert status == 403
-        # A token not signed by the issuer named in the path is refused.
-        status = await issue_claim(
-            stand_in.url,
-            stranger,
-            issuer_did=stranger_did,
-            claim_id=body["id"],
-            requester=asset_did,
-            issued_token=token,
-            block_number=block,
-        )
-        assert status == 403
 
-        status = await issue_claim(
-            stand_in.url,
-            issuer,
-            issuer_did=issuer_did,
-            claim_id=body["id"],
-            requester=asset_did,
-            issued_token=token,
-            block_number=block,
-        )
-        assert status == 201
+        async def issue(signer: LocalKeySigner, did: str, issued: str) -> int:
+            return await issue_claim(
+                stand_in.url,
+                signer,
+                issuer_did=did,
+                claim_id=body["id"],
+                requester=asset_did,
+                issued_token=issued,
+                block_number=block,
+            )
+
+        assert await issue(stranger, stranger_did, foreign) == 403
+        # A token not signed by the issuer named in the path is refused.
+        assert await issue(stranger, stranger_did, token) == 403
+        assert await issue(issuer, issuer_did, token) == 201
         for _ in range(100):
             if received:
                 break
