@@ -118,6 +118,16 @@ async def _until(predicate, what: str, rounds: int = 600) -> None:
     raise AssertionError(f"gave up waiting for {what}")
 
 
+async def _request(asset, integrations: Integrations) -> ClaimRecord:
+    """File `asset`'s prequalification request; its record, with the asset loaded."""
+    outcome = await flows.claim_request_prequalification(
+        asset=asset, integrations=integrations, actor=LISTENER
+    )
+    return await ClaimRecord.objects.select_related("asset").aget(
+        pk=outcome.record_id or 0
+    )
+
+
 async def _issue(stand_in, issuer, anvil, record: ClaimRecord, token: str) -> int:
     block = peers.chain_web3(anvil.rpc_url).eth.block_number
     return await issue_claim(
@@ -185,16 +195,7 @@ async def test_issued_while_listener_down_is_published_by_reconciliation(
     real, stand_in, funded_asset, issuer, anvil, chain_mode
 ):
     assets = [await sync_to_async(funded_asset)() for _ in range(3)]
-    records = []
-    for asset in assets:
-        outcome = await flows.claim_request_prequalification(
-            asset=asset, integrations=real, actor=LISTENER
-        )
-        records.append(
-            await ClaimRecord.objects.select_related("asset").aget(
-                pk=outcome.record_id or 0
-            )
-        )
+    records = [await _request(asset, real) for asset in assets]
     tokens = []
     for record in records:  # no listener: the NATS messages are lost
         tokens.append(_token(issuer, record.asset))
@@ -235,12 +236,7 @@ async def test_bad_credentials_are_not_published(
 ):
     asset = await sync_to_async(funded_asset)()
     other = await sync_to_async(funded_asset)()
-    outcome = await flows.claim_request_prequalification(
-        asset=asset, integrations=real, actor=LISTENER
-    )
-    record = await ClaimRecord.objects.select_related("asset").aget(
-        pk=outcome.record_id or 0
-    )
+    record = await _request(asset, real)
     good = _token(issuer, asset)
     token = {
         "tampered": good[:-6] + ("A" if good[-6] != "A" else "B") + good[-5:],
@@ -350,12 +346,7 @@ async def test_cache_server_store_mode_writes_through_the_assets_session(
         allowed_claim_types=(ROLE,),
     )
     asset = await sync_to_async(funded_asset)()
-    outcome = await flows.claim_request_prequalification(
-        asset=asset, integrations=per_asset, actor=LISTENER
-    )
-    record = await ClaimRecord.objects.select_related("asset").aget(
-        pk=outcome.record_id or 0
-    )
+    record = await _request(asset, per_asset)
     token = _token(issuer, asset)
     assert await _issue(stand_in, issuer, anvil, record, token) == 201
     result = await flows.reconcile_assets(
