@@ -9,6 +9,7 @@ while accepting every form the peers send: `did:ethr:0x..` (older messages),
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -89,7 +90,21 @@ def normalize_address(address: str) -> str:
     as is, a mixed-case address must carry a valid checksum (a typo is caught rather
     than silently turned into another account).
     """
-    if not isinstance(address, str) or not _ADDRESS_RE.match(address):
+    if not isinstance(address, str):
+        raise DIDError(ERR_ADDRESS)
+    return _normalize_address(address)
+
+
+# EIP-55 checksumming (keccak of the address) is the costliest step of parsing a DID
+# and the pipeline parses the same few DIDs again and again (the subject, the
+# payload, the tokens, the asset): results of these pure functions are cached.
+# Errors are not cached (lru_cache keeps return values only).
+_CACHE_SIZE = 8192
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _normalize_address(address: str) -> str:
+    if not _ADDRESS_RE.match(address):
         raise DIDError(ERR_ADDRESS)
     hexpart = address[2:]
     checksummed = to_checksum_address("0x" + hexpart.lower())
@@ -128,6 +143,12 @@ class DID:
         """
         if not isinstance(text, str):
             raise DIDError(ERR_NOT_A_STRING)
+        if cls is DID and isinstance(default_chain, str):
+            return _parse(text, default_chain)
+        return cls._parse_uncached(text, default_chain)
+
+    @classmethod
+    def _parse_uncached(cls, text: str, default_chain: str) -> DID:
         if len(text) > _MAX_DID_LENGTH:
             raise DIDError(ERR_SHAPE)
         if not text.startswith("did:ethr:"):
@@ -187,3 +208,9 @@ class DID:
 
     def __str__(self) -> str:
         return self.canonical
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _parse(text: str, default_chain: str) -> DID:
+    # A DID is frozen, so one parsed value can be shared by every caller.
+    return DID._parse_uncached(text, default_chain)
