@@ -3,7 +3,8 @@ publication and reconciliation (protocol.md §1, §5, §8).
 
 Each flow takes an `Integrations` bundle, calls the external systems, and records
 every step through the synchronous state machine in `claims.services` (run in a
-thread with `sync_to_async`). The listener's workers, the `reconcile_claims` and
+database thread through `claims.dbthreads.db`: the listener's pool, or
+`sync_to_async`). The listener's workers, the `reconcile_claims` and
 `retry_claims` commands and the console all call these same functions.
 
 Errors: an integration error carries `permanent`; a permanent one ends the step as
@@ -22,10 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import sync_to_async
-
 from assets.models import Asset
 from claims import metrics, selectors, services
+from claims.dbthreads import db
 from claims.integrations import Integrations
 from claims.models import ClaimRecord, ClaimStatus, MessageKind, MessageOutcome
 from claims.services import Actor
@@ -87,7 +87,7 @@ def _log_extra(asset: Asset | None = None, **context: Any) -> dict[str, Any]:
 
 
 async def _signer(integrations: Integrations, asset: Asset) -> Any:
-    return await sync_to_async(integrations.signer_for)(asset)
+    return await db(integrations.signer_for)(asset)
 
 
 _roles: dict[tuple[int, str], tuple[float, Any]] = {}
@@ -181,7 +181,7 @@ async def claim_request_prequalification(
     claim_id = result.claim_id or ""
     if not claim_id:
         return Outcome(MessageOutcome.PROCESSED, "a pending request already exists")
-    record, created = await sync_to_async(services.claim_record_requested)(
+    record, created = await db(services.claim_record_requested)(
         asset=asset,
         claim_id=claim_id,
         role=role.namespace,
@@ -265,7 +265,7 @@ async def claim_accept_issued(
             return Outcome(
                 MessageOutcome.REJECTED, f"{REASON_CREDENTIAL_REJECTED}: {reason}"
             )
-        record, _ = await sync_to_async(services.claim_record_rejected)(
+        record, _ = await db(services.claim_record_rejected)(
             asset=asset,
             claim_id=claim_id,
             reason=reason,
@@ -279,7 +279,7 @@ async def claim_accept_issued(
             f"{REASON_CREDENTIAL_REJECTED}: {reason}",
             record.pk,
         )
-    record, _ = await sync_to_async(services.claim_record_issued)(
+    record, _ = await db(services.claim_record_issued)(
         asset=asset,
         claim_id=claim_id,
         token=token,
@@ -332,7 +332,7 @@ async def claim_mark_rejected(
     if not claim.is_rejected:
         return Outcome(MessageOutcome.IGNORED, REASON_CLAIM_NOT_REJECTED)
     text = claim.rejection_reason or "no reason given"
-    record, _ = await sync_to_async(services.claim_record_rejected)(
+    record, _ = await db(services.claim_record_rejected)(
         asset=asset,
         claim_id=claim_id,
         reason=REASON_ISSUER_REJECTED,
@@ -362,7 +362,7 @@ async def claim_advance(
                 cid = await store.put(record.token)
         except Exception as exc:
             return await _step_failed(record, ClaimStatus.ISSUED, exc, actor, "store")
-        if not await sync_to_async(services.claim_record_stored)(
+        if not await db(services.claim_record_stored)(
             record_id=record.pk, cid=cid, actor=actor
         ):
             record = await _load(record_id)
@@ -371,15 +371,13 @@ async def claim_advance(
         record.status = ClaimStatus.STORED
     if record.status != ClaimStatus.STORED:
         return str(record.status)
-    if not await sync_to_async(services.claim_begin_publishing)(
-        record_id=record.pk, actor=actor
-    ):
+    if not await db(services.claim_begin_publishing)(record_id=record.pk, actor=actor):
         return ""
     return await _publish(await _load(record_id), integrations, actor)
 
 
 async def _load(record_id: int) -> ClaimRecord:
-    return await ClaimRecord.objects.select_related("asset").aget(pk=record_id)
+    return await db(ClaimRecord.objects.select_related("asset").get)(pk=record_id)
 
 
 async def _step_failed(
@@ -388,7 +386,7 @@ async def _step_failed(
     extra = _log_extra(record.asset, claim_id=record.claim_id, step=what)
     if is_permanent(exc):
         log.error("%s failed permanently: %s", what, exc, extra=extra)
-        await sync_to_async(services.claim_fail)(
+        await db(services.claim_fail)(
             record_id=record.pk, expected=[status], error=exc, actor=actor
         )
         if what == "publish":
@@ -399,7 +397,7 @@ async def _step_failed(
     back_to = ClaimStatus.STORED if status == ClaimStatus.PUBLISHING else status
     tx_hash = getattr(exc, "tx_hash", None)
     details = {"tx_hash": tx_hash} if tx_hash else None
-    return await sync_to_async(services.claim_schedule_retry)(
+    return await db(services.claim_schedule_retry)(
         record_id=record.pk,
         expected=status,
         back_to=back_to,
@@ -427,7 +425,7 @@ async def _publish(
         return await _step_failed(record, ClaimStatus.PUBLISHING, exc, actor, "resolve")
     present = find_service_by_hash(document, record.token_sha256)
     if present is not None:
-        await sync_to_async(services.claim_mark_published)(
+        await db(services.claim_mark_published)(
             record_id=record.pk,
             actor=actor,
             service_id=str(present.get("id", "")),
@@ -436,7 +434,7 @@ async def _publish(
         metrics.PUBLICATIONS.labels("already_present").inc()
         log.info("credential already published", extra=extra)
         return ClaimStatus.PUBLISHED
-    service_id = await sync_to_async(selectors.reusable_service_id)(
+    service_id = await db(selectors.reusable_service_id)(
         asset_id=asset.pk,
         role=record.role,
         role_version=record.role_version,
@@ -459,7 +457,7 @@ async def _publish(
         return await _step_failed(record, ClaimStatus.PUBLISHING, exc, actor, "publish")
     tx_hash = str(result.tx_hash)
     log.info("service entry written", extra={**extra, "tx_hash": tx_hash})
-    await sync_to_async(services.claim_note)(
+    await db(services.claim_note)(
         record.pk,
         actor=actor,
         kind="written",
@@ -473,7 +471,7 @@ async def _publish(
     )
     # Keep what was written on the row now: if confirmation fails, the next attempt
     # finds the entry by hash and must not write again.
-    await ClaimRecord.objects.filter(pk=record.pk).aupdate(
+    await db(ClaimRecord.objects.filter(pk=record.pk).update)(
         tx_hash=tx_hash, block_number=result.block_number, service_id=service_id
     )
     try:
@@ -489,7 +487,7 @@ async def _publish(
         return await _step_failed(
             record, ClaimStatus.PUBLISHING, Transient(str(error)), actor, "confirm"
         )
-    await sync_to_async(services.claim_mark_published)(
+    await db(services.claim_mark_published)(
         record_id=record.pk,
         actor=actor,
         service_id=service_id,
@@ -516,7 +514,7 @@ async def inbound_process(
     """
     from claims.models import InboundMessage
 
-    message = await InboundMessage.objects.aget(pk=message_id)
+    message = await db(InboundMessage.objects.get)(pk=message_id)
     extra = {"subject": message.subject, "inbound_id": message.pk}
     limit = 1 << 30  # size was enforced when the message was recorded
     try:
@@ -538,9 +536,7 @@ async def inbound_process(
             outcome = Outcome(MessageOutcome.FAILED, services.readable_error(exc))
             log.error("message failed: %s", exc, extra={**extra, **context})
         else:
-            state = await sync_to_async(services.inbound_defer)(
-                message_id=message_id, error=exc
-            )
+            state = await db(services.inbound_defer)(message_id=message_id, error=exc)
             metrics.RETRIES.labels("message").inc()
             log.warning(
                 "message deferred: %s", exc, extra={**extra, **context, "state": state}
@@ -560,7 +556,7 @@ async def inbound_process(
 async def _finish(
     message_id: int, outcome: Outcome, *, kind: str | None, **context: str
 ) -> None:
-    await sync_to_async(services.inbound_finish)(
+    await db(services.inbound_finish)(
         message_id=message_id,
         outcome=outcome.outcome,
         reason=outcome.reason,
@@ -573,10 +569,10 @@ async def _finish(
 async def _dispatch(
     hint: nats.InboundHint, integrations: Integrations, actor: Actor
 ) -> Outcome:
-    asset = await sync_to_async(selectors.asset_for_address)(hint.did.address)
+    asset = await db(selectors.asset_for_address)(hint.did.address)
     if asset is None and hint.type is nats.MessageType.REJECT:
         # Sent to the issuers' subjects; it concerns us if it names one of our claims.
-        asset = await sync_to_async(selectors.asset_for_claim_id)(hint.claim_id)
+        asset = await db(selectors.asset_for_claim_id)(hint.claim_id)
     if asset is None:
         return Outcome(MessageOutcome.IGNORED, REASON_UNKNOWN_ASSET)
     if not asset.active:
@@ -648,7 +644,7 @@ async def asset_reconcile(
             sha = token_sha256(claim.issued_token)
             entry = find_service_by_hash(document, sha)
             if entry is not None:
-                await sync_to_async(services.claim_record_found)(
+                await db(services.claim_record_found)(
                     asset=asset,
                     claim_id=claim.id,
                     token=claim.issued_token,
@@ -697,7 +693,7 @@ async def reconcile_assets(
     import asyncio
 
     total = ReconcileResult()
-    await sync_to_async(services.claims_release_stale_publishing)(actor=actor)
+    await db(services.claims_release_stale_publishing)(actor=actor)
     semaphore = asyncio.Semaphore(max(1, concurrency))
 
     async def one(asset: Asset) -> None:

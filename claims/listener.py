@@ -31,6 +31,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from claims import flows, metrics, selectors, services
+from claims.dbthreads import DatabaseThreads, using
 from claims.integrations import Integrations
 from claims.models import ConnectionState, ListenerHeartbeat
 from claims.services import LISTENER, RECONCILER
@@ -58,6 +59,8 @@ class ListenerConfig:
     drain_timeout: float = 30.0
     lease_seconds: float = 300.0
     fetch_batch: int = 100
+    # Database threads for the pipeline (0: as many as workers, at most 10).
+    db_threads: int = 0
     idle_poll: float = 1.0
     create_stream: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +112,24 @@ class Listener:
         self._taking = True
         self.recorded = 0
         self.started_at = timezone.now()
+        self._db_threads: DatabaseThreads | None = None
+        self._intake: list[tuple[str, bytes]] = []
+        self._recorder: asyncio.Task[None] | None = None
+
+    @property
+    def db_threads(self) -> DatabaseThreads:
+        """The pipeline's database threads (started on first use; see shutdown)."""
+        if self._db_threads is None or self._db_threads.closed:
+            size = self.config.db_threads or min(self.config.concurrency, 10)
+            self._db_threads = DatabaseThreads(
+                size, name=f"evops-db-{self.config.name}"
+            )
+        return self._db_threads
+
+    async def close_db_threads(self) -> None:
+        """Close the database threads' connections (shutdown; also safe if unused)."""
+        if self._db_threads is not None:
+            await self._db_threads.aclose()
 
     @property
     def mode(self) -> str:
@@ -176,15 +197,58 @@ class Listener:
         self._pull = await js.pull_subscribe_bind(durable, stream)
 
     async def on_message(self, msg: Any) -> None:
-        """Core NATS callback: record the message, nothing else."""
+        """Core NATS callback: have the message recorded, nothing else.
+
+        Messages are queued and stored in batches (`inbound_record_many`) by one
+        recorder task, so a burst costs a few round trips per batch rather than a
+        transaction per message; workers only ever see stored rows.
+        """
         if not self._taking:
             return
-        await self.record(msg.subject, msg.data)
+        self._intake.append((msg.subject, bytes(msg.data)))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_queued())
+
+    async def _record_queued(self) -> None:
+        while self._intake:
+            batch = self._intake[: self.config.fetch_batch]
+            try:
+                rows = await self.db_threads.wrap(services.inbound_record_many)(
+                    batch, listener=self.config.name
+                )
+            except Exception as exc:
+                # Keep them queued and try again: core NATS will not redeliver.
+                log.error("could not record messages: %s", exc, exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            del self._intake[: len(batch)]
+            self.recorded += len(rows)
+            metrics.MESSAGES_RECEIVED.inc(len(rows))
+            self.wake.set()
+
+    async def flush_intake(self, wait: float | None = None) -> None:
+        """Wait until every message received so far is recorded (shutdown; tests).
+
+        At shutdown this waits at most `wait` seconds (the drain timeout): a database
+        that stays down must not keep the process from exiting.
+        """
+        recorder = self._recorder
+        if recorder is None or recorder.done():
+            return
+        await asyncio.wait([recorder], timeout=wait)
+        if not recorder.done():
+            log.error(
+                "%d received messages could not be recorded before shutdown",
+                len(self._intake),
+                extra={"listener": self.config.name},
+            )
+            recorder.cancel()
+            await asyncio.gather(recorder, return_exceptions=True)
 
     async def record(
         self, subject: str, data: bytes, *, stream_sequence: int | None = None
     ) -> Any:
-        row = await sync_to_async(services.inbound_record)(
+        row = await self.db_threads.wrap(services.inbound_record)(
             subject=subject,
             payload=bytes(data),
             stream=self.config.stream,
@@ -226,12 +290,12 @@ class Listener:
         free = self.config.concurrency - len(self._inflight)
         if free <= 0 or not self._taking:
             return 0
-        messages = await sync_to_async(services.inbound_lease_due)(
+        messages = await self.db_threads.wrap(services.inbound_lease_due)(
             limit=free, lease_seconds=self.config.lease_seconds
         )
         jobs = [_Job("message", pk) for pk in messages]
         if len(jobs) < free:
-            records = await sync_to_async(services.claims_lease_due)(
+            records = await self.db_threads.wrap(services.claims_lease_due)(
                 limit=free - len(jobs)
             )
             jobs += [_Job("record", pk) for pk in records]
@@ -246,6 +310,10 @@ class Listener:
         self.wake.set()
 
     async def _run_job(self, job: _Job) -> None:
+        with using(self.db_threads):
+            await self._run_job_here(job)
+
+    async def _run_job_here(self, job: _Job) -> None:
         try:
             if job.kind == "message":
                 await flows.inbound_process(
@@ -304,13 +372,14 @@ class Listener:
             metrics.CLAIMS_BY_STATUS.labels(status).set(count)
 
     async def reconcile_once(self) -> flows.ReconcileResult:
-        assets = await sync_to_async(selectors.assets_for_reconciliation)()
-        result = await flows.reconcile_assets(
-            assets=assets,
-            integrations=self.integrations,
-            actor=RECONCILER,
-            concurrency=self.config.reconcile_concurrency,
-        )
+        with using(self.db_threads):
+            assets = await self.db_threads.wrap(selectors.assets_for_reconciliation)()
+            result = await flows.reconcile_assets(
+                assets=assets,
+                integrations=self.integrations,
+                actor=RECONCILER,
+                concurrency=self.config.reconcile_concurrency,
+            )
         log.info(
             "reconciliation done",
             extra={
@@ -399,6 +468,7 @@ class Listener:
                 await subscription.unsubscribe()
             except Exception as exc:
                 log.debug("unsubscribe: %s", exc)
+        await self.flush_intake(wait=self.config.drain_timeout)
         for task in loops:
             if task.get_name() and not task.done():
                 task.cancel()
@@ -418,6 +488,7 @@ class Listener:
             except Exception as exc:
                 log.debug("drain: %s", exc)
         await self._set_state(ConnectionState.STOPPED)
+        await self.close_db_threads()
 
     async def _set_state(self, state: str) -> None:
         self.state = ConnectionState(state)

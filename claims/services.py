@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -582,28 +582,8 @@ def inbound_record(
     duplicate, so a triple delivery does one piece of work. The payload is kept up to
     `INBOUND_PAYLOAD_LIMIT` bytes; its full size is recorded.
     """
-    limit = int(settings.INBOUND_PAYLOAD_LIMIT)
-    text = payload[:limit].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    fields: dict[str, Any] = {
-        "subject": subject[:255],
-        "payload": text,
-        "payload_size": len(payload),
-        "truncated": len(payload) > limit,
-        "kind": kind,
-        "listener": listener[:150],
-        "next_attempt_at": timezone.now(),
-    }
-    # What cannot be kept faithfully (too large, not UTF-8 text) is refused here:
-    # the worker only ever parses the stored text.
-    early = _unstorable(payload, limit)
-    if early:
-        fields.update(
-            outcome=MessageOutcome.REJECTED,
-            reason=early,
-            processed_at=timezone.now(),
-            next_attempt_at=None,
-        )
-    key = dedupe_key(subject, payload)
+    fields, early = _inbound_fields(subject, payload, kind=kind, listener=listener)
+    key = fields["dedupe_key"]
     window_seconds = float(settings.DUPLICATE_WINDOW_SECONDS)
     window = timezone.now() - timedelta(seconds=window_seconds)
     stream_key = f"{stream}:{stream_sequence}" if stream_sequence is not None else ""
@@ -619,14 +599,8 @@ def inbound_record(
                 .first()
             )
             if original is not None and not early:
-                fields.update(
-                    outcome=MessageOutcome.IGNORED,
-                    reason=REASON_DUPLICATE.format(id=original),
-                    processed_at=timezone.now(),
-                    next_attempt_at=None,
-                )
+                fields.update(_duplicate_of(original))
             return InboundMessage.objects.create(
-                dedupe_key=key,
                 stream_key=stream_key,
                 stream_sequence=stream_sequence,
                 **fields,
@@ -636,6 +610,114 @@ def inbound_record(
             raise
         # JetStream redelivered a message we stored before the ack was lost.
         return InboundMessage.objects.get(stream_key=stream_key)
+
+
+def _inbound_fields(
+    subject: str, payload: bytes, *, kind: str, listener: str
+) -> tuple[dict[str, Any], str]:
+    """The row of a received message, and why it is refused unread ("" if not)."""
+    limit = int(settings.INBOUND_PAYLOAD_LIMIT)
+    text = payload[:limit].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    fields: dict[str, Any] = {
+        "subject": subject[:255],
+        "payload": text,
+        "payload_size": len(payload),
+        "truncated": len(payload) > limit,
+        "kind": kind,
+        "listener": listener[:150],
+        "next_attempt_at": timezone.now(),
+        "dedupe_key": dedupe_key(subject, payload),
+    }
+    # What cannot be kept faithfully (too large, not UTF-8 text) is refused here:
+    # the worker only ever parses the stored text.
+    early = _unstorable(payload, limit)
+    if early:
+        fields.update(
+            outcome=MessageOutcome.REJECTED,
+            reason=early,
+            processed_at=timezone.now(),
+            next_attempt_at=None,
+        )
+    return fields, early
+
+
+def _duplicate_of(original: int) -> dict[str, Any]:
+    return {
+        "outcome": MessageOutcome.IGNORED,
+        "reason": REASON_DUPLICATE.format(id=original),
+        "processed_at": timezone.now(),
+        "next_attempt_at": None,
+    }
+
+
+def _originals(keys: Iterable[str]) -> dict[str, int]:
+    """The first stored message (not itself a duplicate) of each key in the window."""
+    window_seconds = float(settings.DUPLICATE_WINDOW_SECONDS)
+    window = timezone.now() - timedelta(seconds=window_seconds)
+    found: dict[str, int] = {}
+    rows = (
+        InboundMessage.objects.filter(dedupe_key__in=set(keys), received_at__gte=window)
+        .exclude(outcome=MessageOutcome.IGNORED, reason__startswith="duplicate")
+        .order_by("id")
+        .values_list("dedupe_key", "pk")
+    )
+    for key, pk in rows:
+        found.setdefault(key, pk)
+    return found
+
+
+def inbound_record_many(
+    messages: Sequence[tuple[str, bytes]],
+    *,
+    kind: str = MessageKind.UNKNOWN,
+    listener: str = "",
+) -> list[InboundMessage]:
+    """Store a batch of received core-NATS messages as `inbound_record` does one.
+
+    One duplicate check and two inserts for the whole batch instead of a
+    transaction per message: the listener's intake of a burst. A message is a
+    duplicate of the first stored one with the same subject and payload in the
+    window, stored before or earlier in this batch. Returned in the given order.
+    """
+    if not messages:
+        return []
+    built = [
+        _inbound_fields(subject, payload, kind=kind, listener=listener)
+        for subject, payload in messages
+    ]
+    with transaction.atomic():
+        originals = _originals(fields["dedupe_key"] for fields, _ in built)
+        first: list[int] = []  # batch positions stored as originals (or refused)
+        later: list[int] = []  # duplicates of a message earlier in this batch
+        seen_here: set[str] = set()
+        for index, (fields, early) in enumerate(built):
+            key = fields["dedupe_key"]
+            if early:
+                first.append(index)
+            elif key in originals:
+                fields.update(_duplicate_of(originals[key]))
+                first.append(index)
+            elif key in seen_here:
+                later.append(index)
+            else:
+                first.append(index)
+            seen_here.add(key)
+        rows: dict[int, InboundMessage] = {}
+        created = InboundMessage.objects.bulk_create(
+            [InboundMessage(**built[index][0]) for index in first]
+        )
+        for index, row in zip(first, created, strict=True):
+            rows[index] = row
+            originals.setdefault(row.dedupe_key, row.pk)
+        if later:
+            for index in later:
+                fields = built[index][0]
+                fields.update(_duplicate_of(originals[fields["dedupe_key"]]))
+            created = InboundMessage.objects.bulk_create(
+                [InboundMessage(**built[index][0]) for index in later]
+            )
+            rows.update(zip(later, created, strict=True))
+    return [rows[index] for index in range(len(built))]
 
 
 def _unstorable(payload: bytes, limit: int) -> str:

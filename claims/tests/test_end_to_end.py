@@ -129,7 +129,11 @@ async def _request(asset, integrations: Integrations) -> ClaimRecord:
 
 
 async def _issue(stand_in, issuer, anvil, record: ClaimRecord, token: str) -> int:
-    block = peers.chain_web3(anvil.rpc_url).eth.block_number
+    # Off the event loop: web3's sync and async providers share one class-level
+    # session lock, which an async call on this loop may be holding (deadlock).
+    block = await asyncio.to_thread(
+        lambda: peers.chain_web3(anvil.rpc_url).eth.block_number
+    )
     return await issue_claim(
         stand_in.url,
         issuer,

@@ -1,0 +1,128 @@
+"""A bounded pool of database threads for the listener's pipeline.
+
+`sync_to_async` runs every call on asgiref's one thread-sensitive thread, so all the
+listener's workers queued behind each other for the database: every inbox row, lease,
+transition and event was a serial PostgreSQL round trip. The listener instead runs
+its pipeline's database calls on `DatabaseThreads`, a small pool of threads, each
+with its own connection, so round trips of different messages overlap. Nothing about
+a single call changes: each service function still runs whole in one thread (its
+transaction, its CAS, its `SKIP LOCKED` lease), so the guarantees are the same.
+
+The flows do not know which pool they run on: they call `db(fn)(...)`, which uses the
+pool set for the current task (`using(pool)`) and otherwise `sync_to_async` as
+before (the console, the commands and the tests calling a flow directly).
+
+Each thread's connection is closed when the pool is closed (`aclose`, at listener
+shutdown): a connection left open would keep a test database from being dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from typing import ParamSpec, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, connections
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_CLOSE_TIMEOUT = 30.0
+
+_current: ContextVar[DatabaseThreads | None] = ContextVar(
+    "claims_database_threads", default=None
+)
+
+
+class DatabaseThreads:
+    """`size` threads, each with its own database connection, for sync ORM calls."""
+
+    def __init__(self, size: int, *, name: str = "evops-db") -> None:
+        self.size = max(1, int(size))
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.size, thread_name_prefix=name, initializer=self._started
+        )
+        self.closed = False
+
+    def _started(self) -> None:
+        with self._lock:
+            self._threads.append(threading.current_thread())
+
+    def wrap(self, fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+        """`fn` as a coroutine function running on one of the pool's threads."""
+        if self.closed:
+            raise RuntimeError("the database threads are closed")
+        return sync_to_async(
+            _with_fresh_connection(fn), thread_sensitive=False, executor=self._executor
+        )
+
+    def close(self) -> None:
+        """Close every thread's connection, then stop the threads (blocking).
+
+        One close task per thread: each waits at a barrier after closing, so no
+        thread can take a second one and every thread closes its own connection.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        with self._lock:
+            count = len(self._threads)
+        if count:
+            barrier = threading.Barrier(count)
+            futures = [self._executor.submit(_close_own, barrier) for _ in range(count)]
+            for future in futures:
+                with contextlib.suppress(Exception):
+                    future.result(timeout=_CLOSE_TIMEOUT)
+        self._executor.shutdown(wait=True)
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+
+def _with_fresh_connection(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        # As Django does around a request: drop a connection that broke or aged out.
+        close_old_connections()
+        return fn(*args, **kwargs)
+
+    return call
+
+
+def _close_own(barrier: threading.Barrier) -> None:
+    connections.close_all()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(timeout=_CLOSE_TIMEOUT)
+
+
+def db(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """`fn` as a coroutine function: on the current task's pool, or `sync_to_async`."""
+    pool = _current.get()
+    if pool is None or pool.closed:
+        return sync_to_async(fn)
+    return pool.wrap(fn)
+
+
+@contextlib.contextmanager
+def using(pool: DatabaseThreads | None) -> Iterator[None]:
+    """Run the flows called inside on `pool` (this task and the tasks it starts)."""
+    token = _current.set(pool)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def current() -> DatabaseThreads | None:
+    return _current.get()
+
+
+__all__ = ["DatabaseThreads", "current", "db", "using"]
