@@ -19,8 +19,11 @@ from claims.models import (
 
 
 def asset_for_address(address: str) -> Asset | None:
-    """The asset holding `address` (EIP-55), whatever chain label its DID carries."""
-    return Asset.objects.filter(address=address).first()
+    """The asset holding `address` (EIP-55), whatever chain label its DID carries.
+
+    Its sealed key comes in the same query: the flows need the asset's signer next.
+    """
+    return Asset.objects.select_related("key").filter(address=address).first()
 
 
 def asset_for_claim_id(claim_id: str) -> Asset | None:
