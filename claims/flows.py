@@ -504,17 +504,23 @@ async def _publish(
 
 
 async def inbound_process(
-    *, message_id: int, integrations: Integrations, actor: Actor
+    *,
+    message_id: int,
+    integrations: Integrations,
+    actor: Actor,
+    message: Any = None,
 ) -> Outcome:
     """Parse one stored message, act on it, and record its outcome.
 
     Per-message errors never escape: malformed input is recorded as rejected,
     transient failures put the message back with a backoff, anything permanent
-    marks it failed with the reason.
+    marks it failed with the reason. `message`, the row as leased (subject and
+    payload loaded), saves reading it again.
     """
     from claims.models import InboundMessage
 
-    message = await db(InboundMessage.objects.get)(pk=message_id)
+    if message is None or message.pk != message_id:
+        message = await db(InboundMessage.objects.get)(pk=message_id)
     extra = {"subject": message.subject, "inbound_id": message.pk}
     limit = 1 << 30  # size was enforced when the message was recorded
     try:

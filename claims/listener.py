@@ -94,6 +94,7 @@ class ListenerConfig:
 class _Job:
     kind: str  # "message" or "record"
     pk: int
+    row: Any = None  # the leased InboundMessage (subject, payload)
 
 
 class Listener:
@@ -290,10 +291,10 @@ class Listener:
         free = self.config.concurrency - len(self._inflight)
         if free <= 0 or not self._taking:
             return 0
-        messages = await self.db_threads.wrap(services.inbound_lease_due)(
+        messages = await self.db_threads.wrap(services.inbound_lease_due_messages)(
             limit=free, lease_seconds=self.config.lease_seconds
         )
-        jobs = [_Job("message", pk) for pk in messages]
+        jobs = [_Job("message", message.pk, message) for message in messages]
         if len(jobs) < free:
             records = await self.db_threads.wrap(services.claims_lease_due)(
                 limit=free - len(jobs)
@@ -317,7 +318,10 @@ class Listener:
         try:
             if job.kind == "message":
                 await flows.inbound_process(
-                    message_id=job.pk, integrations=self.integrations, actor=LISTENER
+                    message_id=job.pk,
+                    integrations=self.integrations,
+                    actor=LISTENER,
+                    message=job.row,
                 )
             else:
                 await flows.claim_process_due(
