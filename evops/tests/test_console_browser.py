@@ -54,6 +54,7 @@ def console_server(settings, monkeypatch) -> Any:
     from asgiref.sync import SyncToAsync
     from channels.testing.live import make_application
     from daphne.testing import DaphneProcess
+    from django.db import connections
 
     # A fork copies only the calling thread: if an earlier async test started
     # asgiref's single-thread executor, the child would inherit an executor whose
@@ -69,6 +70,9 @@ def console_server(settings, monkeypatch) -> Any:
         "127.0.0.1",
         partial(make_application, static_wrapper=ASGIStaticFilesHandler),  # type: ignore[arg-type]
     )
+    # The child must not inherit this process's open database socket (two processes
+    # on one PostgreSQL session), and must be gone before the test database is dropped.
+    connections.close_all()
     process.start()
     if not process.ready.wait(timeout=30):
         process.terminate()
@@ -76,6 +80,9 @@ def console_server(settings, monkeypatch) -> Any:
     yield f"http://127.0.0.1:{process.port.value}"
     process.terminate()
     process.join(timeout=10)
+    if process.is_alive():
+        process.kill()
+        process.join(timeout=10)
     fresh.shutdown(wait=False)
 
 
