@@ -130,15 +130,11 @@ def _listeners(now: datetime) -> list[ListenerState]:
 
 
 def _read_only_chain() -> Chain:
-    """A chain client for reads: it needs no operator, whatever the write mode."""
-    from evops.integrations.chain import Chain
+    """A chain client for the console's reads, with the console's timeout."""
+    from evops.integrations.chain import chain_from_settings
 
-    return Chain(
-        settings.CHAIN_RPC_URL,
-        chain_id=settings.CHAIN_ID,
-        registry_address=settings.DID_REGISTRY_ADDRESS,
-        max_fee_gwei=settings.CHAIN_MAX_FEE_GWEI,
-        request_timeout=float(settings.CONSOLE_CHAIN_TIMEOUT),
+    return chain_from_settings(
+        read_only=True, request_timeout=float(settings.CONSOLE_CHAIN_TIMEOUT)
     )
 
 

@@ -244,6 +244,7 @@ class Chain:
         self.receipt_timeout = receipt_timeout
         self.gas_margin = gas_margin
         self.poll_interval = poll_interval
+        self.request_timeout = request_timeout
         # No automatic retries inside web3: a dead RPC must become a transient
         # ChainError promptly, and retry policy belongs to the caller.
         self._provider = AsyncHTTPProvider(
@@ -789,18 +790,32 @@ def default_registry_address(chain_id: int) -> str | None:
     return REGISTRY_ADDRESSES.get(chain_id)
 
 
-def chain_from_settings(*, operator: Signer | None = None) -> Chain:
-    """Build the process's `Chain` from Django settings (read only here)."""
+def chain_from_settings(
+    *,
+    operator: Signer | None = None,
+    read_only: bool = False,
+    request_timeout: float | None = None,
+) -> Chain:
+    """Build the process's `Chain` from Django settings (read only here).
+
+    `read_only=True` gives a client for reads (block number, DID documents, balances)
+    that never needs the relay operator, whatever `CHAIN_WRITE_MODE` says: the console
+    and the sandbox tools read the chain but never publish.
+    """
     from django.conf import settings
 
+    extra: dict[str, Any] = {}
+    if request_timeout is not None:
+        extra["request_timeout"] = request_timeout
     return Chain(
         settings.CHAIN_RPC_URL,
         chain_id=settings.CHAIN_ID,
         registry_address=settings.DID_REGISTRY_ADDRESS,
-        mode=settings.CHAIN_WRITE_MODE,
-        operator=operator,
+        mode="asset" if read_only else settings.CHAIN_WRITE_MODE,
+        operator=None if read_only else operator,
         max_fee_gwei=settings.CHAIN_MAX_FEE_GWEI,
         confirmations=settings.CHAIN_CONFIRMATIONS,
         receipt_timeout=settings.CHAIN_RECEIPT_TIMEOUT,
         gas_margin=settings.CHAIN_GAS_MARGIN,
+        **extra,
     )

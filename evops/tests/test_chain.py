@@ -781,6 +781,15 @@ def test_relay_mode_without_operator_is_refused(settings):
         chain_from_settings()
 
 
+def test_read_only_chain_needs_no_operator_in_relay_mode(settings, operator):
+    settings.CHAIN_WRITE_MODE = "relay"
+    chain = chain_from_settings(read_only=True, request_timeout=3.0)
+    assert (chain.mode, chain.operator) == ("asset", None)
+    assert chain.request_timeout == 3.0
+    # an operator passed by mistake is not kept on a read-only client
+    assert chain_from_settings(operator=operator, read_only=True).operator is None
+
+
 def test_default_registry_follows_the_chain_id(monkeypatch):
     assert chain_module.default_registry_address(73799) == (
         "0xC15D5A57A8Eb0e1dCBE5D88B8f9a82017e5Cc4AF"

@@ -98,7 +98,7 @@ class Command(BaseCommand):
         from evops.sandbox.cache_server import issue_claim
 
         issuer = LocalKeySigner(bytes.fromhex(state["issuer_key"]))
-        chain = chain_from_settings()
+        chain = chain_from_settings(read_only=True)
         try:
             block = await chain.block_number()
         finally:
