@@ -205,7 +205,7 @@ def assets_request_prequalification(
             except Exception as exc:
                 result.errors.append(f"{asset.did}: {services.readable_error(exc)}")
                 continue
-            if outcome.reason == "filed":
+            if outcome.reason == flows.REASON_FILED:
                 result.filed += 1
             else:
                 result.already_pending += 1

@@ -44,6 +44,9 @@ REASON_SUBJECT_MISMATCH = "claim_subject_mismatch"
 REASON_CREDENTIAL_REJECTED = "credential_rejected"
 REASON_FOR_ISSUERS = "request_for_issuers"
 REASON_ISSUER_REJECTED = "issuer_rejected"
+# Outcomes of filing a prequalification request (stored as the message's reason).
+REASON_FILED = "filed"
+REASON_ALREADY_PENDING = "already pending"
 
 _ROLE_TTL = 300.0
 _KIND_BY_TYPE = {
@@ -193,7 +196,8 @@ async def claim_request_prequalification(
         "claim request filed",
         extra=_log_extra(asset, claim_id=claim_id, existed=result.already_existed),
     )
-    reason = "already pending" if result.already_existed or not created else "filed"
+    pending = result.already_existed or not created
+    reason = REASON_ALREADY_PENDING if pending else REASON_FILED
     return Outcome(MessageOutcome.PROCESSED, reason, record.pk)
 
 
