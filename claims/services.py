@@ -594,20 +594,12 @@ def inbound_record(
     """
     fields, early = _inbound_fields(subject, payload, kind=kind, listener=listener)
     key = fields["dedupe_key"]
-    window_seconds = float(settings.DUPLICATE_WINDOW_SECONDS)
-    window = timezone.now() - timedelta(seconds=window_seconds)
     stream_key = f"{stream}:{stream_sequence}" if stream_sequence is not None else ""
     try:
         with transaction.atomic():
             # Lock-free check: a duplicate slipping past it is still harmless,
             # because the claim state machine makes every step idempotent.
-            original = (
-                InboundMessage.objects.filter(dedupe_key=key, received_at__gte=window)
-                .exclude(outcome=MessageOutcome.IGNORED, reason__startswith="duplicate")
-                .order_by("id")
-                .values_list("pk", flat=True)
-                .first()
-            )
+            original = _originals([key]).get(key)
             if original is not None and not early:
                 fields.update(_duplicate_of(original))
             return InboundMessage.objects.create(
