@@ -74,6 +74,8 @@ _REFRESH_MARGIN_SECONDS = 30.0
 # Lifetime assumed when an access token carries no readable `exp`.
 _DEFAULT_TOKEN_LIFETIME = 300.0
 _MAX_BACKOFF_SECONDS = 5.0
+# How long one read of the chain's block number serves identity-token logins.
+_BLOCK_MAX_AGE_SECONDS = 1.0
 _MAX_RETRY_AFTER_SECONDS = 30.0
 
 
@@ -417,12 +419,55 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = None
 
 
+class _RecentBlock:
+    """The chain's latest block number, one read shared by the logins of a moment.
+
+    An identity token signs a block number the server accepts only if it is at most
+    `STRATEGY_NUM_BLOCKS_BACK` blocks (10, about 50 s on Volta) behind its own
+    (protocol.md §4). A burst of a thousand logins therefore needs one read, not a
+    thousand: concurrent callers share the read in flight, and a value read less
+    than `max_age` seconds ago (counted from the start of the read) is reused.
+    `fresh=True`, the second attempt after a 401, never takes a stored value.
+    """
+
+    def __init__(self, read: Callable[[], Awaitable[int]], max_age: float) -> None:
+        self._read = read
+        self._max_age = max_age
+        self._value: int | None = None
+        self._read_at = 0.0
+        self._inflight: asyncio.Future[int] | None = None
+        self.reads = 0
+
+    async def get(self, *, fresh: bool = False) -> int:
+        if (
+            not fresh
+            and self._value is not None
+            and time.monotonic() - self._read_at < self._max_age
+        ):
+            return self._value
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._read_now())
+        # Shielded: one caller giving up must not cancel the others' read.
+        return await asyncio.shield(self._inflight)
+
+    async def _read_now(self) -> int:
+        started = time.monotonic()
+        try:
+            value = await self._read()
+        finally:
+            self._inflight = None
+        self.reads += 1
+        self._value, self._read_at = value, started
+        return value
+
+
 class CacheServerClient:
     """Async client for one cache server, shared by all assets.
 
     `block_number` reads the chain's latest block number (identity-token login signs
-    it just before sending). `login_mode` is "identity", "siwe" or "auto" (identity
-    token, falling back to SIWE once the server answers 404 for it).
+    it just before sending; one read serves the logins of `block_max_age` seconds).
+    `login_mode` is "identity", "siwe" or "auto" (identity token, falling back to
+    SIWE once the server answers 404 for it).
     """
 
     def __init__(
@@ -439,6 +484,7 @@ class CacheServerClient:
         chain_id: int | None = None,
         refresh_margin: float = _REFRESH_MARGIN_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
+        block_max_age: float = _BLOCK_MAX_AGE_SECONDS,
     ) -> None:
         if login_mode not in LOGIN_MODES:
             raise ValueError(f"login_mode must be one of {LOGIN_MODES}")
@@ -448,7 +494,7 @@ class CacheServerClient:
         parts = urlsplit(self._base)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._domain = parts.netloc
-        self._block_number = block_number
+        self._block = _RecentBlock(block_number, block_max_age)
         self._max_retries = max_retries
         self._backoff_base = backoff_base
         self._login_mode = login_mode
@@ -629,8 +675,9 @@ class CacheServerClient:
                 use_siwe = True
             elif response.status_code == 401:
                 # The block may have aged past the server's window between our read
-                # and its check (slow chain reads, busy server): sign once more.
-                response = await self._identity_login(signer, did)
+                # and its check (slow chain reads, busy server): sign once more,
+                # with a block number read now.
+                response = await self._identity_login(signer, did, fresh_block=True)
         if use_siwe:
             response = await self._siwe_login(signer, did)
         if response.status_code not in (200, 201):
@@ -646,10 +693,13 @@ class CacheServerClient:
         self._store(session, _json_body(response))
         self.logins += 1
 
-    async def _identity_login(self, signer: Signer, did: str) -> httpx.Response:
-        # Read the block number right before signing: the server rejects tokens more
-        # than a few blocks old, and retries below would reuse a stale one.
-        block = await self._block_number()
+    async def _identity_login(
+        self, signer: Signer, did: str, *, fresh_block: bool = False
+    ) -> httpx.Response:
+        # The block number is read (or taken from a read of the last second) right
+        # before signing: the server rejects tokens more than a few blocks old, and
+        # `_send`'s retries would reuse a stale one.
+        block = await self._block.get(fresh=fresh_block)
         token = identity_token(signer, did=did, block_number=block)
         return await self._send("POST", "/v1/login", json_body={"identityToken": token})
 

@@ -164,6 +164,88 @@ async def test_stale_block_source_is_a_permanent_login_error(
     assert stand_in.login_count == 0
 
 
+def counting(read):
+    """`read` wrapped to count its calls (the client's block-number source)."""
+
+    async def counted() -> int:
+        counted.calls += 1
+        return await read()
+
+    counted.calls = 0
+    return counted
+
+
+async def test_a_burst_of_logins_shares_one_block_number_read(stand_in, block_number):
+    """Fifty assets logging in at once: one chain read, fifty accepted logins."""
+    source = counting(block_number)
+    signers = [LocalKeySigner.generate() for _ in range(50)]
+    async with make_client(stand_in, source) as client:
+        users = await asyncio.gather(
+            *(
+                client.auth_status(s, DID.for_address(s.address).canonical)
+                for s in signers
+            )
+        )
+    assert users == [DID.for_address(s.address).canonical for s in signers]
+    assert stand_in.login_count == 50
+    assert source.calls == 1
+
+
+async def test_block_number_is_read_again_after_max_age(stand_in, block_number):
+    source = counting(block_number)
+    first, second = LocalKeySigner.generate(), LocalKeySigner.generate()
+    async with make_client(stand_in, source, block_max_age=0.2) as client:
+        await client.auth_status(first, DID.for_address(first.address).canonical)
+        await asyncio.sleep(0.3)
+        await client.auth_status(second, DID.for_address(second.address).canonical)
+    assert source.calls == 2
+    assert stand_in.login_count == 2
+
+
+async def test_failed_block_read_fails_its_waiters_and_is_not_kept(
+    stand_in, block_number, asset, asset_did
+):
+    """A chain read that fails fails every login waiting on it; the next tries anew."""
+    failures = [RuntimeError("chain RPC down")]
+
+    async def flaky() -> int:
+        await asyncio.sleep(0.05)
+        if failures:
+            raise failures.pop()
+        return await block_number()
+
+    other = LocalKeySigner.generate()
+    other_did = DID.for_address(other.address).canonical
+    async with make_client(stand_in, flaky) as client:
+        results = await asyncio.gather(
+            client.auth_status(asset, asset_did),
+            client.auth_status(other, other_did),
+            return_exceptions=True,
+        )
+        assert [str(r) for r in results] == ["chain RPC down"] * 2
+        assert await client.auth_status(asset, asset_did) == asset_did
+    assert stand_in.login_count == 1
+
+
+async def test_login_refused_for_an_aged_block_retries_with_a_fresh_read(
+    stand_in, rpc_url, asset, asset_did
+):
+    """The stored block went stale (401): the second attempt reads the chain again."""
+    reads: list[int] = []
+
+    async def aging() -> int:
+        latest = await eth_block_number(rpc_url)
+        # The first read is already past the server's window, as a value kept
+        # too long would be; every later read is current.
+        reads.append(latest - 20 if not reads else latest)
+        return reads[-1]
+
+    async with make_client(stand_in, aging, block_max_age=60) as client:
+        assert await client.auth_status(asset, asset_did) == asset_did
+    assert len(reads) == 2
+    assert stand_in.login_count == 1
+
+
 async def test_wrong_signer_for_did_is_refused_locally(client, asset_did):
     with pytest.raises(ValueError):
         await client.auth_status(LocalKeySigner.generate(), asset_did)
