@@ -19,11 +19,11 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from assets.models import Asset
+from assets.models import Asset, SignerBackend
 from claims import metrics, selectors, services
 from claims.dbthreads import db
 from claims.integrations import Integrations
@@ -42,7 +42,7 @@ REASON_CLAIM_NOT_ISSUED = "claim_not_issued"
 REASON_CLAIM_NOT_REJECTED = "claim_not_rejected"
 REASON_SUBJECT_MISMATCH = "claim_subject_mismatch"
 REASON_CREDENTIAL_REJECTED = "credential_rejected"
-REASON_FOR_ISSUERS = "request_for_issuers"
+REASON_FOR_ISSUERS = services.REASON_FOR_ISSUERS
 REASON_ISSUER_REJECTED = "issuer_rejected"
 # Outcomes of filing a prequalification request (stored as the message's reason).
 REASON_FILED = "filed"
@@ -90,6 +90,11 @@ def _log_extra(asset: Asset | None = None, **context: Any) -> dict[str, Any]:
 
 
 async def _signer(integrations: Integrations, asset: Asset) -> Any:
+    if asset.signer_backend == SignerBackend.LOCAL_ENCRYPTED and Asset.key.is_cached(
+        asset
+    ):
+        # The sealed key came with the asset: building the signer reads nothing.
+        return integrations.signer_for(asset)
     return await db(integrations.signer_for)(asset)
 
 
@@ -513,13 +518,16 @@ async def inbound_process(
     integrations: Integrations,
     actor: Actor,
     message: Any = None,
+    assets: Mapping[str, Asset | None] | None = None,
 ) -> Outcome:
     """Parse one stored message, act on it, and record its outcome.
 
     Per-message errors never escape: malformed input is recorded as rejected,
     transient failures put the message back with a backoff, anything permanent
     marks it failed with the reason. `message`, the row as leased (subject and
-    payload loaded), saves reading it again.
+    payload loaded), saves reading it again; `assets`, the assets loaded with the
+    lease by address (`services.inbound_lease_due_with_assets`), saves looking the
+    asset up.
     """
     from claims.models import InboundMessage
 
@@ -540,7 +548,7 @@ async def inbound_process(
     kind = MessageKind.LEGACY if hint.legacy else _KIND_BY_TYPE[hint.type]
     context = {"asset_did": hint.did.canonical, "claim_id": hint.claim_id}
     try:
-        outcome = await _dispatch(hint, integrations, actor)
+        outcome = await _dispatch(hint, integrations, actor, assets)
     except Exception as exc:
         if is_permanent(exc):
             outcome = Outcome(MessageOutcome.FAILED, services.readable_error(exc))
@@ -577,9 +585,16 @@ async def _finish(
 
 
 async def _dispatch(
-    hint: nats.InboundHint, integrations: Integrations, actor: Actor
+    hint: nats.InboundHint,
+    integrations: Integrations,
+    actor: Actor,
+    assets: Mapping[str, Asset | None] | None = None,
 ) -> Outcome:
-    asset = await db(selectors.asset_for_address)(hint.did.address)
+    address = hint.did.address
+    if assets is not None and address in assets:
+        asset = assets[address]
+    else:
+        asset = await db(selectors.asset_for_address)(address)
     if asset is None and hint.type is nats.MessageType.REJECT:
         # Sent to the issuers' subjects; it concerns us if it names one of our claims.
         asset = await db(selectors.asset_for_claim_id)(hint.claim_id)

@@ -95,6 +95,7 @@ class _Job:
     kind: str  # "message" or "record"
     pk: int
     row: Any = None  # the leased InboundMessage (subject, payload)
+    assets: Any = None  # the assets loaded with the lease, by address
 
 
 class Listener:
@@ -291,10 +292,13 @@ class Listener:
         free = self.config.concurrency - len(self._inflight)
         if free <= 0 or not self._taking:
             return 0
-        messages = await self.db_threads.wrap(services.inbound_lease_due_messages)(
+        leased = await self.db_threads.wrap(services.inbound_lease_due_with_assets)(
             limit=free, lease_seconds=self.config.lease_seconds
         )
-        jobs = [_Job("message", message.pk, message) for message in messages]
+        jobs = [
+            _Job("message", message.pk, message, leased.assets)
+            for message in leased.messages
+        ]
         if len(jobs) < free:
             records = await self.db_threads.wrap(services.claims_lease_due)(
                 limit=free - len(jobs)
@@ -322,6 +326,7 @@ class Listener:
                     integrations=self.integrations,
                     actor=LISTENER,
                     message=job.row,
+                    assets=job.assets,
                 )
             else:
                 await flows.claim_process_due(

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 ERR_NOT_RETRYABLE = "Only failed claims can be retried (this one is {status})."
 REASON_DUPLICATE = "duplicate of message #{id}"
 REASON_GAVE_UP = "gave up after {attempts} attempts: {error}"
+# A request-credential notice goes to the issuers (protocol.md §5): nothing to do.
+REASON_FOR_ISSUERS = "request_for_issuers"
 
 _MAX_ERROR = 2000
 
@@ -640,7 +642,36 @@ def _inbound_fields(
             processed_at=timezone.now(),
             next_attempt_at=None,
         )
+    elif subject.startswith(_REQUEST_NOTICE_PREFIX):
+        fields.update(_request_notice(subject, payload))
     return fields, early
+
+
+_REQUEST_NOTICE_PREFIX = f"{nats.REQUEST_CREDENTIAL}.claim-exchange."
+
+
+def _request_notice(subject: str, payload: bytes) -> dict[str, Any]:
+    """A well-formed request-credential notice, stored as ignored on arrival.
+
+    It is addressed to the issuers (the cache server sends one with every claim
+    request, ours included), so no worker needs to look at it. One that does not
+    parse is left pending: the worker rejects it with the parser's reason.
+    """
+    try:
+        hint = nats.parse_message(subject, payload, limit=len(payload))
+    except nats.MessageError:
+        return {}
+    if hint.type is not nats.MessageType.REQUEST or hint.legacy:
+        return {}
+    return {
+        "kind": MessageKind.REQUEST,
+        "outcome": MessageOutcome.IGNORED,
+        "reason": REASON_FOR_ISSUERS,
+        "asset_did": hint.did.canonical[:100],
+        "claim_id": hint.claim_id[:100],
+        "processed_at": timezone.now(),
+        "next_attempt_at": None,
+    }
 
 
 def _duplicate_of(original: int) -> dict[str, Any]:
@@ -763,6 +794,43 @@ def inbound_lease_due_messages(
                 attempts=F("attempts") + 1,
             )
     return messages
+
+
+@dataclass(frozen=True)
+class LeasedMessages:
+    """Messages leased to a worker, with the assets they name (one database call).
+
+    `assets` maps the EIP-55 address of every DID the messages name to its asset
+    (sealed key loaded) or None when evops holds no such asset; a message that does
+    not parse names nothing here, and the worker rejects it.
+    """
+
+    messages: list[InboundMessage]
+    assets: dict[str, Asset | None]
+
+
+def inbound_lease_due_with_assets(
+    *, limit: int, lease_seconds: float
+) -> LeasedMessages:
+    """`inbound_lease_due_messages`, and the assets those messages name.
+
+    A burst of prequalification requests then costs one asset query per lease
+    instead of one per message.
+    """
+    messages = inbound_lease_due_messages(limit=limit, lease_seconds=lease_seconds)
+    addresses: set[str] = set()
+    for message in messages:
+        payload = message.payload.encode("utf-8")
+        try:
+            hint = nats.parse_message(message.subject, payload, limit=len(payload))
+        except nats.MessageError:
+            continue
+        addresses.add(hint.did.address)
+    assets: dict[str, Asset | None] = dict.fromkeys(addresses)
+    if addresses:
+        for asset in Asset.objects.select_related("key").filter(address__in=addresses):
+            assets[asset.address] = asset
+    return LeasedMessages(messages, assets)
 
 
 def inbound_finish(

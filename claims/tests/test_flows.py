@@ -319,6 +319,37 @@ async def test_unknown_and_inactive_assets_are_ignored(make_asset, fakes):
     assert cache.requests == []
 
 
+async def test_the_assets_loaded_with_the_lease_are_the_ones_used(make_asset, fakes):
+    """The worker acts on the asset row leased with the message, read once."""
+    integrations, cache, _, _ = fakes
+    asset = await sync_to_async(make_asset)()
+    message = await _message("t.prequalification.exchange", {"did": asset.did})
+    # Leased before it was deactivated: the lease's row says active, so it is
+    # filed; a lease that found no asset for the address ignores the message.
+    await sync_to_async(type(asset).objects.filter(pk=asset.pk).update)(active=False)
+    filed = await flows.inbound_process(
+        message_id=message.pk,
+        integrations=integrations,
+        actor=LISTENER,
+        assets={asset.address: asset},
+    )
+    assert (filed.outcome, filed.reason) == ("processed", flows.REASON_FILED)
+    assert len(cache.requests) == 1
+    other = await _message("u.prequalification.exchange", {"did": asset.did})
+    none = await flows.inbound_process(
+        message_id=other.pk,
+        integrations=integrations,
+        actor=LISTENER,
+        assets={asset.address: None},
+    )
+    assert (none.outcome, none.reason) == ("ignored", flows.REASON_UNKNOWN_ASSET)
+    # Without a lease's assets, the asset is read: now inactive.
+    third = await _message("v.prequalification.exchange", {"did": asset.did})
+    read = await _process(third, integrations)
+    assert read.reason == flows.REASON_INACTIVE_ASSET
+    assert len(cache.requests) == 1
+
+
 async def test_second_credential_of_the_same_role_reuses_the_service_id(
     make_asset, fakes, settings
 ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 
@@ -9,16 +10,20 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from assets.models import Asset
 from claims import services
 from claims.models import (
     ClaimEvent,
     ClaimRecord,
     ClaimStatus,
     InboundMessage,
+    MessageKind,
     MessageOutcome,
 )
 from claims.services import LISTENER, RECONCILER
 from evops.integrations import nats
+from evops.protocol.dids import DID
+from evops.protocol.keys import LocalKeySigner
 
 pytestmark = pytest.mark.django_db
 
@@ -224,3 +229,72 @@ def test_inbound_defer_then_fail(settings):
     message.refresh_from_db()
     assert message.outcome == MessageOutcome.FAILED
     assert "boom" in message.reason
+
+
+def _issuer_subject(kind: str = "request-credential") -> tuple[str, str]:
+    issuer = DID.for_address(LocalKeySigner.generate().address).canonical
+    return issuer, f"{kind}.claim-exchange.{issuer}.ewf-dev"
+
+
+def test_request_notices_are_recorded_as_ignored_on_arrival():
+    """Addressed to the issuers: stored, with why, and never leased to a worker."""
+    issuer, subject = _issuer_subject()
+    notice = {"type": "request-credential", "claimId": "c-1"}
+    one = services.inbound_record(subject=subject, payload=json.dumps(notice).encode())
+    notice["claimId"] = "c-2"
+    [many] = services.inbound_record_many([(subject, json.dumps(notice).encode())])
+    for row, claim_id in ((one, "c-1"), (many, "c-2")):
+        row.refresh_from_db()
+        assert (row.outcome, row.reason, row.kind) == (
+            MessageOutcome.IGNORED,
+            services.REASON_FOR_ISSUERS,
+            MessageKind.REQUEST,
+        )
+        assert (row.asset_did, row.claim_id) == (issuer, claim_id)
+        assert row.next_attempt_at is None
+        assert row.processed_at is not None
+    assert services.inbound_lease_due(limit=10, lease_seconds=60) == []
+
+
+def test_request_notices_that_do_not_parse_are_left_for_the_worker():
+    """Only a well-formed notice is settled on arrival; the rest get their reason."""
+    _, subject = _issuer_subject()
+    payloads = [
+        b"not json",
+        json.dumps({"type": "issue-credential", "claimId": "c-1"}).encode(),
+        json.dumps({"type": "request-credential", "claimId": ["c-1"]}).encode(),
+    ]
+    rows = services.inbound_record_many([(subject, p) for p in payloads])
+    assert [r.outcome for r in rows] == [MessageOutcome.PENDING] * 3
+    issue_subject = _issuer_subject("issue-credential")[1]
+    issue = services.inbound_record(
+        subject=issue_subject,
+        payload=json.dumps({"type": "issue-credential", "claimId": "c-2"}).encode(),
+    )
+    assert issue.outcome == MessageOutcome.PENDING
+    leased = services.inbound_lease_due(limit=10, lease_seconds=60)
+    assert leased == [r.pk for r in rows] + [issue.pk]
+
+
+def test_lease_loads_the_assets_the_messages_name(make_asset):
+    ours = make_asset()
+    stranger = DID.for_address(LocalKeySigner.generate().address)
+    named = [
+        services.inbound_record(
+            subject="a.prequalification.exchange",
+            payload=json.dumps({"did": did}).encode(),
+        )
+        for did in (ours.did, stranger.canonical)
+    ]
+    garbage = services.inbound_record(
+        subject="a.prequalification.exchange", payload=b"nope"
+    )
+    leased = services.inbound_lease_due_with_assets(limit=10, lease_seconds=60)
+    assert [m.pk for m in leased.messages] == [m.pk for m in named] + [garbage.pk]
+    assert leased.assets == {ours.address: ours, stranger.address: None}
+    # The sealed key came in the same query: the worker's signer reads nothing.
+    loaded = leased.assets[ours.address]
+    assert loaded is not None
+    assert Asset.key.is_cached(loaded)
+    again = services.inbound_lease_due_with_assets(limit=10, lease_seconds=60)
+    assert (again.messages, again.assets) == ([], {})
