@@ -10,7 +10,9 @@ transaction, its CAS, its `SKIP LOCKED` lease), so the guarantees are the same.
 
 The flows do not know which pool they run on: they call `db(fn)(...)`, which uses the
 pool set for the current task (`using(pool)`) and otherwise `sync_to_async` as
-before (the console, the commands and the tests calling a flow directly).
+before (the console, the commands and the tests calling a flow directly). The writes
+every message of a burst makes (its claim record, its outcome) go through
+`Coalesced`, which gathers the same write of many tasks into one call.
 
 Each thread's connection is closed when the pool is closed (`aclose`, at listener
 shutdown): a connection left open would keep a test database from being dropped.
@@ -22,16 +24,18 @@ import asyncio
 import contextlib
 import functools
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from typing import ParamSpec, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 _CLOSE_TIMEOUT = 30.0
 
@@ -103,6 +107,68 @@ def _close_own(barrier: threading.Barrier) -> None:
         barrier.wait(timeout=_CLOSE_TIMEOUT)
 
 
+class Coalesced(Generic[T, R]):
+    """One database call for the same write made by many tasks at the same time.
+
+    `many(items)` does for a list what the single call does for one item and returns
+    one result per item, in order. A task awaits `coalesced(item)`; items that
+    arrive while a call is running go into the next one, so a lone item waits for
+    nothing extra and a burst of workers shares a few database calls and commits
+    (a database's group commit, in the application). One call runs at a time per
+    event loop, at most `max_batch` items each; an exception from the call is every
+    one of its items' exception.
+    """
+
+    def __init__(self, many: Callable[[list[T]], list[R]], *, max_batch: int = 100):
+        self._many = many
+        self._max_batch = max_batch
+        self._state: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, _CoalescedState[T, R]
+        ] = weakref.WeakKeyDictionary()
+
+    async def __call__(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        state = self._state.get(loop)
+        if state is None:
+            state = self._state[loop] = _CoalescedState()
+        future: asyncio.Future[R] = loop.create_future()
+        state.queue.append((item, future))
+        if state.runner is None or state.runner.done():
+            # Runs in this task's context: the database threads it uses, too.
+            state.runner = asyncio.create_task(self._run(state))
+        return await future
+
+    async def _run(self, state: _CoalescedState[T, R]) -> None:
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        try:
+            await asyncio.sleep(0)  # let the tasks ready now add their items first
+            while state.queue:
+                batch = state.queue[: self._max_batch]
+                del state.queue[: self._max_batch]
+                try:
+                    results = await db(self._many)([item for item, _ in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"{self._many.__name__} lost results")
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            # Cancelled (the loop is closing): nobody may wait forever.
+            for _, future in (*batch, *state.queue):
+                future.cancel()
+
+
+class _CoalescedState(Generic[T, R]):
+    def __init__(self) -> None:
+        self.queue: list[tuple[T, asyncio.Future[R]]] = []
+        self.runner: asyncio.Task[None] | None = None
+
+
 def db(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """`fn` as a coroutine function: on the current task's pool, or `sync_to_async`."""
     pool = _current.get()
@@ -125,4 +191,4 @@ def current() -> DatabaseThreads | None:
     return _current.get()
 
 
-__all__ = ["DatabaseThreads", "current", "db", "using"]
+__all__ = ["Coalesced", "DatabaseThreads", "current", "db", "using"]

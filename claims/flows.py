@@ -25,7 +25,7 @@ from typing import Any
 
 from assets.models import Asset, SignerBackend
 from claims import metrics, selectors, services
-from claims.dbthreads import db
+from claims.dbthreads import Coalesced, db
 from claims.integrations import Integrations
 from claims.models import ClaimRecord, ClaimStatus, MessageKind, MessageOutcome
 from claims.services import Actor
@@ -171,6 +171,12 @@ def _claim_type_of(token: str) -> str:
     return ""
 
 
+# The two writes every message of a burst makes, each shared by the workers writing
+# at the same moment (see `claims.dbthreads.Coalesced`).
+_record_requested = Coalesced(services.claim_record_requested_many)
+_finish_together = Coalesced(services.inbound_finish_many)
+
+
 # --- prequalification request ---------------------------------------------------------
 
 
@@ -189,13 +195,15 @@ async def claim_request_prequalification(
     claim_id = result.claim_id or ""
     if not claim_id:
         return Outcome(MessageOutcome.PROCESSED, "a pending request already exists")
-    record, created = await db(services.claim_record_requested)(
-        asset=asset,
-        claim_id=claim_id,
-        role=role.namespace,
-        role_version=role.version,
-        actor=actor,
-        details={"already_existed": result.already_existed},
+    record, created = await _record_requested(
+        services.RequestedClaim(
+            asset=asset,
+            claim_id=claim_id,
+            role=role.namespace,
+            role_version=role.version,
+            actor=actor,
+            details={"already_existed": result.already_existed},
+        )
     )
     log.info(
         "claim request filed",
@@ -572,15 +580,23 @@ async def inbound_process(
 
 
 async def _finish(
-    message_id: int, outcome: Outcome, *, kind: str | None, **context: str
+    message_id: int,
+    outcome: Outcome,
+    *,
+    kind: str | None,
+    asset_did: str = "",
+    claim_id: str = "",
 ) -> None:
-    await db(services.inbound_finish)(
-        message_id=message_id,
-        outcome=outcome.outcome,
-        reason=outcome.reason,
-        kind=kind,
-        record_id=outcome.record_id,
-        **context,
+    await _finish_together(
+        services.Finish(
+            message_id=message_id,
+            outcome=outcome.outcome,
+            reason=outcome.reason,
+            kind=kind,
+            asset_did=asset_did,
+            claim_id=claim_id,
+            record_id=outcome.record_id,
+        )
     )
 
 

@@ -100,7 +100,30 @@ def _event(
     message: str = "",
     details: Mapping[str, Any] | None = None,
 ) -> ClaimEvent:
-    return ClaimEvent.objects.create(
+    event = _event_row(
+        record_id,
+        actor=actor,
+        kind=kind,
+        from_status=from_status,
+        to_status=to_status,
+        message=message,
+        details=details,
+    )
+    event.save(force_insert=True)
+    return event
+
+
+def _event_row(
+    record_id: int,
+    *,
+    actor: Actor,
+    kind: str,
+    from_status: str = "",
+    to_status: str = "",
+    message: str = "",
+    details: Mapping[str, Any] | None = None,
+) -> ClaimEvent:
+    return ClaimEvent(
         record_id=record_id,
         kind=kind,
         from_status=from_status,
@@ -222,6 +245,105 @@ def claim_record_requested(
             raise
         return existing, False
     return record, True
+
+
+@dataclass(frozen=True)
+class RequestedClaim:
+    """One filed claim request to record (`claim_record_requested_many`)."""
+
+    asset: Asset
+    claim_id: str
+    role: str
+    role_version: int | None
+    actor: Actor
+    details: Mapping[str, Any] | None = None
+
+
+def claim_record_requested_many(
+    requests: Sequence[RequestedClaim],
+) -> list[tuple[ClaimRecord, bool]]:
+    """`claim_record_requested` for many filed requests, in one transaction.
+
+    The listener's workers file a burst of requests at once; their records are
+    written together: one query for those already recorded, one insert for the
+    records, one for their events. When another writer records one of the same
+    claims in between, the unique constraint refuses the whole insert and each
+    request is recorded on its own instead. Results are in the order given; a
+    claim named twice is created by the first and found by the second.
+    """
+    if not requests:
+        return []
+    try:
+        with transaction.atomic():
+            return _record_requested_together(requests)
+    except IntegrityError:
+        return [
+            claim_record_requested(
+                asset=r.asset,
+                claim_id=r.claim_id,
+                role=r.role,
+                role_version=r.role_version,
+                actor=r.actor,
+                details=r.details,
+            )
+            for r in requests
+        ]
+
+
+def _record_requested_together(
+    requests: Sequence[RequestedClaim],
+) -> list[tuple[ClaimRecord, bool]]:
+    existing = _recorded_claims(requests)
+    new: dict[tuple[int, str], tuple[ClaimRecord, RequestedClaim]] = {}
+    for r in requests:
+        key = (r.asset.pk, r.claim_id)
+        if key not in existing and key not in new:
+            record = ClaimRecord(
+                asset=r.asset,
+                claim_id=r.claim_id,
+                role=r.role,
+                role_version=r.role_version,
+                status=ClaimStatus.REQUESTED,
+            )
+            new[key] = (record, r)
+    ClaimRecord.objects.bulk_create([record for record, _ in new.values()])
+    ClaimEvent.objects.bulk_create(
+        [
+            _event_row(
+                record.pk,
+                actor=r.actor,
+                kind="requested",
+                to_status=ClaimStatus.REQUESTED,
+                message=f"Claim request filed for {r.role} v{r.role_version}.",
+                details=r.details,
+            )
+            for record, r in new.values()
+        ]
+    )
+    for record, _ in new.values():
+        _announce(record.pk, record.status)
+    results: list[tuple[ClaimRecord, bool]] = []
+    for r in requests:
+        key = (r.asset.pk, r.claim_id)
+        if key in existing:
+            results.append((existing[key], False))
+        else:
+            results.append((new[key][0], True))
+            existing[key] = new[key][0]
+    return results
+
+
+def _recorded_claims(
+    requests: Sequence[RequestedClaim],
+) -> dict[tuple[int, str], ClaimRecord]:
+    """The records that already exist for these requests, by (asset id, claim id)."""
+    return {
+        (record.asset_id, record.claim_id): record
+        for record in ClaimRecord.objects.filter(
+            claim_id__in={r.claim_id for r in requests},
+            asset_id__in={r.asset.pk for r in requests},
+        )
+    }
 
 
 def _get_or_create(asset: Asset, claim_id: str, actor: Actor) -> ClaimRecord:
@@ -859,6 +981,35 @@ def inbound_finish(
     if record_id is not None:
         fields["record_id"] = record_id
     InboundMessage.objects.filter(pk=message_id).update(**fields)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """One message's outcome to record (`inbound_finish_many`)."""
+
+    message_id: int
+    outcome: str
+    reason: str = ""
+    kind: str | None = None
+    asset_did: str = ""
+    claim_id: str = ""
+    record_id: int | None = None
+
+
+def inbound_finish_many(finishes: Sequence[Finish]) -> list[None]:
+    """`inbound_finish` for many messages, in one transaction (a burst's outcomes)."""
+    with transaction.atomic():
+        for finish in finishes:
+            inbound_finish(
+                message_id=finish.message_id,
+                outcome=finish.outcome,
+                reason=finish.reason,
+                kind=finish.kind,
+                asset_did=finish.asset_did,
+                claim_id=finish.claim_id,
+                record_id=finish.record_id,
+            )
+    return [None] * len(finishes)
 
 
 def inbound_defer(*, message_id: int, error: BaseException | str) -> str:

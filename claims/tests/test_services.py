@@ -298,3 +298,105 @@ def test_lease_loads_the_assets_the_messages_name(make_asset):
     assert Asset.key.is_cached(loaded)
     again = services.inbound_lease_due_with_assets(limit=10, lease_seconds=60)
     assert (again.messages, again.assets) == ([], {})
+
+
+def _requested(asset, claim_id: str) -> services.RequestedClaim:
+    return services.RequestedClaim(
+        asset=asset,
+        claim_id=claim_id,
+        role="r.roles.x.iam.ewc",
+        role_version=1,
+        actor=LISTENER,
+        details={"already_existed": False},
+    )
+
+
+def test_requested_claims_are_recorded_together(make_asset):
+    """New, already recorded, and named twice: one record and one event each."""
+    one, two = make_asset(), make_asset()
+    before, created = services.claim_record_requested(
+        asset=one,
+        claim_id="old",
+        role="r.roles.x.iam.ewc",
+        role_version=1,
+        actor=LISTENER,
+    )
+    assert created
+    results = services.claim_record_requested_many(
+        [
+            _requested(one, "old"),
+            _requested(one, "a"),
+            _requested(two, "a"),  # the same id for another asset: its own claim
+            _requested(one, "a"),
+        ]
+    )
+    assert [created for _, created in results] == [False, True, True, False]
+    assert results[0][0].pk == before.pk
+    assert results[1][0].pk == results[3][0].pk != results[2][0].pk
+    assert {(r.asset_id, r.claim_id) for r, _ in results} == {
+        (one.pk, "old"),
+        (one.pk, "a"),
+        (two.pk, "a"),
+    }
+    assert ClaimRecord.objects.count() == 3
+    for record, _ in results:
+        record.refresh_from_db()
+        assert record.status == ClaimStatus.REQUESTED
+        events = list(ClaimEvent.objects.filter(record=record))
+        assert [(e.kind, e.to_status, e.actor) for e in events] == [
+            ("requested", ClaimStatus.REQUESTED, LISTENER.kind)
+        ]
+    assert events[0].message == "Claim request filed for r.roles.x.iam.ewc v1."
+    assert services.claim_record_requested_many([]) == []
+
+
+def test_a_claim_recorded_meanwhile_sends_the_batch_one_by_one(make_asset, monkeypatch):
+    """Another writer's record between our look-up and insert: no error, no double."""
+    asset = make_asset()
+    theirs, _ = services.claim_record_requested(
+        asset=asset,
+        claim_id="raced",
+        role="r.roles.x.iam.ewc",
+        role_version=1,
+        actor=RECONCILER,
+    )
+    # Our look-up ran before their insert: it saw nothing.
+    monkeypatch.setattr(services, "_recorded_claims", lambda requests: {})
+    results = services.claim_record_requested_many(
+        [_requested(asset, "fresh"), _requested(asset, "raced")]
+    )
+    assert [created for _, created in results] == [True, False]
+    assert results[1][0].pk == theirs.pk
+    assert ClaimRecord.objects.filter(asset=asset).count() == 2
+    assert ClaimEvent.objects.filter(record=theirs).count() == 1
+
+
+def test_outcomes_are_recorded_together(make_asset):
+    rows = [
+        services.inbound_record(
+            subject=f"{n}.prequalification.exchange", payload=b'{"did": "x"}'
+        )
+        for n in range(3)
+    ]
+    services.inbound_lease_due(limit=10, lease_seconds=60)
+    finishes = [
+        services.Finish(
+            rows[0].pk,
+            MessageOutcome.PROCESSED,
+            "filed",
+            kind=MessageKind.PREQUALIFICATION,
+            asset_did="did:ethr:a",
+            record_id=None,
+        ),
+        services.Finish(rows[1].pk, MessageOutcome.IGNORED, "unknown_asset"),
+        services.Finish(rows[2].pk, MessageOutcome.REJECTED, "invalid_did: x"),
+    ]
+    assert services.inbound_finish_many(finishes) == [None] * 3
+    for row, finish in zip(rows, finishes, strict=True):
+        row.refresh_from_db()
+        assert (row.outcome, row.reason) == (finish.outcome, finish.reason)
+        assert row.next_attempt_at is None
+        assert row.processed_at is not None
+    assert rows[0].kind == MessageKind.PREQUALIFICATION
+    assert rows[0].asset_did == "did:ethr:a"
+    assert services.inbound_lease_due(limit=10, lease_seconds=0) == []
