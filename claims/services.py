@@ -11,6 +11,7 @@ the async flows call them through `sync_to_async`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -21,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Field
 from django.utils import timezone
 
 from assets.models import Asset
@@ -965,22 +966,24 @@ def inbound_finish(
     claim_id: str = "",
     record_id: int | None = None,
 ) -> None:
-    """Record the outcome of a message: processed, ignored, rejected or failed."""
-    fields: dict[str, Any] = {
-        "outcome": outcome,
-        "reason": reason[:_MAX_ERROR],
-        "processed_at": timezone.now(),
-        "next_attempt_at": None,
-    }
-    if kind:
-        fields["kind"] = kind
-    if asset_did:
-        fields["asset_did"] = asset_did[:100]
-    if claim_id:
-        fields["claim_id"] = claim_id[:100]
-    if record_id is not None:
-        fields["record_id"] = record_id
-    InboundMessage.objects.filter(pk=message_id).update(**fields)
+    """Record the outcome of a message: processed, ignored, rejected or failed.
+
+    `kind`, `asset_did`, `claim_id` and `record_id` are written when given and
+    otherwise keep what the row has.
+    """
+    inbound_finish_many(
+        [
+            Finish(
+                message_id=message_id,
+                outcome=outcome,
+                reason=reason,
+                kind=kind,
+                asset_did=asset_did,
+                claim_id=claim_id,
+                record_id=record_id,
+            )
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -997,19 +1000,61 @@ class Finish:
 
 
 def inbound_finish_many(finishes: Sequence[Finish]) -> list[None]:
-    """`inbound_finish` for many messages, in one transaction (a burst's outcomes)."""
-    with transaction.atomic():
-        for finish in finishes:
-            inbound_finish(
-                message_id=finish.message_id,
-                outcome=finish.outcome,
-                reason=finish.reason,
-                kind=finish.kind,
-                asset_did=finish.asset_did,
-                claim_id=finish.claim_id,
-                record_id=finish.record_id,
-            )
+    """`inbound_finish` for many messages: one statement, run for each, one commit.
+
+    The listener's workers finish a burst of messages at once. One UPDATE per row
+    still, but prepared once and sent together (psycopg pipelines `executemany`)
+    rather than an ORM query built per message.
+    """
+    if not finishes:
+        return []
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    rows = [
+        (
+            f.outcome,
+            f.reason[:_MAX_ERROR],
+            now,
+            f.kind or None,
+            f.asset_did[:100],
+            f.claim_id[:100],
+            f.record_id,
+            f.message_id,
+        )
+        for f in finishes
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(_finish_sql(), rows)
     return [None] * len(finishes)
+
+
+@functools.cache
+def _finish_sql() -> str:
+    meta = InboundMessage._meta
+    quote = connection.ops.quote_name
+
+    def column(name: str) -> str:
+        field = meta.get_field(name)
+        assert isinstance(field, Field)
+        return quote(field.column)
+
+    outcome, reason, processed_at, next_attempt_at, kind = (
+        column(name)
+        for name in ("outcome", "reason", "processed_at", "next_attempt_at", "kind")
+    )
+    asset_did, claim_id, record_id, pk = (
+        column(name) for name in ("asset_did", "claim_id", "record", "id")
+    )
+    # Only quoted identifiers from the model's own metadata are formatted in; every
+    # value is a parameter.
+    return (
+        f"UPDATE {quote(meta.db_table)} SET {outcome} = %s, {reason} = %s, "  # noqa: S608
+        f"{processed_at} = %s, {next_attempt_at} = NULL, "
+        f"{kind} = COALESCE(%s, {kind}), "
+        f"{asset_did} = COALESCE(NULLIF(%s, ''), {asset_did}), "
+        f"{claim_id} = COALESCE(NULLIF(%s, ''), {claim_id}), "
+        f"{record_id} = COALESCE(%s, {record_id}) "
+        f"WHERE {pk} = %s"
+    )
 
 
 def inbound_defer(*, message_id: int, error: BaseException | str) -> str:

@@ -400,3 +400,30 @@ def test_outcomes_are_recorded_together(make_asset):
     assert rows[0].kind == MessageKind.PREQUALIFICATION
     assert rows[0].asset_did == "did:ethr:a"
     assert services.inbound_lease_due(limit=10, lease_seconds=0) == []
+
+
+def test_an_outcome_without_context_keeps_what_the_row_has(make_asset):
+    asset = make_asset()
+    record, _ = services.claim_record_requested(
+        asset=asset, claim_id="c-9", role="r", role_version=1, actor=LISTENER
+    )
+    row = services.inbound_record(
+        subject="k.prequalification.exchange", payload=b"{}", kind=MessageKind.ISSUE
+    )
+    services.inbound_finish(
+        message_id=row.pk,
+        outcome=MessageOutcome.PENDING,
+        asset_did=asset.did,
+        claim_id="c-9",
+        record_id=record.pk,
+    )
+    services.inbound_finish(message_id=row.pk, outcome=MessageOutcome.FAILED)
+    row.refresh_from_db()
+    assert row.outcome == MessageOutcome.FAILED
+    assert (row.kind, row.asset_did, row.claim_id, row.record_id) == (
+        MessageKind.ISSUE,
+        asset.did,
+        "c-9",
+        record.pk,
+    )
+    assert row.reason == ""
