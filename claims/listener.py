@@ -51,7 +51,7 @@ class ListenerConfig:
     queue_group: str = ""
     stream: str = ""
     durable: str = "evops-listener"
-    concurrency: int = 20
+    concurrency: int = 100
     reconcile_interval: float = 900.0
     reconcile_on_start: bool = True
     reconcile_concurrency: int = 20

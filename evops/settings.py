@@ -356,7 +356,10 @@ NATS_JETSTREAM_DURABLE = env.str("NATS_JETSTREAM_DURABLE", default="evops-listen
 NATS_QUEUE_GROUP = env.str("NATS_QUEUE_GROUP", default="")
 RECONCILE_INTERVAL = _int("RECONCILE_INTERVAL", 900)
 RECONCILE_CONCURRENCY = _int("RECONCILE_CONCURRENCY", 20, minimum=1)
-WORKER_CONCURRENCY = _int("WORKER_CONCURRENCY", 20, minimum=1)
+# Messages and claims one listener has in hand at once. Each mostly waits on a peer,
+# and the peers have their own limits (CACHE_SERVER_MAX_CONCURRENCY, at most 10
+# database threads), so this can be well above them: a burst's waits overlap.
+WORKER_CONCURRENCY = _int("WORKER_CONCURRENCY", 100, minimum=1)
 MAX_ATTEMPTS = _int("MAX_ATTEMPTS", 10, minimum=1)
 RETRY_BASE_SECONDS = _seconds("RETRY_BASE_SECONDS", 2.0)
 RETRY_MAX_SECONDS = _seconds("RETRY_MAX_SECONDS", 600.0)
