@@ -81,11 +81,16 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Asset]:
+        from claims.console_services import EXPORT_EVENT
         from claims.models import ClaimEvent, ClaimRecord
 
         latest_claim = ClaimRecord.objects.filter(asset=OuterRef("pk")).order_by("-id")
-        latest_event = ClaimEvent.objects.filter(record__asset=OuterRef("pk")).order_by(
-            "-id"
+        # What last happened to the asset's claims: a CSV export is in their history
+        # (who took the data) but did not happen to them.
+        latest_event = (
+            ClaimEvent.objects.filter(record__asset=OuterRef("pk"))
+            .exclude(kind=EXPORT_EVENT)
+            .order_by("-id")
         )
         return (
             super()

@@ -273,12 +273,20 @@ def test_inbound_payload_is_escaped_and_truncated(client, operator):
 
 def test_asset_list_badge_and_last_event(client, operator):
     asset = make_asset()
-    make_claim(asset, ClaimStatus.PUBLISHED)
+    claim = make_claim(asset, ClaimStatus.PUBLISHED)
     make_asset()
     content = client.get(reverse(ASSETS)).content.decode()
     assert 'data-status="published"' in content
     assert "not requested" in content
     assert "published ·" in content
+    # An export is noted in the claim's history, but it is not the asset's news.
+    from claims.console_services import EXPORT_EVENT, claims_note_export
+
+    claims_note_export(claim_ids=[claim.pk], actor_user=operator)
+    assert claim.events.filter(kind=EXPORT_EVENT).count() == 1
+    content = client.get(reverse(ASSETS)).content.decode()
+    assert "published ·" in content
+    assert f"{EXPORT_EVENT} ·" not in content
 
 
 def test_asset_list_query_count_does_not_grow(
