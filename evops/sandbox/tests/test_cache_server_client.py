@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -164,20 +165,21 @@ async def test_stale_block_source_is_a_permanent_login_error(
     assert stand_in.login_count == 0
 
 
-def counting(read):
-    """`read` wrapped to count its calls (the client's block-number source)."""
+class Counting:
+    """A block-number source that counts its reads."""
 
-    async def counted() -> int:
-        counted.calls += 1
-        return await read()
+    def __init__(self, read: Callable[[], Awaitable[int]]) -> None:
+        self.read = read
+        self.calls = 0
 
-    counted.calls = 0
-    return counted
+    async def __call__(self) -> int:
+        self.calls += 1
+        return await self.read()
 
 
 async def test_a_burst_of_logins_shares_one_block_number_read(stand_in, block_number):
     """Fifty assets logging in at once: one chain read, fifty accepted logins."""
-    source = counting(block_number)
+    source = Counting(block_number)
     signers = [LocalKeySigner.generate() for _ in range(50)]
     async with make_client(stand_in, source) as client:
         users = await asyncio.gather(
@@ -192,7 +194,7 @@ async def test_a_burst_of_logins_shares_one_block_number_read(stand_in, block_nu
 
 
 async def test_block_number_is_read_again_after_max_age(stand_in, block_number):
-    source = counting(block_number)
+    source = Counting(block_number)
     first, second = LocalKeySigner.generate(), LocalKeySigner.generate()
     async with make_client(stand_in, source, block_max_age=0.2) as client:
         await client.auth_status(first, DID.for_address(first.address).canonical)
@@ -212,7 +214,8 @@ async def test_failed_block_read_fails_its_waiters_and_is_not_kept(
         await asyncio.sleep(0.05)
         if failures:
             raise failures.pop()
-        return await block_number()
+        latest: int = await block_number()
+        return latest
 
     other = LocalKeySigner.generate()
     other_did = DID.for_address(other.address).canonical
