@@ -14,6 +14,7 @@ from django.test import override_settings
 
 from evops.integrations.cache_server import (
     ERR_UNAUTHORIZED,
+    AiohttpTransport,
     CacheServerClient,
     CacheServerError,
     ClaimRequestResult,
@@ -439,11 +440,47 @@ async def test_request_claim_same_id_again(client, stand_in, asset, asset_did):
     role = await client.role(asset, asset_did, ROLE)
     claim_id = str(uuid.uuid4())
     await client.request_claim(asset, asset_did, role=role, claim_id=claim_id)
+    # A request token carries its millisecond (iat): in the same millisecond the
+    # second request would be byte-identical to the first, which the client rightly
+    # takes for its own earlier attempt having landed.
+    await asyncio.sleep(0.005)
     before = stand_in.request_count
     again = await client.request_claim(asset, asset_did, role=role, claim_id=claim_id)
     # 400 from the server, resolved by reading the claim: not retried.
     assert again == ClaimRequestResult(claim_id=claim_id, already_existed=True)
     assert stand_in.request_count - before == 2
+
+
+class LoseFirstClaimAnswer(httpx.AsyncBaseTransport):
+    """The first claim request reaches the server, but its answer is lost (502)."""
+
+    def __init__(self) -> None:
+        self.inner = AiohttpTransport(limit=10)
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path == "/v1/claim/request" and not self.lost:
+            self.lost += 1
+            return httpx.Response(502, request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_request_claim_whose_answer_was_lost_is_our_own(
+    stand_in, block_number, asset, asset_did
+):
+    """Retried after a lost answer: the 400 for the taken id is our first attempt."""
+    transport = LoseFirstClaimAnswer()
+    async with make_client(stand_in, block_number, transport=transport) as client:
+        role = await client.role(asset, asset_did, ROLE)
+        result = await client.request_claim(asset, asset_did, role=role)
+    assert transport.lost == 1
+    assert result.already_existed is False
+    mine = [i for i, c in stand_in.claims.items() if c["requester"] == asset_did]
+    assert mine == [result.claim_id]
 
 
 async def test_request_claim_unknown_role(client, stand_in, asset, asset_did):
