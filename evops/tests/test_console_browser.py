@@ -99,6 +99,13 @@ def browser_page(monkeypatch) -> Any:
         page.set_default_timeout(15_000)
         yield page
         browser.close()
+        # Inside sync_playwright(), Django's per-context connection storage is not
+        # the one outside it: the test's queries opened a second connection that
+        # pytest-django cannot see. Close it here, or it keeps the test database
+        # from being dropped at the end of the run.
+        from django.db import connections
+
+        connections.close_all()
 
 
 def test_operator_session_in_a_browser(console_server, browser_page):
