@@ -27,7 +27,13 @@ from assets.models import Asset, SignerBackend
 from claims import metrics, selectors, services
 from claims.dbthreads import Coalesced, db
 from claims.integrations import Integrations
-from claims.models import ClaimRecord, ClaimStatus, MessageKind, MessageOutcome
+from claims.models import (
+    ClaimRecord,
+    ClaimStatus,
+    EventActor,
+    MessageKind,
+    MessageOutcome,
+)
 from claims.services import Actor
 from evops.integrations import nats
 from evops.protocol import erc1056
@@ -541,6 +547,13 @@ async def inbound_process(
 
     if message is None or message.pk != message_id:
         message = await db(InboundMessage.objects.get)(pk=message_id)
+    if message.requested_by_label:
+        # Queued by a staff user in the console: the history names them.
+        actor = Actor(
+            EventActor.STAFF, message.requested_by_label, message.requested_by_id
+        )
+    if message.kind == MessageKind.RECONCILE:
+        return await _inbound_reconcile(message, integrations, actor, assets)
     extra = {"subject": message.subject, "inbound_id": message.pk}
     limit = 1 << 30  # size was enforced when the message was recorded
     try:
@@ -577,6 +590,64 @@ async def inbound_process(
         "message %s: %s", outcome.outcome, outcome.reason, extra={**extra, **context}
     )
     return outcome
+
+
+async def _inbound_reconcile(
+    message: Any,
+    integrations: Integrations,
+    actor: Actor,
+    assets: Mapping[str, Asset | None] | None,
+) -> Outcome:
+    """A reconciliation of one asset, queued in the console (`inbound_enqueue`)."""
+    extra = {"subject": message.subject, "inbound_id": message.pk}
+    try:
+        did = services.queued_did(message.payload)
+    except nats.MessageError as exc:
+        outcome = Outcome(MessageOutcome.REJECTED, str(exc))
+    else:
+        if assets is not None and did.address in assets:
+            asset = assets[did.address]
+        else:
+            asset = await db(selectors.asset_for_address)(did.address)
+        if asset is None:
+            outcome = Outcome(MessageOutcome.IGNORED, REASON_UNKNOWN_ASSET)
+        elif not asset.active:
+            outcome = Outcome(MessageOutcome.IGNORED, REASON_INACTIVE_ASSET)
+        else:
+            result = await asset_reconcile(
+                asset=asset, integrations=integrations, actor=actor
+            )
+            if result.errors:
+                # A peer failed: try again later, as for any message.
+                state = await db(services.inbound_defer)(
+                    message_id=message.pk, error=result.errors[0]
+                )
+                metrics.RETRIES.labels("message").inc()
+                log.warning(
+                    "queued reconciliation deferred: %s",
+                    result.errors[0],
+                    extra={**extra, "state": state},
+                )
+                return Outcome(state, result.errors[0])
+            outcome = Outcome(
+                MessageOutcome.PROCESSED,
+                f"published {result.published}, already on chain "
+                f"{result.already_present}, pending {result.pending}, rejected "
+                f"{result.rejected}",
+            )
+    await _finish(message.pk, outcome, kind=None, asset_did=_did_text(message))
+    metrics.MESSAGES.labels(MessageKind.RECONCILE, outcome.outcome).inc()
+    log.info(
+        "queued reconciliation %s: %s", outcome.outcome, outcome.reason, extra=extra
+    )
+    return outcome
+
+
+def _did_text(message: Any) -> str:
+    try:
+        return services.queued_did(message.payload).canonical
+    except nats.MessageError:
+        return ""
 
 
 async def _finish(

@@ -137,6 +137,7 @@ class MessageKind(models.TextChoices):
     REJECT = "reject-credential", "Credential rejected"
     REQUEST = "request-credential", "Credential requested"
     LEGACY = "legacy", "Legacy full claim message"
+    RECONCILE = "reconcile", "Reconciliation (queued in the console)"
     UNKNOWN = "unknown", "Unknown"
 
 
@@ -188,6 +189,17 @@ class InboundMessage(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     listener = models.CharField(max_length=150, blank=True, default="")
+    # Work a staff user queued in the console: the claim history names them.
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    requested_by_label = models.CharField(
+        "queued by", max_length=150, blank=True, default=""
+    )
 
     class Meta:
         ordering = ["-id"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +38,8 @@ from claims.models import (
     MessageOutcome,
 )
 from evops.integrations import nats
+from evops.protocol.dids import DID
+from evops.protocol.errors import DIDError
 
 log = logging.getLogger(__name__)
 
@@ -827,6 +830,7 @@ def inbound_record_many(
     *,
     kind: str = MessageKind.UNKNOWN,
     listener: str = "",
+    requested_by: Any = None,
 ) -> list[InboundMessage]:
     """Store a batch of received core-NATS messages as `inbound_record` does one.
 
@@ -841,6 +845,10 @@ def inbound_record_many(
         _inbound_fields(subject, payload, kind=kind, listener=listener)
         for subject, payload in messages
     ]
+    if requested_by is not None:
+        for fields, _ in built:
+            fields["requested_by"] = requested_by
+            fields["requested_by_label"] = requested_by.get_username()[:150]
     with transaction.atomic():
         originals = _originals(fields["dedupe_key"] for fields, _ in built)
         first: list[int] = []  # batch positions stored as originals (or refused)
@@ -874,6 +882,43 @@ def inbound_record_many(
             )
             rows.update(zip(later, created, strict=True))
     return [rows[index] for index in range(len(built))]
+
+
+# Staff work on many assets, queued in the console for the listener (one inbox row per
+# asset; the listener's workers do it, naming the user in the claim history).
+CONSOLE_LISTENER = "console"
+CONSOLE_SUBJECTS = {
+    MessageKind.PREQUALIFICATION: "console.prequalification.exchange",
+    MessageKind.RECONCILE: "console.reconcile",
+}
+
+
+def inbound_enqueue(
+    *, kind: str, dids: Iterable[str], user: Any
+) -> list[InboundMessage]:
+    """Queue `kind` (prequalification or reconcile) for each asset DID, as `user`.
+
+    Stored like a received message (`{"did"}` payload): the same request for the
+    same asset again within `DUPLICATE_WINDOW_SECONDS` is an ignored duplicate, so
+    a second click queues nothing twice.
+    """
+    subject = CONSOLE_SUBJECTS[MessageKind(kind)]
+    messages = [(subject, json.dumps({"did": did}).encode()) for did in dids]
+    return inbound_record_many(
+        messages, kind=kind, listener=CONSOLE_LISTENER, requested_by=user
+    )
+
+
+def queued_did(payload: str) -> DID:
+    """The asset DID of a queued reconciliation, or `nats.MessageError` saying why."""
+    data = nats.decode_payload(payload.encode("utf-8"), limit=1 << 30)
+    value = data.get("did")
+    if not isinstance(value, str):
+        raise nats.MessageError(nats.REASON_BAD_FIELD, "did must be a string")
+    try:
+        return DID.parse(value)
+    except DIDError as exc:
+        raise nats.MessageError(nats.REASON_INVALID_DID, str(exc)) from None
 
 
 def _unstorable(payload: bytes, limit: int) -> str:
@@ -910,7 +955,16 @@ def inbound_lease_due_messages(
         query = InboundMessage.objects.filter(
             outcome=MessageOutcome.PENDING, next_attempt_at__lte=now
         ).order_by("id")
-        messages = list(_locked(query).only("pk", "subject", "payload")[:limit])
+        messages = list(
+            _locked(query).only(
+                "pk",
+                "subject",
+                "payload",
+                "kind",
+                "requested_by",
+                "requested_by_label",
+            )[:limit]
+        )
         if messages:
             InboundMessage.objects.filter(pk__in=[m.pk for m in messages]).update(
                 next_attempt_at=now + timedelta(seconds=lease_seconds),
@@ -945,6 +999,9 @@ def inbound_lease_due_with_assets(
     for message in messages:
         payload = message.payload.encode("utf-8")
         try:
+            if message.kind == MessageKind.RECONCILE:
+                addresses.add(queued_did(message.payload).address)
+                continue
             hint = nats.parse_message(message.subject, payload, limit=len(payload))
         except nats.MessageError:
             continue

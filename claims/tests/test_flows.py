@@ -14,9 +14,16 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from claims import flows, services
-from claims.models import ClaimRecord, ClaimStatus, InboundMessage, MessageOutcome
+from claims.models import (
+    ClaimEvent,
+    ClaimRecord,
+    ClaimStatus,
+    InboundMessage,
+    MessageOutcome,
+)
 from claims.services import LISTENER, RECONCILER
 from claims.tests.fakes import FakeError, make_token
+from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -368,3 +375,108 @@ async def test_second_credential_of_the_same_role_reuses_the_service_id(
     assert len(chain.writes) == 2
     assert chain.writes[0][1]["id"] == chain.writes[1][1]["id"]
     assert chain.writes[0][1]["hash"] != chain.writes[1][1]["hash"]
+
+
+# --- work queued in the console ------------------------------------------------------
+
+
+async def _queued(kind: str, assets: list[Any], user: Any) -> list[InboundMessage]:
+    return await sync_to_async(services.inbound_enqueue)(
+        kind=kind, dids=[a.did for a in assets], user=user
+    )
+
+
+async def test_queued_prequalification_is_filed_in_the_users_name(
+    make_asset, fakes, admin_user
+):
+    integrations, cache, _, _ = fakes
+    asset = await sync_to_async(make_asset)()
+    [message] = await _queued("prequalification", [asset], admin_user)
+    outcome = await _process(message, integrations)
+    assert (outcome.outcome, outcome.reason) == ("processed", flows.REASON_FILED)
+    record = await ClaimRecord.objects.aget(asset=asset)
+    event = await ClaimEvent.objects.aget(record=record)
+    assert (event.kind, event.actor, event.actor_label, event.user_id) == (
+        "requested",
+        "staff",
+        admin_user.get_username(),
+        admin_user.pk,
+    )
+    assert len(cache.requests) == 1
+
+
+async def test_queued_reconciliation_publishes_in_the_users_name(
+    make_asset, fakes, admin_user
+):
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    signer = integrations.signer_for(asset)
+    await cache.request_claim(signer, asset.did, role=await cache.role(None, None, "r"))
+    cache.issue(next(iter(cache.claims)))
+    [message] = await _queued("reconcile", [asset], admin_user)
+    # A lease loads the asset a queued reconciliation names, as for any message.
+    leased = await sync_to_async(services.inbound_lease_due_with_assets)(
+        limit=10, lease_seconds=60
+    )
+    assert leased.assets == {asset.address: asset}
+    outcome = await flows.inbound_process(
+        message_id=message.pk,
+        integrations=integrations,
+        actor=LISTENER,
+        message=leased.messages[0],
+        assets=leased.assets,
+    )
+    assert outcome.outcome == "processed"
+    assert outcome.reason == ("published 1, already on chain 0, pending 0, rejected 0")
+    assert len(chain.writes) == 1
+    record = await ClaimRecord.objects.aget(asset=asset)
+    assert record.status == ClaimStatus.PUBLISHED
+    actors = {
+        (e.actor, e.user_id) async for e in ClaimEvent.objects.filter(record=record)
+    }
+    assert actors == {("staff", admin_user.pk)}
+    await message.arefresh_from_db()
+    assert (message.outcome, message.kind, message.asset_did) == (
+        "processed",
+        "reconcile",
+        asset.did,
+    )
+
+
+async def test_queued_reconciliation_of_a_failing_peer_is_retried(
+    make_asset, fakes, admin_user, fast_retries
+):
+    integrations, cache, _, _ = fakes
+    asset = await sync_to_async(make_asset)()
+    cache.fail_next = [FakeError("502 Bad Gateway", permanent=False)]
+    [message] = await _queued("reconcile", [asset], admin_user)
+    await sync_to_async(services.inbound_lease_due)(limit=10, lease_seconds=60)
+    outcome = await _process(message, integrations)
+    assert outcome.outcome == MessageOutcome.PENDING
+    assert "502 Bad Gateway" in outcome.reason
+    await message.arefresh_from_db()
+    assert message.outcome == MessageOutcome.PENDING
+    assert "502 Bad Gateway" in message.reason
+    outcome = await _process(message, integrations)
+    assert outcome.outcome == MessageOutcome.PROCESSED
+
+
+async def test_queued_reconciliations_that_cannot_run_say_why(
+    make_asset, fakes, admin_user
+):
+    integrations, cache, _, _ = fakes
+    stranger = DID.for_address(LocalKeySigner.generate().address).canonical
+    inactive = await sync_to_async(make_asset)(active=False)
+    unknown, off = await sync_to_async(services.inbound_enqueue)(
+        kind="reconcile", dids=[stranger, inactive.did], user=admin_user
+    )
+    garbage = await sync_to_async(services.inbound_record)(
+        subject="console.reconcile", payload=b'{"did": 7}', kind="reconcile"
+    )
+    results = [await _process(m, integrations) for m in (unknown, off, garbage)]
+    assert [(r.outcome, r.reason) for r in results] == [
+        ("ignored", flows.REASON_UNKNOWN_ASSET),
+        ("ignored", flows.REASON_INACTIVE_ASSET),
+        ("rejected", "bad_field: did must be a string"),
+    ]
+    assert cache.requests == []

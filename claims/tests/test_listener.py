@@ -263,3 +263,33 @@ async def test_unreachable_nats_is_retried_until_stopped(fakes):
     await asyncio.wait_for(task, timeout=30)
     beat = await ListenerHeartbeat.objects.aget(name="down")
     assert beat.state == ConnectionState.STOPPED
+
+
+async def test_a_running_listener_takes_work_queued_in_the_console(
+    nats_server, make_asset, fakes, admin_user
+):
+    """No NATS message: the workers find queued rows in the inbox on their own."""
+    from claims import services
+    from claims.models import ClaimEvent
+
+    integrations, cache, _, _ = fakes
+    assets = [await sync_to_async(make_asset)() for _ in range(3)]
+    config = _config(nats_server.url, uuid.uuid4().hex, idle_poll=0.05)
+    listener = Listener(config, integrations)
+    task = asyncio.create_task(listener.run())
+    try:
+        await sync_to_async(services.inbound_enqueue)(
+            kind="prequalification", dids=[a.did for a in assets], user=admin_user
+        )
+
+        async def filed() -> bool:
+            return await ClaimRecord.objects.acount() == 3
+
+        await _until(filed, "3 queued requests filed")
+    finally:
+        listener.stop.set()
+        await task
+    assert len(cache.requests) == 3
+    users = {e.user_id async for e in ClaimEvent.objects.filter(kind="requested")}
+    assert users == {admin_user.pk}
+    assert await _count(outcome=MessageOutcome.PROCESSED, listener="console") == 3
