@@ -157,16 +157,37 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             extra["did_document"] = resolve_did_document(asset.did, hashes)
         return super().change_view(request, object_id, form_url, extra)
 
-    def _refuse_large(
-        self, request: HttpRequest, queryset: QuerySet[Asset], action: str
-    ) -> bool:
-        """Refuse (with the reason) a selection too large to run in the request."""
+    def _queues(self, queryset: QuerySet[Asset]) -> bool:
+        """Is this selection too large to run in the request (so it is queued)?"""
         from claims import console_services
 
-        refusal = console_services.too_many_assets(action, queryset.count())
-        if refusal:
-            self.message_user(request, refusal, messages.ERROR)
-        return bool(refusal)
+        return queryset.count() > console_services.sync_asset_limit()
+
+    def _queued_summary(self, what: str) -> str:
+        from claims import console_services
+
+        return (
+            f"More assets than the console handles while the page waits "
+            f"({console_services.sync_asset_limit()}): they are queued for the "
+            f"listener, which {what} in its workers, in your name. Follow them under "
+            "Inbound messages (listener: console). Queuing the same assets again "
+            "within a few minutes queues nothing twice."
+        )
+
+    def _queue(
+        self, request: HttpRequest, queryset: QuerySet[Asset], *, kind: str, label: str
+    ) -> None:
+        from claims import console_services
+
+        assets = list(queryset)
+        result = console_services.assets_enqueue(
+            kind=kind, assets=assets, actor_user=request.user
+        )
+        self.log_staff_action(request, assets, f"{label} queued for the listener.")
+        parts = [f"{result.queued} assets queued for the listener"]
+        if result.already_queued:
+            parts.append(f"{result.already_queued} already queued")
+        self.message_user(request, message_for(label, parts), messages.SUCCESS)
 
     @admin.action(
         description="Reconcile selected assets with the chain",
@@ -176,9 +197,9 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[Asset]
     ) -> HttpResponse | None:
         from claims import console_services
+        from claims.models import MessageKind
 
-        if self._refuse_large(request, queryset, "Reconcile"):
-            return None
+        queued = self._queues(queryset)
         confirm = self.confirm_or_none(
             request,
             queryset,
@@ -187,11 +208,21 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             summary=(
                 "Each asset's accepted claims on the cache server are compared with "
                 "its DID document on chain; what is missing is published (never "
-                "twice). This calls the cache server and the chain now."
+                "twice). "
+                + (
+                    self._queued_summary("reconciles each asset")
+                    if queued
+                    else "This calls the cache server and the chain now."
+                )
             ),
         )
         if confirm is not None:
             return confirm
+        if queued:
+            self._queue(
+                request, queryset, kind=MessageKind.RECONCILE, label="Reconcile"
+            )
+            return None
         assets = list(queryset)
         result = console_services.assets_reconcile(
             assets=assets, actor_user=request.user
@@ -219,9 +250,9 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[Asset]
     ) -> HttpResponse | None:
         from claims import console_services
+        from claims.models import MessageKind
 
-        if self._refuse_large(request, queryset, "Request prequalification"):
-            return None
+        queued = self._queues(queryset)
         confirm = self.confirm_or_none(
             request,
             queryset,
@@ -231,10 +262,19 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
                 "A prequalification claim request is filed on the cache server for "
                 "each asset, signed by the asset. A request already pending there is "
                 "left as it is."
+                + (" " + self._queued_summary("files each request") if queued else "")
             ),
         )
         if confirm is not None:
             return confirm
+        if queued:
+            self._queue(
+                request,
+                queryset,
+                kind=MessageKind.PREQUALIFICATION,
+                label="Prequalification",
+            )
+            return None
         assets = list(queryset)
         result = console_services.assets_request_prequalification(
             assets=assets, actor_user=request.user

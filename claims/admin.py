@@ -295,7 +295,7 @@ class InboundMessageAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _InboundAdmin):
         "claim_id",
         "received_at",
     )
-    list_filter = ("outcome", "kind", "received_at")
+    list_filter = ("outcome", "kind", "listener", "received_at")
     search_fields = ("=asset_did", "claim_id", "subject")
     date_hierarchy = "received_at"
     ordering = ("-id",)
@@ -318,6 +318,7 @@ class InboundMessageAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _InboundAdmin):
         "received_at",
         "processed_at",
         "listener",
+        "requested_by_label",
     )
     readonly_fields = fields
     csv_columns = (

@@ -20,18 +20,17 @@ from django.conf import settings
 from assets.models import Asset
 from claims import flows, services
 from claims.integrations import Integrations, integrations_from_settings
-from claims.models import ClaimEvent, ClaimRecord, ClaimStatus
+from claims.models import ClaimEvent, ClaimRecord, ClaimStatus, MessageOutcome
 
 IntegrationsFactory = Callable[[], Integrations]
 
 # The asset actions call the cache server and the chain (and may wait for a receipt)
-# while a web worker waits, so they take a bounded selection. Beyond it, the work
-# belongs to a process that is not serving pages: reconcile_claims, or the listener's
-# periodic reconciliation of every active asset.
+# while a web worker waits, so they run in the request for a bounded selection only.
+# A larger one is queued for the listener (`assets_enqueue`), which does the same
+# work in its workers and names the user in the claim history.
 ERR_TOO_MANY_ASSETS = (
     "{action} runs while the page waits, for at most {limit} assets; {count} are "
-    "selected. Select fewer, or run `manage.py reconcile_claims --asset <DID>` "
-    "(the listener also reconciles every active asset every RECONCILE_INTERVAL)."
+    "selected. Queue them for the listener instead."
 )
 
 
@@ -50,6 +49,35 @@ def too_many_assets(action: str, count: int) -> str:
     if count <= limit:
         return ""
     return ERR_TOO_MANY_ASSETS.format(action=action, limit=limit, count=count)
+
+
+@dataclass
+class QueueResult:
+    """Assets queued for the listener, and those already queued (a repeat click)."""
+
+    queued: int = 0
+    already_queued: int = 0
+
+
+def assets_enqueue(
+    *, kind: str, assets: Iterable[Asset], actor_user: Any
+) -> QueueResult:
+    """Queue `kind` (MessageKind PREQUALIFICATION or RECONCILE) for the listener.
+
+    One inbox row per asset, marked with the user; the listener's workers file the
+    request or reconcile the asset as for a NATS message, and the claim history
+    names the user. Nothing here calls a peer, so any selection size is fine.
+    """
+    rows = services.inbound_enqueue(
+        kind=kind, dids=[asset.did for asset in assets], user=actor_user
+    )
+    result = QueueResult()
+    for row in rows:
+        if row.outcome == MessageOutcome.PENDING:
+            result.queued += 1
+        else:
+            result.already_queued += 1
+    return result
 
 
 def _check_selection(action: str, assets: Sequence[Asset]) -> None:

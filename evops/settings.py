@@ -419,7 +419,7 @@ CONSOLE_CHAIN_TIMEOUT = _float("CONSOLE_CHAIN_TIMEOUT", 5.0)
 CONSOLE_HEARTBEAT_STALE_SECONDS = _seconds("CONSOLE_HEARTBEAT_STALE_SECONDS", 30.0)
 # Most assets the "reconcile" and "request prequalification" admin actions handle in
 # one web request (they call the cache server and the chain while the worker waits);
-# larger selections are refused with a pointer to reconcile_claims / the listener.
+# a larger selection is queued for the listener's workers (in the user's name).
 CONSOLE_SYNC_ASSET_LIMIT = _int("CONSOLE_SYNC_ASSET_LIMIT", 25, minimum=1)
 
 # --- Logging -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from typing import Any
 
 import pytest
@@ -399,41 +400,51 @@ def test_reconcile_selected_assets_publishes_missing(client, operator, fakes):
 
 
 @pytest.mark.parametrize(
-    ("action", "title"),
-    [("reconcile", "Reconcile"), ("request_prequalification", "Request prequal")],
+    ("action", "kind", "label"),
+    [
+        ("reconcile", "reconcile", "Reconcile"),
+        ("request_prequalification", "prequalification", "Prequalification"),
+    ],
 )
-@pytest.mark.parametrize("confirmed", [False, True])
-def test_large_asset_selection_is_refused_before_any_call(
-    client, operator, fakes, settings, action, title, confirmed
+def test_large_asset_selection_is_queued_for_the_listener(
+    client, operator, fakes, settings, action, kind, label
 ):
-    from claims import console_services
-
+    """Beyond the in-request limit nothing calls a peer: one inbox row per asset."""
     _, cache, _, chain = fakes
     settings.CONSOLE_SYNC_ASSET_LIMIT = 2
-    pks = [make_asset().pk for _ in range(3)]
-    extra = {"confirm": "yes"} if confirmed else {}
-    response = client.post(
-        reverse(ASSETS),
-        {"action": action, "_selected_action": [str(pk) for pk in pks], **extra},
-        follow=True,
-    )
-    text = response.content.decode()
-    assert f"{title}" in text
-    assert "for at most 2 assets; 3 are selected" in text
-    assert "manage.py reconcile_claims" in text
-    assert b"Yes, go ahead" not in response.content
+    assets = [make_asset() for _ in range(3)]
+    pks = [asset.pk for asset in assets]
+    confirm = _post_action(client, ASSETS, action, pks)
+    assert b"queued for the" in confirm.content
+    assert b"Yes, go ahead" in confirm.content
+    assert not InboundMessage.objects.exists()  # nothing before the confirmation
+
+    done = _post_action(client, ASSETS, action, pks, confirm="yes")
+    assert f"{label}: 3 assets queued for the listener" in done.content.decode()
     assert cache.requests == [] and chain.writes == []
     assert not ClaimRecord.objects.exists()
-    assert not LogEntry.objects.exists()
-    with pytest.raises(console_services.SelectionTooLarge):
-        if action == "reconcile":
-            console_services.assets_reconcile(
-                assets=list(Asset.objects.all()), actor_user=operator
-            )
-        else:
-            console_services.assets_request_prequalification(
-                assets=list(Asset.objects.all()), actor_user=operator
-            )
+    rows = list(InboundMessage.objects.order_by("id"))
+    assert sorted(json.loads(row.payload)["did"] for row in rows) == sorted(
+        a.did for a in assets
+    )
+    for row in rows:
+        assert (row.kind, row.outcome, row.listener) == (kind, "pending", "console")
+        assert (row.requested_by_id, row.requested_by_label) == (
+            operator.pk,
+            operator.get_username(),
+        )
+    assert (
+        LogEntry.objects.filter(
+            user=operator, change_message=f"{label} queued for the listener."
+        ).count()
+        == 3
+    )
+
+    again = _post_action(client, ASSETS, action, pks, confirm="yes")
+    assert (
+        "0 assets queued for the listener, 3 already queued" in again.content.decode()
+    )
+    assert InboundMessage.objects.filter(outcome="pending").count() == 3
 
 
 def test_selection_at_the_limit_runs(client, operator, fakes, settings):
@@ -464,3 +475,20 @@ def test_huge_inbound_payload_is_refused_stored_truncated_and_shown_escaped(
     assert f"shown 4000 of {64 * 1024} characters" in content
     assert f"received {len(payload)} bytes; stored truncated" in content
     assert content.count("y") < 10_000
+
+
+def test_in_request_services_refuse_more_than_the_limit(operator, fakes, settings):
+    """Called directly (not through the admin), the in-request services still refuse."""
+    from claims import console_services
+
+    _, cache, _, chain = fakes
+    settings.CONSOLE_SYNC_ASSET_LIMIT = 2
+    assets = [make_asset() for _ in range(3)]
+    for run in (
+        console_services.assets_reconcile,
+        console_services.assets_request_prequalification,
+    ):
+        with pytest.raises(console_services.SelectionTooLarge) as info:
+            run(assets=assets, actor_user=operator)
+        assert "for at most 2 assets; 3 are selected" in str(info.value)
+    assert cache.requests == [] and chain.writes == []
