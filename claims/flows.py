@@ -37,6 +37,7 @@ from claims.models import (
 from claims.services import Actor
 from evops.integrations import nats
 from evops.protocol import erc1056
+from evops.protocol.credentials import RejectionReason
 from evops.protocol.dids import DID
 
 log = logging.getLogger(__name__)
@@ -144,9 +145,47 @@ async def _resolve(integrations: Integrations, did: str) -> dict[str, Any]:
         return await integrations.chain.resolve_document(did)
 
 
-def _check(integrations: Integrations, token: str, *, asset: Asset, role: Any) -> Any:
+async def _check_with_delegates(
+    integrations: Integrations, token: str, *, asset: Asset, role: Any
+) -> Any:
+    """`_check`, and for a signature not by the issuer's own key, a second look.
+
+    An issuer may sign with a `veriKey` delegate listed in its DID document
+    (protocol.md §3; the cache server accepts those), so a bad signature is checked
+    again against the issuer's document resolved from chain. Only then: most tokens
+    are signed by the issuer's key, and a forged one costs one resolution.
+    """
+    result = _check(integrations, token, asset=asset, role=role)
+    if _reason_text(result) != RejectionReason.BAD_SIGNATURE:
+        return result
+    issuer = _issuer_of(token)
+    if issuer is None or issuer.chain != DID.parse(asset.did).chain:
+        return result
+    document = await _resolve(integrations, issuer.canonical)
+    return _check(integrations, token, asset=asset, role=role, issuer_document=document)
+
+
+def _issuer_of(token: str) -> DID | None:
+    from evops.protocol.jwt import decode_token
+
+    try:
+        iss = decode_token(token).payload.get("iss")
+        return DID.parse(iss) if isinstance(iss, str) else None
+    except Exception:
+        return None
+
+
+def _check(
+    integrations: Integrations,
+    token: str,
+    *,
+    asset: Asset,
+    role: Any,
+    issuer_document: dict[str, Any] | None = None,
+) -> Any:
     return integrations.check_credential(
         token,
+        issuer_document=issuer_document,
         asset_did=asset.did,
         allowed_claim_types=integrations.allowed_claim_types,
         # The protocol core reads the raw role JSON (`definition.issuer`).
@@ -274,7 +313,7 @@ async def claim_accept_issued(
         else integrations.prequalification_role
     )
     role = await _role(integrations, asset, namespace)
-    result = _check(integrations, token, asset=asset, role=role)
+    result = await _check_with_delegates(integrations, token, asset=asset, role=role)
     sha = token_sha256(token)
     if not _is_accepted(result):
         reason = _reason_text(result)

@@ -74,11 +74,16 @@ def env_name() -> str:
 @pytest.fixture
 def stand_in(
     anvil: peers.Anvil,
+    registry_address: str,
     nats_server: peers.NatsServer,
     issuer: LocalKeySigner,
     env_name: str,
 ) -> Iterator[CacheServerStandIn]:
-    """The cache-server stand-in on the local peers, serving `E2E_ROLE`."""
+    """The cache-server stand-in on the local peers, serving `E2E_ROLE`.
+
+    It reads DID documents from the registry on anvil, as the real server does for
+    signatures by an issuer's delegate.
+    """
     issuer_did = DID.for_address(issuer.address).canonical
     # Login freshness looks a few blocks back: make sure there are some.
     peers.chain_web3(anvil.rpc_url).manager.request_blocking(
@@ -89,6 +94,7 @@ def stand_in(
         nats_server.url,
         roles=[role_json(E2E_ROLE, issuer_dids=[issuer_did])],
         env=env_name,
+        registry_address=registry_address,
     ).start()
     yield server
     server.stop()

@@ -146,6 +146,9 @@ class FakeChain:
     fail_next: list[Exception] = field(default_factory=list)
     fail_resolve: list[Exception] = field(default_factory=list)
     hide_writes: bool = False
+    # identity address -> veriKey delegate addresses (listed in its document)
+    delegates: dict[str, list[str]] = field(default_factory=dict)
+    resolved: list[str] = field(default_factory=list)
 
     async def publish_attribute(self, asset_signer, *, name, value, validity):
         if self.fail_next:
@@ -166,7 +169,21 @@ class FakeChain:
         if self.fail_resolve:
             raise self.fail_resolve.pop(0)
         address = DID.parse(did).address
-        return {"id": did, "service": list(self.documents.get(address, {}).values())}
+        self.resolved.append(did)
+        keys = [
+            {
+                "id": f"{did}#delegate-veriKey-{delegate}",
+                "type": "veriKey",
+                "controller": did,
+                "ethereumAddress": delegate,
+            }
+            for delegate in self.delegates.get(address, [])
+        ]
+        return {
+            "id": did,
+            "publicKey": keys,
+            "service": list(self.documents.get(address, {}).values()),
+        }
 
 
 def fake_integrations(

@@ -364,3 +364,65 @@ async def test_cache_server_store_mode_writes_through_the_assets_session(
     document = await real.chain.resolve_document(asset.did)
     entry = flows.find_service_by_hash(document, flows.token_sha256(token))
     assert entry is not None and entry["serviceEndpoint"] == record.cid
+
+
+def _add_verikey_delegate(anvil, registry: str, identity: str, delegate: str) -> None:
+    """The issuer lists `delegate` as a veriKey in its DID document (addDelegate)."""
+    from eth_utils.address import to_checksum_address
+    from web3.types import RPCEndpoint
+
+    from evops.integrations.registry import registry_abi
+    from evops.protocol.erc1056 import attribute_name
+
+    w3 = peers.chain_web3(anvil.rpc_url)
+    peers.fund(anvil.rpc_url, identity, 10**18)
+    w3.manager.request_blocking(RPCEndpoint("anvil_impersonateAccount"), [identity])
+    try:
+        contract = w3.eth.contract(
+            address=to_checksum_address(registry), abi=registry_abi()
+        )
+        tx = contract.functions.addDelegate(
+            identity, attribute_name("veriKey"), delegate, 86400
+        ).transact({"from": identity, "gas": 300_000})
+        assert w3.eth.wait_for_transaction_receipt(tx)["status"] == 1
+    finally:
+        w3.manager.request_blocking(
+            RPCEndpoint("anvil_stopImpersonatingAccount"), [identity]
+        )
+
+
+async def test_credential_signed_by_an_issuer_delegate_is_published(
+    real, stand_in, funded_asset, issuer, anvil, registry_address, chain_mode
+):
+    """The TSO signs with a veriKey delegate registered on chain: both the cache
+    server and evops accept it; a key that is no delegate is refused by both."""
+    asset = await sync_to_async(funded_asset)()
+    record = await _request(asset, real)
+    delegate = LocalKeySigner.generate()
+    await asyncio.to_thread(
+        _add_verikey_delegate, anvil, registry_address, issuer.address, delegate.address
+    )
+    token = issued_token(
+        delegate,
+        issuer_did=DID.for_address(issuer.address),
+        subject=asset.did,
+        claim_data={"claimType": ROLE, "claimTypeVersion": 1},
+    )
+    impostor = issued_token(
+        LocalKeySigner.generate(),
+        issuer_did=DID.for_address(issuer.address),
+        subject=asset.did,
+        claim_data={"claimType": ROLE, "claimTypeVersion": 1},
+    )
+    assert await _issue(stand_in, issuer, anvil, record, impostor) == 403
+    assert await _issue(stand_in, issuer, anvil, record, token) == 201
+    outcome = await flows.claim_accept_issued(
+        asset=record.asset,
+        claim_id=record.claim_id,
+        integrations=real,
+        actor=LISTENER,
+    )
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.PUBLISHED, (outcome, record.last_error)
+    document = await real.chain.resolve_document(asset.did)
+    assert flows.find_service_by_hash(document, flows.token_sha256(token)) is not None

@@ -22,7 +22,7 @@ from claims.models import (
     MessageOutcome,
 )
 from claims.services import LISTENER, RECONCILER
-from claims.tests.fakes import FakeError, make_token
+from claims.tests.fakes import ROLE, FakeError, make_token
 from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
 
@@ -480,3 +480,66 @@ async def test_queued_reconciliations_that_cannot_run_say_why(
         ("rejected", "bad_field: did must be a string"),
     ]
     assert cache.requests == []
+
+
+# --- credentials signed by an issuer's delegate ---------------------------------------
+
+
+def _delegate_token(issuer: LocalKeySigner, delegate: LocalKeySigner, subject: str):
+    """An issued token naming `issuer` but signed with `delegate`'s key."""
+    from evops.protocol.jwt import issued_token
+
+    return issued_token(
+        delegate,
+        issuer_did=DID.for_address(issuer.address),
+        subject=subject,
+        claim_data={"claimType": ROLE, "claimTypeVersion": 1},
+    )
+
+
+async def test_a_credential_signed_by_the_issuers_verikey_delegate_is_published(
+    make_asset, fakes
+):
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    record = await _requested(asset, integrations)
+    delegate = LocalKeySigner.generate()
+    issuer_did = DID.for_address(cache.issuer.address)
+    chain.delegates[issuer_did.address] = [delegate.address]
+    cache.issue(
+        record.claim_id, token=_delegate_token(cache.issuer, delegate, asset.did)
+    )
+    outcome = await _notify_issued(asset, record, integrations)
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.PUBLISHED, (outcome, record.last_error)
+    assert len(chain.writes) == 1
+    assert issuer_did.canonical in chain.resolved
+
+
+async def test_a_key_that_is_not_the_issuers_delegate_is_refused(make_asset, fakes):
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    record = await _requested(asset, integrations)
+    stranger = LocalKeySigner.generate()
+    chain.delegates[DID.for_address(cache.issuer.address).address] = [
+        LocalKeySigner.generate().address
+    ]
+    cache.issue(
+        record.claim_id, token=_delegate_token(cache.issuer, stranger, asset.did)
+    )
+    outcome = await _notify_issued(asset, record, integrations)
+    assert outcome.reason == f"{flows.REASON_CREDENTIAL_REJECTED}: bad_signature"
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.REJECTED
+    assert chain.writes == []
+
+
+async def test_the_issuers_own_signature_needs_no_chain_lookup(make_asset, fakes):
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    record = await _requested(asset, integrations)
+    cache.issue(record.claim_id)
+    await _notify_issued(asset, record, integrations)
+    issuer_did = DID.for_address(cache.issuer.address).canonical
+    assert issuer_did not in chain.resolved
+    assert len(chain.writes) == 1
