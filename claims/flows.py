@@ -639,15 +639,14 @@ async def _inbound_reconcile(
 ) -> Outcome:
     """A reconciliation of one asset, queued in the console (`inbound_enqueue`)."""
     extra = {"subject": message.subject, "inbound_id": message.pk}
+    did_text = ""
     try:
         did = services.queued_did(message.payload)
     except nats.MessageError as exc:
         outcome = Outcome(MessageOutcome.REJECTED, str(exc))
     else:
-        if assets is not None and did.address in assets:
-            asset = assets[did.address]
-        else:
-            asset = await db(selectors.asset_for_address)(did.address)
+        did_text = did.canonical
+        asset = await _asset_at(did.address, assets)
         if asset is None:
             outcome = Outcome(MessageOutcome.IGNORED, REASON_UNKNOWN_ASSET)
         elif not asset.active:
@@ -674,7 +673,7 @@ async def _inbound_reconcile(
                 f"{result.already_present}, pending {result.pending}, rejected "
                 f"{result.rejected}",
             )
-    await _finish(message.pk, outcome, kind=None, asset_did=_did_text(message))
+    await _finish(message.pk, outcome, kind=None, asset_did=did_text)
     metrics.MESSAGES.labels(MessageKind.RECONCILE, outcome.outcome).inc()
     log.info(
         "queued reconciliation %s: %s", outcome.outcome, outcome.reason, extra=extra
@@ -682,11 +681,13 @@ async def _inbound_reconcile(
     return outcome
 
 
-def _did_text(message: Any) -> str:
-    try:
-        return services.queued_did(message.payload).canonical
-    except nats.MessageError:
-        return ""
+async def _asset_at(
+    address: str, assets: Mapping[str, Asset | None] | None
+) -> Asset | None:
+    """The asset holding `address`: from the lease's assets when it has looked."""
+    if assets is not None and address in assets:
+        return assets[address]
+    return await db(selectors.asset_for_address)(address)
 
 
 async def _finish(
@@ -716,11 +717,7 @@ async def _dispatch(
     actor: Actor,
     assets: Mapping[str, Asset | None] | None = None,
 ) -> Outcome:
-    address = hint.did.address
-    if assets is not None and address in assets:
-        asset = assets[address]
-    else:
-        asset = await db(selectors.asset_for_address)(address)
+    asset = await _asset_at(hint.did.address, assets)
     if asset is None and hint.type is nats.MessageType.REJECT:
         # Sent to the issuers' subjects; it concerns us if it names one of our claims.
         asset = await db(selectors.asset_for_claim_id)(hint.claim_id)

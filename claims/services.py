@@ -50,6 +50,7 @@ REASON_GAVE_UP = "gave up after {attempts} attempts: {error}"
 REASON_FOR_ISSUERS = "request_for_issuers"
 
 _MAX_ERROR = 2000
+_REQUESTED = "Claim request filed for {role} v{version}."
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def claim_record_requested(
                 actor=actor,
                 kind="requested",
                 to_status=ClaimStatus.REQUESTED,
-                message=f"Claim request filed for {role} v{role_version}.",
+                message=_REQUESTED.format(role=role, version=role_version),
                 details=details,
             )
             _announce(record.pk, record.status)
@@ -318,7 +319,7 @@ def _record_requested_together(
                 actor=r.actor,
                 kind="requested",
                 to_status=ClaimStatus.REQUESTED,
-                message=f"Claim request filed for {r.role} v{r.role_version}.",
+                message=_REQUESTED.format(role=r.role, version=r.role_version),
                 details=r.details,
             )
             for record, r in new.values()
