@@ -436,7 +436,6 @@ class _RecentBlock:
         self._value: int | None = None
         self._read_at = 0.0
         self._inflight: asyncio.Future[int] | None = None
-        self.reads = 0
 
     async def get(self, *, fresh: bool = False) -> int:
         if (
@@ -456,7 +455,6 @@ class _RecentBlock:
             value = await self._read()
         finally:
             self._inflight = None
-        self.reads += 1
         self._value, self._read_at = value, started
         return value
 
