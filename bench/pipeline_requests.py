@@ -1,6 +1,7 @@
 """Benchmark 1: a burst of prequalification requests, stand-in adding 20 ms per call.
 
 Run: .venv/bin/python bench/pipeline_requests.py [--small] [--count N]
+(`NATS_JETSTREAM_STREAM=BENCH` in the environment: the listener in JetStream mode.)
 
 Publishes N `{"did"}` messages on the prequalification subject at once to a running
 `Listener` (built as `run_nats_listener` builds it: settings, real integrations,
@@ -139,6 +140,8 @@ def main(argv: list[str]) -> None:
             )
             from django.conf import settings
 
+            stream = settings.NATS_JETSTREAM_STREAM
+
             elapsed, filed, own_cpu, server_cpu = asyncio.run(
                 _evops(stand_in, nats_server.url, count)
             )
@@ -146,7 +149,8 @@ def main(argv: list[str]) -> None:
     print(
         f"prequalification burst: {count} requests, stand-in +{LATENCY * 1000:.0f} ms "
         f"per call; workers {settings.WORKER_CONCURRENCY}, cache-server "
-        f"concurrency {settings.CACHE_SERVER_MAX_CONCURRENCY}",
+        f"concurrency {settings.CACHE_SERVER_MAX_CONCURRENCY}, NATS "
+        f"{'JetStream stream ' + stream if stream else 'core'}",
         flush=True,
     )
     print(

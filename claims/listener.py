@@ -247,23 +247,8 @@ class Listener:
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
 
-    async def record(
-        self, subject: str, data: bytes, *, stream_sequence: int | None = None
-    ) -> Any:
-        row = await self.db_threads.wrap(services.inbound_record)(
-            subject=subject,
-            payload=bytes(data),
-            stream=self.config.stream,
-            stream_sequence=stream_sequence,
-            listener=self.config.name,
-        )
-        self.recorded += 1
-        metrics.MESSAGES_RECEIVED.inc()
-        self.wake.set()
-        return row
-
     async def fetch_once(self, wait: float = 1.0) -> int:
-        """JetStream: fetch a batch, record each message, ack after the commit."""
+        """JetStream: fetch a batch, store it in one transaction, ack after commit."""
         import nats.errors
 
         if self._pull is None or not self._taking:
@@ -272,16 +257,26 @@ class Listener:
             messages = await self._pull.fetch(self.config.fetch_batch, timeout=wait)
         except (TimeoutError, nats.errors.TimeoutError):
             return 0
-        for msg in messages:
-            try:
-                await self.record(
-                    msg.subject, msg.data, stream_sequence=msg.metadata.sequence.stream
-                )
-            except Exception as exc:
-                # Not recorded: let JetStream redeliver it later.
-                log.error("could not record message: %s", exc, exc_info=True)
+        if not messages:
+            return 0
+        try:
+            rows = await self.db_threads.wrap(services.inbound_record_many)(
+                [(msg.subject, bytes(msg.data)) for msg in messages],
+                stream=self.config.stream,
+                sequences=[msg.metadata.sequence.stream for msg in messages],
+                listener=self.config.name,
+            )
+        except Exception as exc:
+            # Not recorded: let JetStream redeliver them later.
+            log.error("could not record messages: %s", exc, exc_info=True)
+            for msg in messages:
                 await msg.nak(delay=5)
-                continue
+            return len(messages)
+        self.recorded += len(rows)
+        metrics.MESSAGES_RECEIVED.inc(len(rows))
+        self.wake.set()
+        # Acked only now that the rows are committed.
+        for msg in messages:
             await msg.ack()
         return len(messages)
 

@@ -832,13 +832,20 @@ def inbound_record_many(
     kind: str = MessageKind.UNKNOWN,
     listener: str = "",
     requested_by: Any = None,
+    stream: str = "",
+    sequences: Sequence[int] | None = None,
 ) -> list[InboundMessage]:
-    """Store a batch of received core-NATS messages as `inbound_record` does one.
+    """Store a batch of received messages as `inbound_record` does one.
 
     One duplicate check and two inserts for the whole batch instead of a
     transaction per message: the listener's intake of a burst. A message is a
     duplicate of the first stored one with the same subject and payload in the
     window, stored before or earlier in this batch. Returned in the given order.
+
+    JetStream batches pass their stream `sequences`: a message already stored under
+    its stream sequence (redelivered because its ack was lost) is that row again.
+    If another listener stores one of them meanwhile, the batch is stored one
+    message at a time instead.
     """
     if not messages:
         return []
@@ -850,38 +857,79 @@ def inbound_record_many(
         for fields, _ in built:
             fields["requested_by"] = requested_by
             fields["requested_by_label"] = requested_by.get_username()[:150]
-    with transaction.atomic():
-        originals = _originals(fields["dedupe_key"] for fields, _ in built)
-        first: list[int] = []  # batch positions stored as originals (or refused)
-        later: list[int] = []  # duplicates of a message earlier in this batch
-        seen_here: set[str] = set()
-        for index, (fields, early) in enumerate(built):
-            key = fields["dedupe_key"]
-            if early:
-                first.append(index)
-            elif key in originals:
-                fields.update(_duplicate_of(originals[key]))
-                first.append(index)
-            elif key in seen_here:
-                later.append(index)
-            else:
-                first.append(index)
-            seen_here.add(key)
-        rows: dict[int, InboundMessage] = {}
-        created = InboundMessage.objects.bulk_create(
-            [InboundMessage(**built[index][0]) for index in first]
-        )
-        for index, row in zip(first, created, strict=True):
-            rows[index] = row
-            originals.setdefault(row.dedupe_key, row.pk)
-        if later:
-            for index in later:
-                fields = built[index][0]
-                fields.update(_duplicate_of(originals[fields["dedupe_key"]]))
-            created = InboundMessage.objects.bulk_create(
-                [InboundMessage(**built[index][0]) for index in later]
+    if sequences is not None:
+        for (fields, _), sequence in zip(built, sequences, strict=True):
+            fields["stream_sequence"] = sequence
+            fields["stream_key"] = f"{stream}:{sequence}"
+    try:
+        with transaction.atomic():
+            return _store_batch(built)
+    except IntegrityError:
+        if sequences is None:
+            raise
+        return [
+            inbound_record(
+                subject=subject,
+                payload=payload,
+                kind=kind,
+                stream=stream,
+                stream_sequence=sequence,
+                listener=listener,
             )
-            rows.update(zip(later, created, strict=True))
+            for (subject, payload), sequence in zip(messages, sequences, strict=True)
+        ]
+
+
+def _stored_by_stream_key(keys: Sequence[str]) -> dict[str, InboundMessage]:
+    """Messages already stored under these JetStream `<stream>:<sequence>` keys."""
+    return {
+        row.stream_key: row
+        for row in InboundMessage.objects.filter(stream_key__in=keys)
+    }
+
+
+def _store_batch(built: list[tuple[dict[str, Any], str]]) -> list[InboundMessage]:
+    rows: dict[int, InboundMessage] = {}
+    stream_keys = [
+        fields["stream_key"] for fields, _ in built if fields.get("stream_key")
+    ]
+    if stream_keys:
+        stored = _stored_by_stream_key(stream_keys)
+        for index, (fields, _) in enumerate(built):
+            if fields.get("stream_key") in stored:
+                rows[index] = stored[fields["stream_key"]]
+    originals = _originals(fields["dedupe_key"] for fields, _ in built)
+    first: list[int] = []  # batch positions stored as originals (or refused)
+    later: list[int] = []  # duplicates of a message earlier in this batch
+    seen_here: set[str] = set()
+    for index, (fields, early) in enumerate(built):
+        if index in rows:
+            continue
+        key = fields["dedupe_key"]
+        if early:
+            first.append(index)
+        elif key in originals:
+            fields.update(_duplicate_of(originals[key]))
+            first.append(index)
+        elif key in seen_here:
+            later.append(index)
+        else:
+            first.append(index)
+        seen_here.add(key)
+    created = InboundMessage.objects.bulk_create(
+        [InboundMessage(**built[index][0]) for index in first]
+    )
+    for index, row in zip(first, created, strict=True):
+        rows[index] = row
+        originals.setdefault(row.dedupe_key, row.pk)
+    if later:
+        for index in later:
+            fields = built[index][0]
+            fields.update(_duplicate_of(originals[fields["dedupe_key"]]))
+        created = InboundMessage.objects.bulk_create(
+            [InboundMessage(**built[index][0]) for index in later]
+        )
+        rows.update(zip(later, created, strict=True))
     return [rows[index] for index in range(len(built))]
 
 

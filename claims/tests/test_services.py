@@ -427,3 +427,48 @@ def test_an_outcome_without_context_keeps_what_the_row_has(make_asset):
         record.pk,
     )
     assert row.reason == ""
+
+
+def test_a_jetstream_batch_is_stored_once_per_stream_sequence():
+    """A redelivered message (its ack was lost) is its stored row, not a second one."""
+    subject = "j.prequalification.exchange"
+    first = services.inbound_record_many(
+        [(subject, b'{"n": 1}'), (subject, b'{"n": 2}')],
+        stream="S",
+        sequences=[1, 2],
+        listener="l1",
+    )
+    assert [(r.stream_key, r.stream_sequence) for r in first] == [
+        ("S:1", 1),
+        ("S:2", 2),
+    ]
+    again = services.inbound_record_many(
+        [(subject, b'{"n": 2}'), (subject, b'{"n": 3}'), (subject, b'{"n": 1}')],
+        stream="S",
+        sequences=[2, 3, 4],
+        listener="l2",
+    )
+    assert again[0].pk == first[1].pk  # sequence 2 redelivered
+    assert again[1].outcome == MessageOutcome.PENDING
+    # Sequence 4 repeats message 1's content: stored, as a duplicate of it.
+    assert again[2].outcome == MessageOutcome.IGNORED
+    assert again[2].reason == services.REASON_DUPLICATE.format(id=first[0].pk)
+    assert InboundMessage.objects.count() == 4
+
+
+def test_a_jetstream_batch_racing_another_listener_is_stored_one_by_one(
+    monkeypatch,
+):
+    """Another listener stored a sequence between our check and insert: no error."""
+    subject = "j.prequalification.exchange"
+    [theirs] = services.inbound_record_many(
+        [(subject, b'{"n": 1}')], stream="S", sequences=[1]
+    )
+    # Our check ran before their insert: it saw nothing stored.
+    monkeypatch.setattr(services, "_stored_by_stream_key", lambda keys: {})
+    rows = services.inbound_record_many(
+        [(subject, b'{"n": 1}'), (subject, b'{"n": 5}')], stream="S", sequences=[1, 5]
+    )
+    assert rows[0].pk == theirs.pk
+    assert (rows[1].stream_key, rows[1].outcome) == ("S:5", MessageOutcome.PENDING)
+    assert InboundMessage.objects.count() == 2
