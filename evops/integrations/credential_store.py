@@ -27,11 +27,15 @@ from urllib.parse import quote
 
 import httpx
 
+from evops.integrations.http import AiohttpTransport
+
 DEFAULT_TIMEOUT = 10.0
 # The IPFS node gives up on a CID it cannot find after this long; must stay below the
 # client timeout so the node's answer arrives before we stop waiting.
 DEFAULT_CAT_TIMEOUT = 2.0
 _DETAIL_LIMIT = 200
+# Connections one IpfsStore keeps open to its node (as many as listener workers).
+_IPFS_CONNECTIONS = 100
 
 ERR_UNREACHABLE = "credential store unreachable"
 ERR_TIMEOUT = "credential store timed out"
@@ -179,7 +183,10 @@ class IpfsStore:
         # The node's own search limit stays under ours, so we get its answer.
         self.cat_timeout = min(cat_timeout, timeout / 2)
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(timeout))
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            transport=AiohttpTransport(limit=_IPFS_CONNECTIONS),
+        )
 
     def __repr__(self) -> str:
         return f"IpfsStore({self.api_url!r}, cid_version={self.cid_version})"

@@ -14,7 +14,6 @@ from django.test import override_settings
 
 from evops.integrations.cache_server import (
     ERR_UNAUTHORIZED,
-    AiohttpTransport,
     CacheServerClient,
     CacheServerError,
     ClaimRequestResult,
@@ -23,6 +22,7 @@ from evops.integrations.cache_server import (
     UnknownRoleError,
     cache_server_client_from_settings,
 )
+from evops.integrations.http import AiohttpTransport
 from evops.protocol.dids import DID
 from evops.protocol.jwt import issued_token
 from evops.protocol.keys import LocalKeySigner

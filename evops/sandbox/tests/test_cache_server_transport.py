@@ -19,7 +19,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from evops.integrations.cache_server import AiohttpTransport
+from evops.integrations.http import AiohttpTransport
 
 BIG = bytes(range(256)) * 8192  # 2 MiB, so the body arrives in many reads
 
