@@ -1,4 +1,4 @@
-"""The aiohttp-backed httpx transport of the cache-server client, on real sockets.
+"""The aiohttp-backed httpx transport (cache server, IPFS store), on real sockets.
 
 The client's retry logic only knows httpx's exception family, so every way a
 connection can fail must come out of `AiohttpTransport` as the matching httpx error,
