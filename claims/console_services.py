@@ -10,6 +10,7 @@ makes sends `claims.signals.claim_changed` after commit, which `evops.live` rela
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -225,18 +226,25 @@ def assets_request_prequalification(
     result = PrequalificationResult()
 
     async def work(bundle: Integrations) -> None:
-        for asset in assets:
-            try:
-                outcome = await flows.claim_request_prequalification(
-                    asset=asset, integrations=bundle, actor=actor
-                )
-            except Exception as exc:
-                result.errors.append(f"{asset.did}: {services.readable_error(exc)}")
-                continue
+        # The page waits for all of them: file them side by side, as reconcile does.
+        semaphore = asyncio.Semaphore(int(settings.RECONCILE_CONCURRENCY))
+
+        async def one(asset: Asset) -> None:
+            async with semaphore:
+                try:
+                    outcome = await flows.claim_request_prequalification(
+                        asset=asset, integrations=bundle, actor=actor
+                    )
+                except Exception as exc:
+                    error = services.readable_error(exc)
+                    result.errors.append(f"{asset.did}: {error}")
+                    return
             if outcome.reason == flows.REASON_FILED:
                 result.filed += 1
             else:
                 result.already_pending += 1
+
+        await asyncio.gather(*(one(asset) for asset in assets))
 
     _run(work, integrations)
     return result
