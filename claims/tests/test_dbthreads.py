@@ -110,3 +110,26 @@ async def test_a_cancelled_writer_does_not_strand_the_others():
     release.set()
     assert await asyncio.wait_for(second, timeout=5) == 2
     assert first.cancelled()
+
+
+async def test_writers_are_not_left_waiting_when_the_call_is_cancelled():
+    """At loop shutdown the running call is cancelled: its waiters end, not hang."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        started.set()
+        release.wait(5)
+        return items
+
+    coalesced = Coalesced(slow)
+    first = asyncio.ensure_future(coalesced(1))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+    second = asyncio.ensure_future(coalesced(2))  # queued for the next call
+    runner = coalesced._state[asyncio.get_running_loop()].runner
+    assert runner is not None
+    runner.cancel()
+    results = await asyncio.wait_for(
+        asyncio.gather(first, second, return_exceptions=True), timeout=5
+    )
+    release.set()
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
