@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from django.contrib import admin, messages
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from assets.models import Asset, AssetKey, OperatorAccount
@@ -178,6 +180,7 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[Asset], *, kind: str, label: str
     ) -> None:
         from claims import console_services
+        from claims.services import CONSOLE_LISTENER
 
         assets = list(queryset)
         result = console_services.assets_enqueue(
@@ -188,6 +191,17 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         if result.already_queued:
             parts.append(f"{result.already_queued} already queued")
         self.message_user(request, message_for(label, parts), messages.SUCCESS)
+        queue = reverse("admin:claims_inboundmessage_changelist")
+        self.message_user(
+            request,
+            format_html(
+                'Follow them in <a href="{}?listener={}">the inbound messages queued '
+                "in the console</a>.",
+                queue,
+                CONSOLE_LISTENER,
+            ),
+            messages.INFO,
+        )
 
     @admin.action(
         description="Reconcile selected assets with the chain",

@@ -421,6 +421,9 @@ def test_large_asset_selection_is_queued_for_the_listener(
 
     done = _post_action(client, ASSETS, action, pks, confirm="yes")
     assert f"{label}: 3 assets queued for the listener" in done.content.decode()
+    link = f'href="{reverse(INBOX)}?listener=console"'
+    assert link in done.content.decode()
+    assert client.get(f"{reverse(INBOX)}?listener=console").status_code == 200
     assert cache.requests == [] and chain.writes == []
     assert not ClaimRecord.objects.exists()
     rows = list(InboundMessage.objects.order_by("id"))
