@@ -224,9 +224,13 @@ class Listener:
                 await asyncio.sleep(1)
                 continue
             del self._intake[: len(batch)]
-            self.recorded += len(rows)
-            metrics.MESSAGES_RECEIVED.inc(len(rows))
-            self.wake.set()
+            self._stored(len(rows))
+
+    def _stored(self, count: int) -> None:
+        """`count` received messages are in the inbox: count them, wake the workers."""
+        self.recorded += count
+        metrics.MESSAGES_RECEIVED.inc(count)
+        self.wake.set()
 
     async def flush_intake(self, wait: float | None = None) -> None:
         """Wait until every message received so far is recorded (shutdown; tests).
@@ -272,9 +276,7 @@ class Listener:
             for msg in messages:
                 await msg.nak(delay=5)
             return len(messages)
-        self.recorded += len(rows)
-        metrics.MESSAGES_RECEIVED.inc(len(rows))
-        self.wake.set()
+        self._stored(len(rows))
         # Acked only now that the rows are committed.
         for msg in messages:
             await msg.ack()
