@@ -95,25 +95,9 @@ def readable_error(error: BaseException | str) -> str:
 # --- claim records -------------------------------------------------------------------
 
 
-def _event(
-    record_id: int,
-    *,
-    actor: Actor,
-    kind: str,
-    from_status: str = "",
-    to_status: str = "",
-    message: str = "",
-    details: Mapping[str, Any] | None = None,
-) -> ClaimEvent:
-    event = _event_row(
-        record_id,
-        actor=actor,
-        kind=kind,
-        from_status=from_status,
-        to_status=to_status,
-        message=message,
-        details=details,
-    )
+def _event(record_id: int, **fields: Any) -> ClaimEvent:
+    """Append one history event now (`_event_row`'s arguments)."""
+    event = _event_row(record_id, **fields)
     event.save(force_insert=True)
     return event
 
@@ -128,6 +112,7 @@ def _event_row(
     message: str = "",
     details: Mapping[str, Any] | None = None,
 ) -> ClaimEvent:
+    """An unsaved history event (`_event` saves one; batches bulk-create them)."""
     return ClaimEvent(
         record_id=record_id,
         kind=kind,
