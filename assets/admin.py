@@ -176,6 +176,15 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             "within a few minutes queues nothing twice."
         )
 
+    def _report(
+        self, request: HttpRequest, label: str, parts: list[str], errors: list[str]
+    ) -> None:
+        """An in-request action's result line, then its first ten errors."""
+        level = messages.WARNING if errors else messages.SUCCESS
+        self.message_user(request, message_for(label, parts), level)
+        for error in errors[:10]:
+            self.message_user(request, error, messages.ERROR)
+
     def _queue(
         self, request: HttpRequest, queryset: QuerySet[Asset], *, kind: str, label: str
     ) -> None:
@@ -250,10 +259,7 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             f"{result.rejected} rejected",
             f"{len(result.errors)} errors",
         ]
-        level = messages.WARNING if result.errors else messages.SUCCESS
-        self.message_user(request, message_for("Reconcile", parts), level)
-        for error in result.errors[:10]:
-            self.message_user(request, error, messages.ERROR)
+        self._report(request, "Reconcile", parts, result.errors)
         return None
 
     @admin.action(
@@ -299,10 +305,7 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             f"{result.already_pending} already pending",
             f"{len(result.errors)} errors",
         ]
-        level = messages.WARNING if result.errors else messages.SUCCESS
-        self.message_user(request, message_for("Prequalification", parts), level)
-        for error in result.errors[:10]:
-            self.message_user(request, error, messages.ERROR)
+        self._report(request, "Prequalification", parts, result.errors)
         return None
 
     @admin.action(
