@@ -6,11 +6,19 @@ here is a fixed test key; never use it for anything else.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 # Never pick up a developer's .env (the sandbox writes one) in tests.
 os.environ["EVOPS_ENV_FILE"] = ""
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/evops")
+# One database per checkout (pytest-django prefixes it with test_): two checkouts
+# running their suites at once on one machine must not drop each other's database.
+_CHECKOUT = hashlib.sha256(str(Path(__file__).resolve().parent.parent).encode())
+os.environ.setdefault(
+    "DATABASE_URL",
+    f"postgres://postgres@127.0.0.1:5432/evops_{_CHECKOUT.hexdigest()[:10]}",
+)
 os.environ.setdefault(
     "SECRET_KEY", "test-only-secret-key-not-for-production-use-0123456789"
 )
@@ -21,6 +29,6 @@ os.environ.setdefault(
 os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
 
-from evops.settings import *  # noqa: F403
+from evops.settings import *  # noqa: E402, F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
