@@ -4,7 +4,7 @@ from django.apps import AppConfig
 
 
 class ConsoleConfig(AppConfig):
-    """The operator console's permissions, groups and live-update wiring."""
+    """The staff console: admin site and admins, services, dashboard, live updates."""
 
     name = "console"
     verbose_name = "Operator console"
@@ -13,8 +13,7 @@ class ConsoleConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         from claims import signals
-        from console import groups
-        from evops import live
+        from console import groups, live
 
         # Groups after every migrate (and test-database flush), once all apps'
         # permissions exist: console is the last app, so its post_migrate is last.

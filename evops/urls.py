@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
 
-from evops.dashboard import dashboard_view
+from console.dashboard import dashboard_view
 
 admin.site.site_header = "evops console"
 admin.site.site_title = "evops console"

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.urls import path
 
-from evops.consumers import ConsoleConsumer
+from console.consumers import ConsoleConsumer
 
 websocket_urlpatterns: list[Any] = [
     path("ws/console/", ConsoleConsumer.as_asgi()),  # type: ignore[arg-type]

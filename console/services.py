@@ -3,7 +3,7 @@
 Each function is what one admin action calls: it names the staff user as the actor
 (so the claim history says who), calls the pipeline, and returns what happened for
 the result message. Live updates need nothing here: every transition the pipeline
-makes sends `claims.signals.claim_changed` after commit, which `evops.live` relays.
+makes sends `claims.signals.claim_changed` after commit, which `console.live` relays.
 
 `integrations` defaults to `integrations_from_settings()`; tests pass their own.
 """

@@ -16,10 +16,9 @@ from django.urls import reverse
 from assets.models import Asset, AssetKind
 from claims.models import ClaimEvent, ClaimRecord, ClaimStatus, InboundMessage
 from claims.tests.fakes import fake_integrations
-from console import groups
-from evops import dashboard
+from console import dashboard, groups
+from console.tests.support import SIGNERS, make_asset, make_claim, make_user
 from evops.protocol.keys import LocalKeySigner
-from evops.tests.console_support import SIGNERS, make_asset, make_claim, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -45,7 +44,7 @@ def operator(client):
 def fakes(monkeypatch):
     bundle = fake_integrations(LocalKeySigner.generate(), SIGNERS)
     monkeypatch.setattr(
-        "claims.console_services.integrations_from_settings", lambda: bundle[0]
+        "console.services.integrations_from_settings", lambda: bundle[0]
     )
     return bundle
 
@@ -281,7 +280,7 @@ def test_asset_list_badge_and_last_event(client, operator):
     assert "not requested" in content
     assert "published ·" in content
     # An export is noted in the claim's history, but it is not the asset's news.
-    from claims.console_services import EXPORT_EVENT, claims_note_export
+    from console.services import EXPORT_EVENT, claims_note_export
 
     claims_note_export(claim_ids=[claim.pk], actor_user=operator)
     assert claim.events.filter(kind=EXPORT_EVENT).count() == 1
@@ -482,7 +481,7 @@ def test_huge_inbound_payload_is_refused_stored_truncated_and_shown_escaped(
 
 def test_in_request_services_refuse_more_than_the_limit(operator, fakes, settings):
     """Called directly (not through the admin), the in-request services still refuse."""
-    from claims import console_services
+    from console import services as console_services
 
     _, cache, _, chain = fakes
     settings.CONSOLE_SYNC_ASSET_LIMIT = 2

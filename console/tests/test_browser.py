@@ -22,7 +22,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from claims import services
 from claims.models import ClaimEvent, ClaimRecord, ClaimStatus
 from console import groups
-from evops.tests.console_support import PASSWORD, make_asset, make_claim, make_user
+from console.tests.support import PASSWORD, make_asset, make_claim, make_user
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"

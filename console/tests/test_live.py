@@ -17,11 +17,10 @@ from django.db import connections, transaction
 
 from claims import services
 from claims.models import ClaimStatus
-from console import groups
-from evops import live
-from evops.consumers import CLOSE_FORBIDDEN, ConsoleConsumer
-from evops.routing import websocket_urlpatterns
-from evops.tests.console_support import make_asset, make_claim, make_user
+from console import groups, live
+from console.consumers import CLOSE_FORBIDDEN, ConsoleConsumer
+from console.routing import websocket_urlpatterns
+from console.tests.support import make_asset, make_claim, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

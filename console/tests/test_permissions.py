@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from claims.models import ClaimRecord, ClaimStatus
 from console import groups
-from evops.tests.console_support import make_asset, make_claim, make_user
+from console.tests.support import make_asset, make_claim, make_user
 
 pytestmark = pytest.mark.django_db
 

@@ -23,7 +23,12 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from assets.models import Asset, AssetKey, OperatorAccount
-from evops.admin_site import ConsoleAdminMixin, badge, message_for, searched_address
+from claims.models import ClaimEvent, ClaimRecord, MessageKind
+from claims.services import CONSOLE_LISTENER
+from console import services as console_services
+from console.admin.site import ConsoleAdminMixin, badge, message_for, searched_address
+from console.dashboard import resolve_did_document
+from console.services import EXPORT_EVENT
 
 if TYPE_CHECKING:
     _AssetModelAdmin = admin.ModelAdmin[Asset]
@@ -83,8 +88,6 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Asset]:
-        from claims.console_services import EXPORT_EVENT
-        from claims.models import ClaimEvent, ClaimRecord
 
         latest_claim = ClaimRecord.objects.filter(asset=OuterRef("pk")).order_by("-id")
         # What last happened to the asset's claims: a CSV export is in their history
@@ -133,8 +136,6 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        from claims.models import ClaimRecord
-        from evops.dashboard import resolve_did_document
 
         extra = dict(extra_context or {})
         asset = self.get_object(request, object_id)
@@ -161,12 +162,10 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
 
     def _queues(self, queryset: QuerySet[Asset]) -> bool:
         """Is this selection too large to run in the request (so it is queued)?"""
-        from claims import console_services
 
         return queryset.count() > console_services.sync_asset_limit()
 
     def _queued_summary(self, what: str) -> str:
-        from claims import console_services
 
         return (
             f"More assets than the console handles while the page waits "
@@ -188,8 +187,6 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
     def _queue(
         self, request: HttpRequest, queryset: QuerySet[Asset], *, kind: str, label: str
     ) -> None:
-        from claims import console_services
-        from claims.services import CONSOLE_LISTENER
 
         assets = list(queryset)
         result = console_services.assets_enqueue(
@@ -219,8 +216,6 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
     def reconcile(
         self, request: HttpRequest, queryset: QuerySet[Asset]
     ) -> HttpResponse | None:
-        from claims import console_services
-        from claims.models import MessageKind
 
         queued = self._queues(queryset)
         confirm = self.confirm_or_none(
@@ -269,8 +264,6 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
     def request_prequalification(
         self, request: HttpRequest, queryset: QuerySet[Asset]
     ) -> HttpResponse | None:
-        from claims import console_services
-        from claims.models import MessageKind
 
         queued = self._queues(queryset)
         confirm = self.confirm_or_none(

@@ -17,7 +17,6 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
-from claims import console_services
 from claims.models import (
     ClaimEvent,
     ClaimRecord,
@@ -25,7 +24,8 @@ from claims.models import (
     InboundMessage,
     ListenerHeartbeat,
 )
-from evops.admin_site import (
+from console import services as console_services
+from console.admin.site import (
     ConsoleAdminMixin,
     badge,
     message_for,

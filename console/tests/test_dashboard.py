@@ -17,9 +17,8 @@ from claims.models import (
     InboundMessage,
     ListenerHeartbeat,
 )
-from console import groups
-from evops import dashboard
-from evops.tests.console_support import make_asset, make_claim, make_user
+from console import dashboard, groups
+from console.tests.support import make_asset, make_claim, make_user
 
 pytestmark = pytest.mark.django_db
 URL = "console-dashboard"
