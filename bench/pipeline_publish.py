@@ -74,10 +74,9 @@ async def _prepare(count: int, rpc_url: str) -> list[Any]:
     from asgiref.sync import sync_to_async
 
     from assets.services import asset_generate
-    from claims import flows
+    from claims import pipeline
     from claims.integrations import integrations_from_settings
-    from claims.models import ClaimRecord
-    from claims.services import LISTENER
+    from claims.models import LISTENER, ClaimRecord
     from evops.sandbox.peers import fund
 
     assets = await sync_to_async(asset_generate)(count=count)
@@ -88,7 +87,7 @@ async def _prepare(count: int, rpc_url: str) -> list[Any]:
 
     async def request(asset: Any) -> None:
         async with semaphore:
-            await flows.claim_request_prequalification(
+            await pipeline.claim_request_prequalification(
                 asset=asset, integrations=integrations, actor=LISTENER
             )
 

@@ -8,11 +8,12 @@ with its own connection, so round trips of different messages overlap. Nothing a
 a single call changes: each service function still runs whole in one thread (its
 transaction, its CAS, its `SKIP LOCKED` lease), so the guarantees are the same.
 
-The flows do not know which pool they run on: they call `db(fn)(...)`, which uses the
-pool set for the current task (`using(pool)`) and otherwise `sync_to_async` as
-before (the console, the commands and the tests calling a flow directly). The writes
-every message of a burst makes (its claim record, its outcome) go through
-`Coalesced`, which gathers the same write of many tasks into one call.
+The pipeline does not know which pool it runs on: it calls `db(fn)(...)`, which uses
+the pool set for the current task (`using(pool)`) and otherwise `sync_to_async` as
+before (the console, the commands and the tests calling a step directly). A pool
+built with `batched` (the listener's: `claims.batches.BATCHED`) sends the calls of
+those single-row functions through `Coalesced`, which gathers the same write of many
+tasks into one call; keyword arguments only.
 
 Each thread's connection is closed when the pool is closed (`aclose`, at listener
 shutdown): a connection left open would keep a test database from being dropped.
@@ -25,10 +26,10 @@ import contextlib
 import functools
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from typing import Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connections
@@ -47,8 +48,19 @@ _current: ContextVar[DatabaseThreads | None] = ContextVar(
 class DatabaseThreads:
     """`size` threads, each with its own database connection, for sync ORM calls."""
 
-    def __init__(self, size: int, *, name: str = "evops-db") -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        name: str = "evops-db",
+        batched: Mapping[Callable[..., Any], Callable[[list[Any]], list[Any]]]
+        | None = None,
+    ) -> None:
         self.size = max(1, int(size))
+        # Single-row functions whose concurrent calls share one many-row call.
+        self._batched: dict[Callable[..., Any], Coalesced[Any, Any]] = {
+            single: Coalesced(many) for single, many in (batched or {}).items()
+        }
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._executor = ThreadPoolExecutor(
@@ -67,6 +79,18 @@ class DatabaseThreads:
         return sync_to_async(
             _with_fresh_connection(fn), thread_sensitive=False, executor=self._executor
         )
+
+    def batched(self, fn: Callable[..., R]) -> Callable[..., Awaitable[R]] | None:
+        """`fn`'s calls gathered with other tasks' into one many-row call, if set."""
+        coalesced = self._batched.get(fn)
+        if coalesced is None:
+            return None
+
+        async def call(**kwargs: Any) -> R:
+            result: R = await coalesced(kwargs)
+            return result
+
+        return call
 
     def close(self) -> None:
         """Close every thread's connection, then stop the threads (blocking).
@@ -174,12 +198,15 @@ def db(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     pool = _current.get()
     if pool is None or pool.closed:
         return sync_to_async(fn)
+    batched = pool.batched(fn)
+    if batched is not None:
+        return batched
     return pool.wrap(fn)
 
 
 @contextlib.contextmanager
 def using(pool: DatabaseThreads | None) -> Iterator[None]:
-    """Run the flows called inside on `pool` (this task and the tasks it starts)."""
+    """Run the pipeline steps called inside on `pool` (this task and the tasks it starts)."""
     token = _current.set(pool)
     try:
         yield

@@ -20,23 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from claims import flows, metrics, selectors, services
+from claims import consumer, inbox, metrics, pipeline, reconcile, selectors, transitions
+from claims.batches import BATCHED
 from claims.dbthreads import DatabaseThreads, using
 from claims.integrations import Integrations
-from claims.models import ConnectionState, ListenerHeartbeat
-from claims.services import LISTENER, RECONCILER
+from claims.models import LISTENER, RECONCILER, ConnectionState, ListenerHeartbeat
 from evops.integrations import nats as nats_integration
 from evops.integrations.nats import NatsOptions
+from evops.protocol.messages import subjects_for
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ class ListenerConfig:
         name = overrides.pop("name", "") or socket.gethostname()
         values: dict[str, Any] = {
             "nats": nats_integration.nats_options_from_settings(name=f"evops-{name}"),
-            "subjects": nats_integration.subjects_for(
+            "subjects": subjects_for(
                 settings.NATS_PREQUALIFICATION_SUBJECT,
                 settings.NATS_CLAIM_EXCHANGE_SUBJECTS,
             ),
@@ -124,7 +123,7 @@ class Listener:
         if self._db_threads is None or self._db_threads.closed:
             size = self.config.db_threads or min(self.config.concurrency, 10)
             self._db_threads = DatabaseThreads(
-                size, name=f"evops-db-{self.config.name}"
+                size, name=f"evops-db-{self.config.name}", batched=BATCHED
             )
         return self._db_threads
 
@@ -151,14 +150,20 @@ class Listener:
             self.config.nats, on_state=self._on_state, stop=self.stop
         )
         if self.config.stream:
-            await self._bind_jetstream()
+            self._pull = await nats_integration.bind_jetstream(
+                self.client,
+                stream=self.config.stream,
+                durable=self.config.durable,
+                subjects=self.config.subjects,
+                create_stream=self.config.create_stream,
+            )
         else:
-            for subject in self.config.subjects:
-                self._subscriptions.append(
-                    await self.client.subscribe(
-                        subject, queue=self.config.queue_group, cb=self.on_message
-                    )
-                )
+            self._subscriptions += await nats_integration.subscribe(
+                self.client,
+                self.config.subjects,
+                queue=self.config.queue_group,
+                cb=self.on_message,
+            )
         log.info(
             "listening",
             extra={
@@ -168,35 +173,6 @@ class Listener:
                 "queue_group": self.config.queue_group,
             },
         )
-
-    async def _bind_jetstream(self) -> None:
-        """Bind the durable pull consumer (creating stream and consumer if missing).
-
-        A pull consumer is shared by all listeners bound to it (the JetStream form
-        of a queue group) and keeps its position while they are all down.
-        """
-        from nats.js import api
-        from nats.js.errors import NotFoundError
-
-        js = self.client.jetstream()
-        stream, durable = self.config.stream, self.config.durable
-        try:
-            await js.stream_info(stream)
-        except NotFoundError:
-            if not self.config.create_stream:
-                raise
-            await js.add_stream(name=stream, subjects=list(self.config.subjects))
-        await js.add_consumer(
-            stream,
-            config=api.ConsumerConfig(
-                durable_name=durable,
-                ack_policy=api.AckPolicy.EXPLICIT,
-                deliver_policy=api.DeliverPolicy.ALL,
-                ack_wait=30,
-                max_deliver=-1,
-            ),
-        )
-        self._pull = await js.pull_subscribe_bind(durable, stream)
 
     async def on_message(self, msg: Any) -> None:
         """Core NATS callback: have the message recorded, nothing else.
@@ -215,7 +191,7 @@ class Listener:
         while self._intake:
             batch = self._intake[: self.config.fetch_batch]
             try:
-                rows = await self.db_threads.wrap(services.inbound_record_many)(
+                rows = await self.db_threads.wrap(inbox.inbound_record_many)(
                     batch, listener=self.config.name
                 )
             except Exception as exc:
@@ -264,7 +240,7 @@ class Listener:
         if not messages:
             return 0
         try:
-            rows = await self.db_threads.wrap(services.inbound_record_many)(
+            rows = await self.db_threads.wrap(inbox.inbound_record_many)(
                 [(msg.subject, bytes(msg.data)) for msg in messages],
                 stream=self.config.stream,
                 sequences=[msg.metadata.sequence.stream for msg in messages],
@@ -289,7 +265,7 @@ class Listener:
         free = self.config.concurrency - len(self._inflight)
         if free <= 0 or not self._taking:
             return 0
-        leased = await self.db_threads.wrap(services.inbound_lease_due_with_assets)(
+        leased = await self.db_threads.wrap(inbox.inbound_lease_due_with_assets)(
             limit=free, lease_seconds=self.config.lease_seconds
         )
         jobs = [
@@ -297,7 +273,7 @@ class Listener:
             for message in leased.messages
         ]
         if len(jobs) < free:
-            records = await self.db_threads.wrap(services.claims_lease_due)(
+            records = await self.db_threads.wrap(transitions.claims_lease_due)(
                 limit=free - len(jobs)
             )
             jobs += [_Job("record", pk) for pk in records]
@@ -318,7 +294,7 @@ class Listener:
     async def _run_job_here(self, job: _Job) -> None:
         try:
             if job.kind == "message":
-                await flows.inbound_process(
+                await consumer.inbound_process(
                     message_id=job.pk,
                     integrations=self.integrations,
                     actor=LISTENER,
@@ -326,7 +302,7 @@ class Listener:
                     assets=job.assets,
                 )
             else:
-                await flows.claim_process_due(
+                await pipeline.claim_process_due(
                     record_id=job.pk, integrations=self.integrations, actor=LISTENER
                 )
         except asyncio.CancelledError:
@@ -356,7 +332,7 @@ class Listener:
     # --- heartbeat, reconciliation ----------------------------------------------------
 
     async def heartbeat_once(self) -> None:
-        await sync_to_async(_write_heartbeat)(
+        await sync_to_async(ListenerHeartbeat.objects.beat)(
             name=self.config.name,
             state=self.state,
             mode=self.mode,
@@ -377,10 +353,10 @@ class Listener:
         ).items():
             metrics.CLAIMS_BY_STATUS.labels(status).set(count)
 
-    async def reconcile_once(self) -> flows.ReconcileResult:
+    async def reconcile_once(self) -> reconcile.ReconcileResult:
         with using(self.db_threads):
             assets = await self.db_threads.wrap(selectors.assets_for_reconciliation)()
-            result = await flows.reconcile_assets(
+            result = await reconcile.reconcile_assets(
                 assets=assets,
                 integrations=self.integrations,
                 actor=RECONCILER,
@@ -502,34 +478,10 @@ class Listener:
         await self.heartbeat_once()
 
 
-def _write_heartbeat(
-    *,
-    name: str,
-    state: str,
-    mode: str,
-    started_at: datetime,
-    details: dict[str, Any],
-) -> None:
-    ListenerHeartbeat.objects.update_or_create(
-        name=name,
-        defaults={
-            "state": state,
-            "last_heartbeat": timezone.now(),
-            "started_at": started_at,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "mode": mode,
-            "details": details,
-        },
-    )
-
-
 def _hand_back(jobs: Sequence[_Job]) -> None:
     from claims.models import ClaimRecord
 
-    services.inbound_release(
-        message_ids=[job.pk for job in jobs if job.kind == "message"]
-    )
+    inbox.inbound_release(message_ids=[job.pk for job in jobs if job.kind == "message"])
     ClaimRecord.objects.filter(
         pk__in=[job.pk for job in jobs if job.kind == "record"]
     ).update(next_retry_at=timezone.now())

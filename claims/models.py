@@ -1,19 +1,30 @@
 """Claim records, their history, inbound NATS messages and the listener heartbeat.
 
 A `ClaimRecord` is a state machine (requested → issued → stored → publishing →
-published, plus rejected and failed). Transitions are made by `claims.services` with a
-conditional update (`filter(pk=..., status=expected).update(...)`) that proceeds only
-when exactly one row changed: that single row update is the lock that keeps a
-duplicate message, a racing reconciler and a staff retry from writing to the chain
-twice. Every transition appends a `ClaimEvent`. Every NATS message is stored as an
-`InboundMessage` before anything else happens, so nothing received is ever lost.
+published, plus rejected and failed; `ALLOWED_TRANSITIONS` lists every move).
+Transitions are made by `claims.transitions` with a conditional update
+(`filter(pk=..., status=expected).update(...)`) that proceeds only when exactly one row
+changed: that single row update is the lock that keeps a duplicate message, a racing
+reconciler and a staff retry from writing to the chain twice. Every transition appends
+a `ClaimEvent`. Every NATS message is stored as an `InboundMessage` before anything
+else happens, so nothing received is ever lost. The querysets hold the leases (SKIP
+LOCKED) and the batched outcome write: the app's only raw SQL.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
 from django.conf import settings
-from django.db import models
-from django.db.models import Q
+from django.db import connection, models, transaction
+from django.db.models import F, Field, Q
+from django.utils import timezone
 
 
 class ClaimStatus(models.TextChoices):
@@ -26,6 +37,41 @@ class ClaimStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+# Every move a claim may make (`claims.transitions` refuses any other): forward along
+# the pipeline, back one step for a retry, to rejected or failed, found published by
+# the reconciler, and a failed claim sent back to the step it failed at by staff.
+ALLOWED_TRANSITIONS: dict[ClaimStatus, frozenset[ClaimStatus]] = {
+    ClaimStatus.REQUESTED: frozenset(
+        {ClaimStatus.ISSUED, ClaimStatus.REJECTED, ClaimStatus.PUBLISHED}
+    ),
+    ClaimStatus.ISSUED: frozenset(
+        {
+            ClaimStatus.ISSUED,
+            ClaimStatus.STORED,
+            ClaimStatus.REJECTED,
+            ClaimStatus.PUBLISHED,
+            ClaimStatus.FAILED,
+        }
+    ),
+    ClaimStatus.STORED: frozenset(
+        {ClaimStatus.PUBLISHING, ClaimStatus.REJECTED, ClaimStatus.PUBLISHED}
+    ),
+    ClaimStatus.PUBLISHING: frozenset(
+        {ClaimStatus.PUBLISHED, ClaimStatus.STORED, ClaimStatus.FAILED}
+    ),
+    ClaimStatus.PUBLISHED: frozenset(),
+    ClaimStatus.REJECTED: frozenset(),
+    ClaimStatus.FAILED: frozenset(
+        {
+            ClaimStatus.REQUESTED,
+            ClaimStatus.ISSUED,
+            ClaimStatus.STORED,
+            ClaimStatus.REJECTED,
+            ClaimStatus.PUBLISHED,
+        }
+    ),
+}
+
 # Statuses a claim may still move on from without a staff action.
 OPEN_STATUSES = (
     ClaimStatus.REQUESTED,
@@ -33,6 +79,37 @@ OPEN_STATUSES = (
     ClaimStatus.STORED,
     ClaimStatus.PUBLISHING,
 )
+
+
+def skip_locked(query: Any) -> Any:
+    """`query` locking its rows, skipping those another worker holds.
+
+    SQLite has no row locks; there a single listener is the supported setup.
+    """
+    if connection.features.has_select_for_update_skip_locked:
+        return query.select_for_update(skip_locked=True)
+    return query
+
+
+class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
+    def lease_due(self, *, limit: int, until: datetime) -> list[int]:
+        """Take up to `limit` records due for another try (issued/stored, time past).
+
+        Rows are locked with SKIP LOCKED (PostgreSQL) while their retry time is
+        pushed to `until` (the publication lease), so two workers never take the
+        same record and a crashed worker's records come back when the lease runs
+        out.
+        """
+        now = timezone.now()
+        with transaction.atomic():
+            query = self.filter(
+                status__in=[ClaimStatus.ISSUED, ClaimStatus.STORED],
+                next_retry_at__lte=now,
+            ).order_by("next_retry_at")
+            ids = list(skip_locked(query).values_list("pk", flat=True)[:limit])
+            if ids:
+                self.filter(pk__in=ids).update(next_retry_at=until)
+        return ids
 
 
 class ClaimRecord(models.Model):
@@ -74,6 +151,8 @@ class ClaimRecord(models.Model):
     issued_at = models.DateTimeField(null=True, blank=True)
     published_at = models.DateTimeField(null=True, blank=True)
 
+    objects = ClaimRecordQuerySet.as_manager()
+
     class Meta:
         ordering = ["-id"]
         constraints = [
@@ -100,6 +179,27 @@ class EventActor(models.TextChoices):
     RECONCILER = "reconciler", "Reconciler"
     STAFF = "staff", "Staff"
     SYSTEM = "system", "System"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who caused an event: the listener, the reconciler, or a staff user."""
+
+    kind: str
+    label: str = ""
+    user_id: int | None = None
+
+
+LISTENER = Actor(EventActor.LISTENER, "listener")
+RECONCILER = Actor(EventActor.RECONCILER, "reconciler")
+SYSTEM = Actor(EventActor.SYSTEM, "system")
+
+
+def staff_actor(user: Any) -> Actor:
+    """The actor for a staff action (admin or command run by a named user)."""
+    if user is None:
+        return Actor(EventActor.STAFF, "staff")
+    return Actor(EventActor.STAFF, user.get_username(), user.pk)
 
 
 class ClaimEvent(models.Model):
@@ -147,6 +247,62 @@ class MessageOutcome(models.TextChoices):
     IGNORED = "ignored", "Ignored"
     REJECTED = "rejected", "Rejected"
     FAILED = "failed", "Failed"
+
+
+# Stored reasons are bounded (a peer's error text can be long).
+REASON_CHARS = 2000
+
+
+class InboundMessageQuerySet(models.QuerySet["InboundMessage"]):
+    def lease_due(self, *, limit: int, lease_seconds: float) -> list[InboundMessage]:
+        """Take up to `limit` pending messages (SKIP LOCKED), leasing them to a worker.
+
+        The rows are loaded whole: a handler reading a field would otherwise cost a
+        query per row.
+        """
+        now = timezone.now()
+        with transaction.atomic():
+            query = self.filter(
+                outcome=MessageOutcome.PENDING, next_attempt_at__lte=now
+            ).order_by("id")
+            messages = list(skip_locked(query)[:limit])
+            if messages:
+                self.filter(pk__in=[m.pk for m in messages]).update(
+                    next_attempt_at=now + timedelta(seconds=lease_seconds),
+                    attempts=F("attempts") + 1,
+                )
+        return messages
+
+    def finish_many(self, rows: Sequence[FinishRow]) -> None:
+        """Record many messages' outcomes: one statement, run for each, one commit.
+
+        One UPDATE per row still, but prepared once and sent together (psycopg
+        pipelines `executemany`) rather than an ORM query built per message. A row
+        is (outcome, reason, kind or None, asset DID, claim id, record id or None,
+        message id); kind, asset DID, claim id and record id keep what the row has
+        when not given.
+        """
+        if not rows:
+            return
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        params = [
+            (
+                outcome,
+                reason[:REASON_CHARS],
+                now,
+                kind or None,
+                did[:100],
+                claim[:100],
+                rec,
+                pk,
+            )
+            for outcome, reason, kind, did, claim, rec, pk in rows
+        ]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.executemany(_finish_sql(), params)
+
+
+FinishRow = tuple[str, str, "str | None", str, str, "int | None", int]
 
 
 class InboundMessage(models.Model):
@@ -201,6 +357,8 @@ class InboundMessage(models.Model):
         "queued by", max_length=150, blank=True, default=""
     )
 
+    objects = InboundMessageQuerySet.as_manager()
+
     class Meta:
         ordering = ["-id"]
         constraints = [
@@ -231,6 +389,31 @@ class ConnectionState(models.TextChoices):
     STOPPED = "stopped", "Stopped"
 
 
+class ListenerHeartbeatQuerySet(models.QuerySet["ListenerHeartbeat"]):
+    def beat(
+        self,
+        *,
+        name: str,
+        state: str,
+        mode: str,
+        started_at: datetime,
+        details: dict[str, Any],
+    ) -> None:
+        """Write this process's heartbeat row (one per listener name)."""
+        self.update_or_create(
+            name=name,
+            defaults={
+                "state": state,
+                "last_heartbeat": timezone.now(),
+                "started_at": started_at,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "mode": mode,
+                "details": details,
+            },
+        )
+
+
 class ListenerHeartbeat(models.Model):
     """The live state of one `run_nats_listener` process, for the console."""
 
@@ -245,8 +428,40 @@ class ListenerHeartbeat(models.Model):
     mode = models.CharField(max_length=20, blank=True, default="core")
     details = models.JSONField(default=dict, blank=True)
 
+    objects = ListenerHeartbeatQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.state})"
+
+
+@functools.cache
+def _finish_sql() -> str:
+    meta = InboundMessage._meta
+    quote = connection.ops.quote_name
+
+    def column(name: str) -> str:
+        field = meta.get_field(name)
+        assert isinstance(field, Field)
+        return quote(field.column)
+
+    outcome, reason, processed_at, next_attempt_at, kind = (
+        column(name)
+        for name in ("outcome", "reason", "processed_at", "next_attempt_at", "kind")
+    )
+    asset_did, claim_id, record_id, pk = (
+        column(name) for name in ("asset_did", "claim_id", "record", "id")
+    )
+    # Only quoted identifiers from the model's own metadata are formatted in; every
+    # value is a parameter.
+    return (
+        f"UPDATE {quote(meta.db_table)} SET {outcome} = %s, {reason} = %s, "  # noqa: S608
+        f"{processed_at} = %s, {next_attempt_at} = NULL, "
+        f"{kind} = COALESCE(%s, {kind}), "
+        f"{asset_did} = COALESCE(NULLIF(%s, ''), {asset_did}), "
+        f"{claim_id} = COALESCE(NULLIF(%s, ''), {claim_id}), "
+        f"{record_id} = COALESCE(%s, {record_id}) "
+        f"WHERE {pk} = %s"
+    )

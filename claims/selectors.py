@@ -21,7 +21,7 @@ from claims.models import (
 def asset_for_address(address: str) -> Asset | None:
     """The asset holding `address` (EIP-55), whatever chain label its DID carries.
 
-    Its sealed key comes in the same query: the flows need the asset's signer next.
+    Its sealed key comes in the same query: the pipeline needs the asset's signer next.
     """
     return Asset.objects.select_related("key").filter(address=address).first()
 

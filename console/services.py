@@ -1,4 +1,4 @@
-"""Staff actions of the operator console, on top of the pipeline's services and flows.
+"""Staff actions of the operator console, on top of the claim pipeline.
 
 Each function is what one admin action calls: it names the staff user as the actor
 (so the claim history says who), calls the pipeline, and returns what happened for
@@ -19,9 +19,15 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 
 from assets.models import Asset
-from claims import flows, services
+from claims import inbox, pipeline, reconcile, retry, transitions
 from claims.integrations import Integrations, integrations_from_settings
-from claims.models import ClaimEvent, ClaimRecord, ClaimStatus, MessageOutcome
+from claims.models import (
+    ClaimEvent,
+    ClaimRecord,
+    ClaimStatus,
+    MessageOutcome,
+    staff_actor,
+)
 
 IntegrationsFactory = Callable[[], Integrations]
 
@@ -69,7 +75,7 @@ def assets_enqueue(
     request or reconcile the asset as for a NATS message, and the claim history
     names the user. Nothing here calls a peer, so any selection size is fine.
     """
-    rows = services.inbound_enqueue(
+    rows = inbox.inbound_enqueue(
         kind=kind, dids=[asset.did for asset in assets], user=actor_user
     )
     result = QueueResult()
@@ -113,13 +119,13 @@ def claims_retry_publication(
     CAS into `publishing`, so a double click never writes twice). Claims that are
     not failed are skipped, not an error: a list selection may mix statuses.
     """
-    actor = services.staff_actor(actor_user)
+    actor = staff_actor(actor_user)
     result = RetryResult()
     for claim in claims:
         if claim.status != ClaimStatus.FAILED:
             result.skipped.append(claim.pk)
             continue
-        if services.claim_retry(record=claim, actor=actor):
+        if transitions.claim_retry(record=claim, actor=actor):
             result.scheduled.append(claim.pk)
         else:
             # Someone else (another operator, the reconciler) moved it first.
@@ -146,7 +152,7 @@ def claims_note_export(*, claim_ids: Iterable[int], actor_user: Any) -> int:
     claims is 50 statements, not 100,000); no status changes, so no live update.
     Returns how many claims were noted.
     """
-    actor = services.staff_actor(actor_user)
+    actor = staff_actor(actor_user)
     message = f"Exported as CSV by {actor.label}."
     count = 0
     chunk: list[ClaimEvent] = []
@@ -189,23 +195,23 @@ def assets_reconcile(
     assets: Sequence[Asset],
     actor_user: Any,
     integrations: IntegrationsFactory | None = None,
-) -> flows.ReconcileResult:
+) -> reconcile.ReconcileResult:
     """Reconcile the selected assets now (cache server vs the chain), as the user.
 
     Raises `SelectionTooLarge` beyond `sync_asset_limit()` assets.
     """
     _check_selection("Reconcile", assets)
-    actor = services.staff_actor(actor_user)
+    actor = staff_actor(actor_user)
 
-    async def work(bundle: Integrations) -> flows.ReconcileResult:
-        return await flows.reconcile_assets(
+    async def work(bundle: Integrations) -> reconcile.ReconcileResult:
+        return await reconcile.reconcile_assets(
             assets=list(assets),
             integrations=bundle,
             actor=actor,
             concurrency=int(settings.RECONCILE_CONCURRENCY),
         )
 
-    result: flows.ReconcileResult = _run(work, integrations)
+    result: reconcile.ReconcileResult = _run(work, integrations)
     return result
 
 
@@ -222,7 +228,7 @@ def assets_request_prequalification(
     Raises `SelectionTooLarge` beyond `sync_asset_limit()` assets.
     """
     _check_selection("Request prequalification", assets)
-    actor = services.staff_actor(actor_user)
+    actor = staff_actor(actor_user)
     result = PrequalificationResult()
 
     async def work(bundle: Integrations) -> None:
@@ -232,14 +238,14 @@ def assets_request_prequalification(
         async def one(asset: Asset) -> None:
             async with semaphore:
                 try:
-                    outcome = await flows.claim_request_prequalification(
+                    outcome = await pipeline.claim_request_prequalification(
                         asset=asset, integrations=bundle, actor=actor
                     )
                 except Exception as exc:
-                    error = services.readable_error(exc)
+                    error = retry.readable_error(exc)
                     result.errors.append(f"{asset.did}: {error}")
                     return
-            if outcome.reason == flows.REASON_FILED:
+            if outcome.reason == pipeline.REASON_FILED:
                 result.filed += 1
             else:
                 result.already_pending += 1

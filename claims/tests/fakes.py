@@ -1,7 +1,7 @@
-"""Small in-memory stand-ins for the integrations, for unit tests of the flows.
+"""Small in-memory stand-ins for the integrations, for unit tests of the pipeline.
 
 The end-to-end tests use the real peers; these fakes only let the state machine and
-the flows be exercised one step at a time, with failures injected on demand.
+the pipeline be exercised one step at a time, with failures injected on demand.
 """
 
 from __future__ import annotations

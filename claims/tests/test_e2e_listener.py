@@ -1,6 +1,6 @@
 """The listener as deployed, end to end on the real local peers.
 
-Unlike test_end_to_end.py (which hands the flows a hand-built `Integrations`), these
+Unlike test_end_to_end.py (which hands the pipeline a hand-built `Integrations`), these
 tests build everything from settings: `integrations_from_settings()` with assets whose
 keys are sealed in the database and decrypted by the real signer backend, and in the
 first tests `manage.py run_nats_listener` itself as a subprocess, stopped by signals.

@@ -19,12 +19,12 @@ import nats
 import pytest
 from asgiref.sync import sync_to_async
 
-from claims import flows
+from claims import peer_calls, pipeline, reconcile, verify
 from claims.integrations import Integrations
 from claims.listener import Listener, ListenerConfig
-from claims.models import ClaimRecord, ClaimStatus, InboundMessage
-from claims.services import LISTENER, RECONCILER, claims_lease_due
+from claims.models import LISTENER, RECONCILER, ClaimRecord, ClaimStatus, InboundMessage
 from claims.tests.conftest import E2E_ROLE
+from claims.transitions import claims_lease_due
 from evops.integrations.cache_server import CacheServerClient
 from evops.integrations.chain import Chain
 from evops.integrations.credential_store import IpfsStore
@@ -120,7 +120,7 @@ async def _until(predicate, what: str, rounds: int = 600) -> None:
 
 async def _request(asset, integrations: Integrations) -> ClaimRecord:
     """File `asset`'s prequalification request; its record, with the asset loaded."""
-    outcome = await flows.claim_request_prequalification(
+    outcome = await pipeline.claim_request_prequalification(
         asset=asset, integrations=integrations, actor=LISTENER
     )
     return await ClaimRecord.objects.select_related("asset").aget(
@@ -186,7 +186,7 @@ async def test_request_issue_publish_end_to_end(
     assert record.status == ClaimStatus.PUBLISHED, record.last_error
     assert record.tx_hash and record.cid
     document = await real.chain.resolve_document(asset.did)
-    entry = flows.find_service_by_hash(document, flows.token_sha256(token))
+    entry = peer_calls.find_service_by_hash(document, verify.token_sha256(token))
     assert entry is not None and entry["serviceEndpoint"] == record.cid
     assert await real.store.get(record.cid) == token
     writes = await record.events.filter(kind="written").acount()
@@ -205,13 +205,13 @@ async def test_issued_while_listener_down_is_published_by_reconciliation(
         tokens.append(_token(issuer, record.asset))
         assert await _issue(stand_in, issuer, anvil, record, tokens[-1]) == 201
     result, racing = await asyncio.gather(
-        flows.reconcile_assets(
+        reconcile.reconcile_assets(
             assets=assets,
             integrations=real,
             actor=RECONCILER,
             concurrency=4,
         ),
-        flows.reconcile_assets(
+        reconcile.reconcile_assets(
             assets=assets,
             integrations=real,
             actor=LISTENER,
@@ -224,8 +224,8 @@ async def test_issued_while_listener_down_is_published_by_reconciliation(
         assert record.status == ClaimStatus.PUBLISHED
         assert await record.events.filter(kind="written").acount() == 1
         document = await real.chain.resolve_document(asset.did)
-        assert flows.find_service_by_hash(document, flows.token_sha256(token))
-    again = await flows.reconcile_assets(
+        assert peer_calls.find_service_by_hash(document, verify.token_sha256(token))
+    again = await reconcile.reconcile_assets(
         assets=assets, integrations=real, actor=RECONCILER, concurrency=4
     )
     assert (again.published, again.already_present) == (0, 3)
@@ -286,7 +286,7 @@ async def test_flaky_cache_server_and_chain_outage_still_publish_everything(
     settings.MAX_ATTEMPTS = 50
     assets = [await sync_to_async(funded_asset)() for _ in range(4)]
     for asset in assets:
-        await flows.claim_request_prequalification(
+        await pipeline.claim_request_prequalification(
             asset=asset, integrations=real, actor=LISTENER
         )
     records = [r async for r in ClaimRecord.objects.select_related("asset")]
@@ -303,7 +303,7 @@ async def test_flaky_cache_server_and_chain_outage_still_publish_everything(
         max_fee_gwei=100,
         request_timeout=0.5,
     )
-    await flows.reconcile_assets(
+    await reconcile.reconcile_assets(
         assets=assets, integrations=real, actor=RECONCILER, concurrency=4
     )
     assert not await ClaimRecord.objects.filter(status=ClaimStatus.PUBLISHED).aexists()
@@ -311,10 +311,10 @@ async def test_flaky_cache_server_and_chain_outage_still_publish_everything(
     real.chain = working_chain
     for _ in range(30):
         for pk in await sync_to_async(claims_lease_due)(limit=100):
-            await flows.claim_process_due(
+            await pipeline.claim_process_due(
                 record_id=pk, integrations=real, actor=LISTENER
             )
-        await flows.reconcile_assets(
+        await reconcile.reconcile_assets(
             assets=assets, integrations=real, actor=RECONCILER, concurrency=4
         )
         published = await ClaimRecord.objects.filter(
@@ -353,7 +353,7 @@ async def test_cache_server_store_mode_writes_through_the_assets_session(
     record = await _request(asset, per_asset)
     token = _token(issuer, asset)
     assert await _issue(stand_in, issuer, anvil, record, token) == 201
-    result = await flows.reconcile_assets(
+    result = await reconcile.reconcile_assets(
         assets=[asset], integrations=per_asset, actor=RECONCILER, concurrency=1
     )
     assert result.errors == [] and result.published == 1
@@ -362,7 +362,7 @@ async def test_cache_server_store_mode_writes_through_the_assets_session(
     store = CacheServerStore(cache.store_requester(real.signer_for(asset), asset.did))
     assert await store.get(record.cid) == token
     document = await real.chain.resolve_document(asset.did)
-    entry = flows.find_service_by_hash(document, flows.token_sha256(token))
+    entry = peer_calls.find_service_by_hash(document, verify.token_sha256(token))
     assert entry is not None and entry["serviceEndpoint"] == record.cid
 
 
@@ -416,7 +416,7 @@ async def test_credential_signed_by_an_issuer_delegate_is_published(
     )
     assert await _issue(stand_in, issuer, anvil, record, impostor) == 403
     assert await _issue(stand_in, issuer, anvil, record, token) == 201
-    outcome = await flows.claim_accept_issued(
+    outcome = await pipeline.claim_accept_issued(
         asset=record.asset,
         claim_id=record.claim_id,
         integrations=real,
@@ -425,4 +425,7 @@ async def test_credential_signed_by_an_issuer_delegate_is_published(
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.PUBLISHED, (outcome, record.last_error)
     document = await real.chain.resolve_document(asset.did)
-    assert flows.find_service_by_hash(document, flows.token_sha256(token)) is not None
+    assert (
+        peer_calls.find_service_by_hash(document, verify.token_sha256(token))
+        is not None
+    )

@@ -1,4 +1,4 @@
-"""The flows against small fakes of the integrations (one step at a time).
+"""The pipeline, consumer and reconciliation against small fakes of the integrations (one step at a time).
 
 The same behaviours run against the real peers in test_end_to_end.py.
 """
@@ -13,15 +13,16 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 
-from claims import flows, services
+from claims import consumer, inbox, pipeline, reconcile, transitions, verify
 from claims.models import (
+    LISTENER,
+    RECONCILER,
     ClaimEvent,
     ClaimRecord,
     ClaimStatus,
     InboundMessage,
     MessageOutcome,
 )
-from claims.services import LISTENER, RECONCILER
 from claims.tests.fakes import ROLE, FakeError, make_token
 from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
@@ -31,11 +32,11 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 async def _message(subject: str, payload) -> InboundMessage:
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return await sync_to_async(services.inbound_record)(subject=subject, payload=raw)
+    return await sync_to_async(inbox.inbound_record)(subject=subject, payload=raw)
 
 
-async def _process(message: InboundMessage, integrations: Any) -> flows.Outcome:
-    return await flows.inbound_process(
+async def _process(message: InboundMessage, integrations: Any) -> pipeline.Outcome:
+    return await consumer.inbound_process(
         message_id=message.pk, integrations=integrations, actor=LISTENER
     )
 
@@ -54,7 +55,7 @@ async def _requested(asset, integrations: Any) -> ClaimRecord:
 
 async def _notify_issued(
     asset, record: ClaimRecord, integrations: Any
-) -> flows.Outcome:
+) -> pipeline.Outcome:
     """Process the cache server's issue-credential notice for `record`."""
     notice = {"type": "issue-credential", "claimId": record.claim_id}
     return await _process(await _message(_issue_subject(asset), notice), integrations)
@@ -75,7 +76,7 @@ async def test_request_then_issue_publishes_once(make_asset, fakes):
     assert outcome.outcome == MessageOutcome.PROCESSED
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.PUBLISHED
-    assert record.token_sha256 == flows.token_sha256(token)
+    assert record.token_sha256 == verify.token_sha256(token)
     assert record.tx_hash and record.cid and record.service_id
     assert len(chain.writes) == 1
     kinds = [e.kind async for e in record.events.order_by("id")]
@@ -99,7 +100,7 @@ async def test_duplicate_and_racing_notices_write_once(make_asset, fakes, settin
     messages = [await _message(_issue_subject(asset), notice) for _ in range(3)]
     await asyncio.gather(
         *(_process(m, integrations) for m in messages),
-        flows.reconcile_assets(
+        reconcile.reconcile_assets(
             assets=[asset], integrations=integrations, actor=RECONCILER, concurrency=2
         ),
     )
@@ -115,11 +116,11 @@ async def test_reconcile_publishes_missing_and_marks_present(make_asset, fakes):
     await cache.request_claim(signer, asset.did, role=await cache.role(None, None, "r"))
     claim_id = next(iter(cache.claims))
     cache.issue(claim_id)
-    result = await flows.reconcile_assets(
+    result = await reconcile.reconcile_assets(
         assets=[asset], integrations=integrations, actor=RECONCILER, concurrency=1
     )
     assert (result.published, result.already_present, result.errors) == (1, 0, [])
-    again = await flows.reconcile_assets(
+    again = await reconcile.reconcile_assets(
         assets=[asset], integrations=integrations, actor=RECONCILER, concurrency=1
     )
     assert (again.published, again.already_present) == (0, 1)
@@ -150,7 +151,7 @@ async def test_reconcile_finds_entry_written_before_a_crash(make_asset, fakes):
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.STORED
     assert record.tx_hash  # kept for the operator
-    status = await flows.claim_advance(
+    status = await pipeline.claim_advance(
         record_id=record.pk, integrations=integrations, actor=LISTENER
     )
     assert status == ClaimStatus.PUBLISHED
@@ -168,8 +169,8 @@ async def test_transient_failures_retry_until_published(
     chain.fail_next = [FakeError("rpc unreachable", permanent=False)] * 2
     await _notify_issued(asset, record, integrations)
     for _ in range(5):
-        for pk in await sync_to_async(services.claims_lease_due)(limit=10):
-            await flows.claim_process_due(
+        for pk in await sync_to_async(transitions.claims_lease_due)(limit=10):
+            await pipeline.claim_process_due(
                 record_id=pk, integrations=integrations, actor=LISTENER
             )
         await record.arefresh_from_db()
@@ -197,10 +198,10 @@ async def test_cache_server_outage_defers_the_message(make_asset, fakes, fast_re
     asset = await sync_to_async(make_asset)()
     cache.fail_next = [FakeError("502", permanent=False)]
     message = await _message("t.prequalification.exchange", {"did": asset.did})
-    await sync_to_async(services.inbound_lease_due)(limit=10, lease_seconds=60)
+    await sync_to_async(inbox.inbound_lease_due)(limit=10, lease_seconds=60)
     outcome = await _process(message, integrations)
     assert outcome.outcome == MessageOutcome.PENDING
-    ids = await sync_to_async(services.inbound_lease_due)(limit=10, lease_seconds=60)
+    ids = await sync_to_async(inbox.inbound_lease_due)(limit=10, lease_seconds=60)
     assert ids == [message.pk]
     outcome = await _process(message, integrations)
     assert outcome.outcome == MessageOutcome.PROCESSED
@@ -227,7 +228,7 @@ async def test_bad_tokens_are_never_published(make_asset, fakes, case):
     cache.issue(record.claim_id, token=token)
     outcome = await _notify_issued(asset, record, integrations)
     assert outcome.outcome == MessageOutcome.REJECTED
-    assert outcome.reason.startswith(flows.REASON_CREDENTIAL_REJECTED)
+    assert outcome.reason.startswith(pipeline.REASON_CREDENTIAL_REJECTED)
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.REJECTED
     assert record.rejection_reason
@@ -271,7 +272,7 @@ async def test_rejection_notice_is_checked_with_the_cache_server(make_asset, fak
     subject = f"reject-credential.claim-exchange.{asset.did}.ewf-dev"
     notice = {"type": "reject-credential", "claimId": record.claim_id}
     early = await _process(await _message(subject, notice), integrations)
-    assert early.reason == flows.REASON_CLAIM_NOT_REJECTED
+    assert early.reason == pipeline.REASON_CLAIM_NOT_REJECTED
     cache.reject(record.claim_id, "missing documents")
     await sync_to_async(InboundMessage.objects.all().delete)()
     outcome = await _process(await _message(subject, notice), integrations)
@@ -303,7 +304,7 @@ async def test_rejection_notice_on_an_issuer_subject_reaches_our_claim(
     stranger = {"type": "reject-credential", "claimId": "not-one-of-ours"}
     ignored = await _process(await _message(issuer_subject, stranger), integrations)
     assert ignored.outcome == MessageOutcome.IGNORED
-    assert ignored.reason == flows.REASON_UNKNOWN_ASSET
+    assert ignored.reason == consumer.REASON_UNKNOWN_ASSET
 
 
 async def test_unknown_and_inactive_assets_are_ignored(make_asset, fakes):
@@ -317,12 +318,15 @@ async def test_unknown_and_inactive_assets_are_ignored(make_asset, fakes):
         ),
         integrations,
     )
-    assert (unknown.outcome, unknown.reason) == ("ignored", flows.REASON_UNKNOWN_ASSET)
+    assert (unknown.outcome, unknown.reason) == (
+        "ignored",
+        consumer.REASON_UNKNOWN_ASSET,
+    )
     off = await _process(
         await _message("t.prequalification.exchange", {"did": inactive.did}),
         integrations,
     )
-    assert off.reason == flows.REASON_INACTIVE_ASSET
+    assert off.reason == consumer.REASON_INACTIVE_ASSET
     assert cache.requests == []
 
 
@@ -334,26 +338,26 @@ async def test_the_assets_loaded_with_the_lease_are_the_ones_used(make_asset, fa
     # Leased before it was deactivated: the lease's row says active, so it is
     # filed; a lease that found no asset for the address ignores the message.
     await sync_to_async(type(asset).objects.filter(pk=asset.pk).update)(active=False)
-    filed = await flows.inbound_process(
+    filed = await consumer.inbound_process(
         message_id=message.pk,
         integrations=integrations,
         actor=LISTENER,
         assets={asset.address: asset},
     )
-    assert (filed.outcome, filed.reason) == ("processed", flows.REASON_FILED)
+    assert (filed.outcome, filed.reason) == ("processed", pipeline.REASON_FILED)
     assert len(cache.requests) == 1
     other = await _message("u.prequalification.exchange", {"did": asset.did})
-    none = await flows.inbound_process(
+    none = await consumer.inbound_process(
         message_id=other.pk,
         integrations=integrations,
         actor=LISTENER,
         assets={asset.address: None},
     )
-    assert (none.outcome, none.reason) == ("ignored", flows.REASON_UNKNOWN_ASSET)
+    assert (none.outcome, none.reason) == ("ignored", consumer.REASON_UNKNOWN_ASSET)
     # Without a lease's assets, the asset is read: now inactive.
     third = await _message("v.prequalification.exchange", {"did": asset.did})
     read = await _process(third, integrations)
-    assert read.reason == flows.REASON_INACTIVE_ASSET
+    assert read.reason == consumer.REASON_INACTIVE_ASSET
     assert len(cache.requests) == 1
 
 
@@ -381,7 +385,7 @@ async def test_second_credential_of_the_same_role_reuses_the_service_id(
 
 
 async def _queued(kind: str, assets: list[Any], user: Any) -> list[InboundMessage]:
-    return await sync_to_async(services.inbound_enqueue)(
+    return await sync_to_async(inbox.inbound_enqueue)(
         kind=kind, dids=[a.did for a in assets], user=user
     )
 
@@ -393,7 +397,7 @@ async def test_queued_prequalification_is_filed_in_the_users_name(
     asset = await sync_to_async(make_asset)()
     [message] = await _queued("prequalification", [asset], admin_user)
     outcome = await _process(message, integrations)
-    assert (outcome.outcome, outcome.reason) == ("processed", flows.REASON_FILED)
+    assert (outcome.outcome, outcome.reason) == ("processed", pipeline.REASON_FILED)
     record = await ClaimRecord.objects.aget(asset=asset)
     event = await ClaimEvent.objects.aget(record=record)
     assert (event.kind, event.actor, event.actor_label, event.user_id) == (
@@ -415,11 +419,11 @@ async def test_queued_reconciliation_publishes_in_the_users_name(
     cache.issue(next(iter(cache.claims)))
     [message] = await _queued("reconcile", [asset], admin_user)
     # A lease loads the asset a queued reconciliation names, as for any message.
-    leased = await sync_to_async(services.inbound_lease_due_with_assets)(
+    leased = await sync_to_async(inbox.inbound_lease_due_with_assets)(
         limit=10, lease_seconds=60
     )
     assert leased.assets == {asset.address: asset}
-    outcome = await flows.inbound_process(
+    outcome = await consumer.inbound_process(
         message_id=message.pk,
         integrations=integrations,
         actor=LISTENER,
@@ -450,7 +454,7 @@ async def test_queued_reconciliation_of_a_failing_peer_is_retried(
     asset = await sync_to_async(make_asset)()
     cache.fail_next = [FakeError("502 Bad Gateway", permanent=False)]
     [message] = await _queued("reconcile", [asset], admin_user)
-    await sync_to_async(services.inbound_lease_due)(limit=10, lease_seconds=60)
+    await sync_to_async(inbox.inbound_lease_due)(limit=10, lease_seconds=60)
     outcome = await _process(message, integrations)
     assert outcome.outcome == MessageOutcome.PENDING
     assert "502 Bad Gateway" in outcome.reason
@@ -467,16 +471,16 @@ async def test_queued_reconciliations_that_cannot_run_say_why(
     integrations, cache, _, _ = fakes
     stranger = DID.for_address(LocalKeySigner.generate().address).canonical
     inactive = await sync_to_async(make_asset)(active=False)
-    unknown, off = await sync_to_async(services.inbound_enqueue)(
+    unknown, off = await sync_to_async(inbox.inbound_enqueue)(
         kind="reconcile", dids=[stranger, inactive.did], user=admin_user
     )
-    garbage = await sync_to_async(services.inbound_record)(
+    garbage = await sync_to_async(inbox.inbound_record)(
         subject="console.reconcile", payload=b'{"did": 7}', kind="reconcile"
     )
     results = [await _process(m, integrations) for m in (unknown, off, garbage)]
     assert [(r.outcome, r.reason) for r in results] == [
-        ("ignored", flows.REASON_UNKNOWN_ASSET),
-        ("ignored", flows.REASON_INACTIVE_ASSET),
+        ("ignored", consumer.REASON_UNKNOWN_ASSET),
+        ("ignored", consumer.REASON_INACTIVE_ASSET),
         ("rejected", "bad_field: did must be a string"),
     ]
     assert cache.requests == []
@@ -528,7 +532,7 @@ async def test_a_key_that_is_not_the_issuers_delegate_is_refused(make_asset, fak
         record.claim_id, token=_delegate_token(cache.issuer, stranger, asset.did)
     )
     outcome = await _notify_issued(asset, record, integrations)
-    assert outcome.reason == f"{flows.REASON_CREDENTIAL_REJECTED}: bad_signature"
+    assert outcome.reason == f"{pipeline.REASON_CREDENTIAL_REJECTED}: bad_signature"
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.REJECTED
     assert chain.writes == []

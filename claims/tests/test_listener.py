@@ -20,8 +20,8 @@ from claims.models import (
     ListenerHeartbeat,
     MessageOutcome,
 )
-from evops.integrations import nats as nats_integration
 from evops.integrations.nats import NatsOptions
+from evops.protocol import messages as wire
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -98,12 +98,12 @@ async def test_malformed_messages_are_rejected_and_the_listener_keeps_going(
     rows = [m async for m in InboundMessage.objects.order_by("id")]
     outcomes = [(m.outcome, m.reason.split(":")[0]) for m in rows]
     assert outcomes == [
-        ("rejected", nats_integration.REASON_NOT_JSON),
-        ("rejected", nats_integration.REASON_NOT_OBJECT),
-        ("rejected", nats_integration.REASON_BAD_FIELD),
-        ("rejected", nats_integration.REASON_INVALID_DID),
-        ("rejected", nats_integration.REASON_TOO_LARGE),
-        ("rejected", nats_integration.REASON_NOT_UTF8),
+        ("rejected", wire.REASON_NOT_JSON),
+        ("rejected", wire.REASON_NOT_OBJECT),
+        ("rejected", wire.REASON_BAD_FIELD),
+        ("rejected", wire.REASON_INVALID_DID),
+        ("rejected", wire.REASON_TOO_LARGE),
+        ("rejected", wire.REASON_NOT_UTF8),
         ("ignored", "unknown_asset"),
         ("processed", "filed"),
     ]
@@ -269,7 +269,7 @@ async def test_a_running_listener_takes_work_queued_in_the_console(
     nats_server, make_asset, fakes, admin_user
 ):
     """No NATS message: the workers find queued rows in the inbox on their own."""
-    from claims import services
+    from claims import inbox
     from claims.models import ClaimEvent
 
     integrations, cache, _, _ = fakes
@@ -278,7 +278,7 @@ async def test_a_running_listener_takes_work_queued_in_the_console(
     listener = Listener(config, integrations)
     task = asyncio.create_task(listener.run())
     try:
-        await sync_to_async(services.inbound_enqueue)(
+        await sync_to_async(inbox.inbound_enqueue)(
             kind="prequalification", dids=[a.did for a in assets], user=admin_user
         )
 

@@ -1,4 +1,4 @@
-"""The claim state machine and the inbox (claims/services.py)."""
+"""The claim state machine and the inbox (transitions.py, inbox.py, batches.py)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,19 @@ from django.db import connection
 from django.utils import timezone
 
 from assets.models import Asset
-from claims import services
+from claims import batches, inbox, retry, transitions
 from claims.models import (
+    LISTENER,
+    RECONCILER,
     ClaimEvent,
     ClaimRecord,
     ClaimStatus,
     InboundMessage,
     MessageKind,
     MessageOutcome,
+    staff_actor,
 )
-from claims.services import LISTENER, RECONCILER
-from evops.integrations import nats
+from evops.protocol import messages as wire
 from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
 
@@ -36,8 +38,8 @@ def _record(asset, status=ClaimStatus.STORED, **fields) -> ClaimRecord:
 
 def test_transition_moves_only_from_the_expected_status(make_asset):
     record = _record(make_asset())
-    assert services.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
-    assert not services.claim_begin_publishing(record_id=record.pk, actor=RECONCILER)
+    assert transitions.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
+    assert not transitions.claim_begin_publishing(record_id=record.pk, actor=RECONCILER)
     record.refresh_from_db()
     assert record.status == ClaimStatus.PUBLISHING
     assert record.attempts == 1
@@ -55,7 +57,7 @@ def test_concurrent_cas_into_publishing_has_one_winner(make_asset):
         barrier.wait()
         try:
             wins.append(
-                services.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
+                transitions.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
             )
         finally:
             connection.close()
@@ -81,9 +83,9 @@ def test_issued_is_idempotent(make_asset):
         role_version=1,
         actor=LISTENER,
     )
-    record, moved = services.claim_record_issued(**kwargs)
+    record, moved = transitions.claim_record_issued(**kwargs)
     assert moved and record.status == ClaimStatus.ISSUED
-    again, moved_again = services.claim_record_issued(**kwargs)
+    again, moved_again = transitions.claim_record_issued(**kwargs)
     assert again.pk == record.pk and not moved_again
     assert ClaimRecord.objects.count() == 1
 
@@ -91,7 +93,7 @@ def test_issued_is_idempotent(make_asset):
 def test_rejection_never_undoes_publication(make_asset):
     asset = make_asset()
     record = _record(asset, status=ClaimStatus.PUBLISHED)
-    _, moved = services.claim_record_rejected(
+    _, moved = transitions.claim_record_rejected(
         asset=asset, claim_id=record.claim_id, reason="x", message="x", actor=LISTENER
     )
     assert not moved
@@ -102,8 +104,8 @@ def test_rejection_never_undoes_publication(make_asset):
 def test_transient_failure_backs_off_then_gives_up(make_asset, settings):
     settings.MAX_ATTEMPTS = 2
     record = _record(make_asset())
-    assert services.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
-    status = services.claim_schedule_retry(
+    assert transitions.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
+    status = transitions.claim_schedule_retry(
         record_id=record.pk,
         expected=ClaimStatus.PUBLISHING,
         back_to=ClaimStatus.STORED,
@@ -115,8 +117,8 @@ def test_transient_failure_backs_off_then_gives_up(make_asset, settings):
     assert record.next_retry_at is not None
     assert record.next_retry_at > timezone.now()
     assert record.last_error == "TimeoutError: rpc timed out"
-    assert services.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
-    status = services.claim_schedule_retry(
+    assert transitions.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
+    status = transitions.claim_schedule_retry(
         record_id=record.pk,
         expected=ClaimStatus.PUBLISHING,
         back_to=ClaimStatus.STORED,
@@ -125,7 +127,7 @@ def test_transient_failure_backs_off_then_gives_up(make_asset, settings):
     )
     record.refresh_from_db()
     assert status == ClaimStatus.FAILED == record.status
-    assert record.last_error == services.REASON_GAVE_UP.format(
+    assert record.last_error == retry.REASON_GAVE_UP.format(
         attempts=2, error="still down"
     )
 
@@ -133,25 +135,25 @@ def test_transient_failure_backs_off_then_gives_up(make_asset, settings):
 def test_retry_delay_is_jittered_exponential_and_capped(settings):
     settings.RETRY_BASE_SECONDS = 1
     settings.RETRY_MAX_SECONDS = 10
-    assert 0.5 <= services.retry_delay(1) <= 1.5
-    assert 4 <= services.retry_delay(4) <= 12
-    assert services.retry_delay(30) <= 15
+    assert 0.5 <= retry.retry_delay(1) <= 1.5
+    assert 4 <= retry.retry_delay(4) <= 12
+    assert retry.retry_delay(30) <= 15
 
 
 def test_staff_retry_returns_to_the_failed_step(make_asset, admin_user):
     asset = make_asset()
     with_cid = _record(asset, status=ClaimStatus.FAILED, claim_id="a", cid="bafy")
     with_token = _record(asset, status=ClaimStatus.FAILED, claim_id="b", token="t")
-    actor = services.staff_actor(admin_user)
-    assert services.claim_retry(record=with_cid, actor=actor)
-    assert services.claim_retry(record=with_token, actor=actor)
+    actor = staff_actor(admin_user)
+    assert transitions.claim_retry(record=with_cid, actor=actor)
+    assert transitions.claim_retry(record=with_token, actor=actor)
     with_cid.refresh_from_db()
     with_token.refresh_from_db()
     assert (with_cid.status, with_token.status) == (ClaimStatus.STORED, "issued")
     event = with_cid.events.get(kind="retry")
     assert (event.actor, event.user_id) == ("staff", admin_user.pk)
     with pytest.raises(ValueError, match="Only failed claims"):
-        services.claim_retry(record=with_cid, actor=actor)
+        transitions.claim_retry(record=with_cid, actor=actor)
 
 
 def test_due_records_are_leased_once(make_asset):
@@ -162,39 +164,35 @@ def test_due_records_are_leased_once(make_asset):
         claim_id="later",
         next_retry_at=timezone.now() + timedelta(hours=1),
     )
-    assert services.claims_lease_due(limit=10) == [due.pk]
-    assert services.claims_lease_due(limit=10) == []
+    assert transitions.claims_lease_due(limit=10) == [due.pk]
+    assert transitions.claims_lease_due(limit=10) == []
 
 
 def test_stale_publishing_is_handed_back(make_asset, settings):
     settings.PUBLISH_LEASE_SECONDS = 0
     record = _record(make_asset(), status=ClaimStatus.PUBLISHING)
-    assert services.claims_release_stale_publishing(actor=RECONCILER) == [record.pk]
+    assert transitions.claims_release_stale_publishing(actor=RECONCILER) == [record.pk]
     record.refresh_from_db()
     assert record.status == ClaimStatus.STORED
 
 
 def test_inbound_duplicates_within_the_window_are_ignored():
-    first = services.inbound_record(
-        subject="a.prequalification.exchange", payload=b"{}"
-    )
-    second = services.inbound_record(
-        subject="a.prequalification.exchange", payload=b"{}"
-    )
+    first = inbox.inbound_record(subject="a.prequalification.exchange", payload=b"{}")
+    second = inbox.inbound_record(subject="a.prequalification.exchange", payload=b"{}")
     assert first.outcome == MessageOutcome.PENDING
     assert second.outcome == MessageOutcome.IGNORED
-    assert second.reason == services.REASON_DUPLICATE.format(id=first.pk)
-    assert services.inbound_lease_due(limit=10, lease_seconds=60) == [first.pk]
+    assert second.reason == inbox.REASON_DUPLICATE.format(id=first.pk)
+    assert inbox.inbound_lease_due(limit=10, lease_seconds=60) == [first.pk]
 
 
 def test_inbound_jetstream_redelivery_is_one_row():
-    one = services.inbound_record(
+    one = inbox.inbound_record(
         subject="s.prequalification.exchange",
         payload=b"{}",
         stream="S",
         stream_sequence=7,
     )
-    two = services.inbound_record(
+    two = inbox.inbound_record(
         subject="s.prequalification.exchange",
         payload=b"{}",
         stream="S",
@@ -206,26 +204,24 @@ def test_inbound_jetstream_redelivery_is_one_row():
 
 def test_huge_and_binary_payloads_are_rejected_when_recorded(settings):
     settings.INBOUND_PAYLOAD_LIMIT = 1000
-    huge = services.inbound_record(
+    huge = inbox.inbound_record(
         subject="t.prequalification.exchange", payload=b"x" * 5000
     )
     assert huge.outcome == MessageOutcome.REJECTED
-    assert huge.reason.startswith(nats.REASON_TOO_LARGE)
+    assert huge.reason.startswith(wire.REASON_TOO_LARGE)
     assert (huge.payload_size, huge.truncated, len(huge.payload)) == (5000, True, 1000)
-    binary = services.inbound_record(
+    binary = inbox.inbound_record(
         subject="t.prequalification.exchange", payload=b"\xff\x00"
     )
     assert binary.outcome == MessageOutcome.REJECTED
-    assert binary.reason == nats.REASON_NOT_UTF8
+    assert binary.reason == wire.REASON_NOT_UTF8
 
 
 def test_inbound_defer_then_fail(settings):
     settings.MAX_ATTEMPTS = 1
-    message = services.inbound_record(
-        subject="t.prequalification.exchange", payload=b"{}"
-    )
-    services.inbound_lease_due(limit=1, lease_seconds=60)
-    assert services.inbound_defer(message_id=message.pk, error="boom") == "failed"
+    message = inbox.inbound_record(subject="t.prequalification.exchange", payload=b"{}")
+    inbox.inbound_lease_due(limit=1, lease_seconds=60)
+    assert inbox.inbound_defer(message_id=message.pk, error="boom") == "failed"
     message.refresh_from_db()
     assert message.outcome == MessageOutcome.FAILED
     assert "boom" in message.reason
@@ -240,20 +236,20 @@ def test_request_notices_are_recorded_as_ignored_on_arrival():
     """Addressed to the issuers: stored, with why, and never leased to a worker."""
     issuer, subject = _issuer_subject()
     notice = {"type": "request-credential", "claimId": "c-1"}
-    one = services.inbound_record(subject=subject, payload=json.dumps(notice).encode())
+    one = inbox.inbound_record(subject=subject, payload=json.dumps(notice).encode())
     notice["claimId"] = "c-2"
-    [many] = services.inbound_record_many([(subject, json.dumps(notice).encode())])
+    [many] = inbox.inbound_record_many([(subject, json.dumps(notice).encode())])
     for row, claim_id in ((one, "c-1"), (many, "c-2")):
         row.refresh_from_db()
         assert (row.outcome, row.reason, row.kind) == (
             MessageOutcome.IGNORED,
-            services.REASON_FOR_ISSUERS,
+            inbox.REASON_FOR_ISSUERS,
             MessageKind.REQUEST,
         )
         assert (row.asset_did, row.claim_id) == (issuer, claim_id)
         assert row.next_attempt_at is None
         assert row.processed_at is not None
-    assert services.inbound_lease_due(limit=10, lease_seconds=60) == []
+    assert inbox.inbound_lease_due(limit=10, lease_seconds=60) == []
 
 
 def test_request_notices_that_do_not_parse_are_left_for_the_worker():
@@ -264,15 +260,15 @@ def test_request_notices_that_do_not_parse_are_left_for_the_worker():
         json.dumps({"type": "issue-credential", "claimId": "c-1"}).encode(),
         json.dumps({"type": "request-credential", "claimId": ["c-1"]}).encode(),
     ]
-    rows = services.inbound_record_many([(subject, p) for p in payloads])
+    rows = inbox.inbound_record_many([(subject, p) for p in payloads])
     assert [r.outcome for r in rows] == [MessageOutcome.PENDING] * 3
     issue_subject = _issuer_subject("issue-credential")[1]
-    issue = services.inbound_record(
+    issue = inbox.inbound_record(
         subject=issue_subject,
         payload=json.dumps({"type": "issue-credential", "claimId": "c-2"}).encode(),
     )
     assert issue.outcome == MessageOutcome.PENDING
-    leased = services.inbound_lease_due(limit=10, lease_seconds=60)
+    leased = inbox.inbound_lease_due(limit=10, lease_seconds=60)
     assert leased == [r.pk for r in rows] + [issue.pk]
 
 
@@ -280,28 +276,28 @@ def test_lease_loads_the_assets_the_messages_name(make_asset):
     ours = make_asset()
     stranger = DID.for_address(LocalKeySigner.generate().address)
     named = [
-        services.inbound_record(
+        inbox.inbound_record(
             subject="a.prequalification.exchange",
             payload=json.dumps({"did": did}).encode(),
         )
         for did in (ours.did, stranger.canonical)
     ]
-    garbage = services.inbound_record(
+    garbage = inbox.inbound_record(
         subject="a.prequalification.exchange", payload=b"nope"
     )
-    leased = services.inbound_lease_due_with_assets(limit=10, lease_seconds=60)
+    leased = inbox.inbound_lease_due_with_assets(limit=10, lease_seconds=60)
     assert [m.pk for m in leased.messages] == [m.pk for m in named] + [garbage.pk]
     assert leased.assets == {ours.address: ours, stranger.address: None}
     # The sealed key came in the same query: the worker's signer reads nothing.
     loaded = leased.assets[ours.address]
     assert loaded is not None
     assert Asset.key.is_cached(loaded)
-    again = services.inbound_lease_due_with_assets(limit=10, lease_seconds=60)
+    again = inbox.inbound_lease_due_with_assets(limit=10, lease_seconds=60)
     assert (again.messages, again.assets) == ([], {})
 
 
-def _requested(asset, claim_id: str) -> services.RequestedClaim:
-    return services.RequestedClaim(
+def _requested(asset, claim_id: str) -> batches.RequestedClaim:
+    return batches.RequestedClaim(
         asset=asset,
         claim_id=claim_id,
         role="r.roles.x.iam.ewc",
@@ -314,7 +310,7 @@ def _requested(asset, claim_id: str) -> services.RequestedClaim:
 def test_requested_claims_are_recorded_together(make_asset):
     """New, already recorded, and named twice: one record and one event each."""
     one, two = make_asset(), make_asset()
-    before, created = services.claim_record_requested(
+    before, created = transitions.claim_record_requested(
         asset=one,
         claim_id="old",
         role="r.roles.x.iam.ewc",
@@ -322,7 +318,7 @@ def test_requested_claims_are_recorded_together(make_asset):
         actor=LISTENER,
     )
     assert created
-    results = services.claim_record_requested_many(
+    results = batches.claim_record_requested_many(
         [
             _requested(one, "old"),
             _requested(one, "a"),
@@ -347,13 +343,13 @@ def test_requested_claims_are_recorded_together(make_asset):
             ("requested", ClaimStatus.REQUESTED, LISTENER.kind)
         ]
     assert events[0].message == "Claim request filed for r.roles.x.iam.ewc v1."
-    assert services.claim_record_requested_many([]) == []
+    assert batches.claim_record_requested_many([]) == []
 
 
 def test_a_claim_recorded_meanwhile_sends_the_batch_one_by_one(make_asset, monkeypatch):
     """Another writer's record between our look-up and insert: no error, no double."""
     asset = make_asset()
-    theirs, _ = services.claim_record_requested(
+    theirs, _ = transitions.claim_record_requested(
         asset=asset,
         claim_id="raced",
         role="r.roles.x.iam.ewc",
@@ -361,8 +357,8 @@ def test_a_claim_recorded_meanwhile_sends_the_batch_one_by_one(make_asset, monke
         actor=RECONCILER,
     )
     # Our look-up ran before their insert: it saw nothing.
-    monkeypatch.setattr(services, "_recorded_claims", lambda requests: {})
-    results = services.claim_record_requested_many(
+    monkeypatch.setattr(batches, "_recorded_claims", lambda requests: {})
+    results = batches.claim_record_requested_many(
         [_requested(asset, "fresh"), _requested(asset, "raced")]
     )
     assert [created for _, created in results] == [True, False]
@@ -373,14 +369,14 @@ def test_a_claim_recorded_meanwhile_sends_the_batch_one_by_one(make_asset, monke
 
 def test_outcomes_are_recorded_together(make_asset):
     rows = [
-        services.inbound_record(
+        inbox.inbound_record(
             subject=f"{n}.prequalification.exchange", payload=b'{"did": "x"}'
         )
         for n in range(3)
     ]
-    services.inbound_lease_due(limit=10, lease_seconds=60)
+    inbox.inbound_lease_due(limit=10, lease_seconds=60)
     finishes = [
-        services.Finish(
+        batches.Finish(
             rows[0].pk,
             MessageOutcome.PROCESSED,
             "filed",
@@ -388,10 +384,10 @@ def test_outcomes_are_recorded_together(make_asset):
             asset_did="did:ethr:a",
             record_id=None,
         ),
-        services.Finish(rows[1].pk, MessageOutcome.IGNORED, "unknown_asset"),
-        services.Finish(rows[2].pk, MessageOutcome.REJECTED, "invalid_did: x"),
+        batches.Finish(rows[1].pk, MessageOutcome.IGNORED, "unknown_asset"),
+        batches.Finish(rows[2].pk, MessageOutcome.REJECTED, "invalid_did: x"),
     ]
-    assert services.inbound_finish_many(finishes) == [None] * 3
+    assert batches.inbound_finish_many(finishes) == [None] * 3
     for row, finish in zip(rows, finishes, strict=True):
         row.refresh_from_db()
         assert (row.outcome, row.reason) == (finish.outcome, finish.reason)
@@ -399,25 +395,25 @@ def test_outcomes_are_recorded_together(make_asset):
         assert row.processed_at is not None
     assert rows[0].kind == MessageKind.PREQUALIFICATION
     assert rows[0].asset_did == "did:ethr:a"
-    assert services.inbound_lease_due(limit=10, lease_seconds=0) == []
+    assert inbox.inbound_lease_due(limit=10, lease_seconds=0) == []
 
 
 def test_an_outcome_without_context_keeps_what_the_row_has(make_asset):
     asset = make_asset()
-    record, _ = services.claim_record_requested(
+    record, _ = transitions.claim_record_requested(
         asset=asset, claim_id="c-9", role="r", role_version=1, actor=LISTENER
     )
-    row = services.inbound_record(
+    row = inbox.inbound_record(
         subject="k.prequalification.exchange", payload=b"{}", kind=MessageKind.ISSUE
     )
-    services.inbound_finish(
+    inbox.inbound_finish(
         message_id=row.pk,
         outcome=MessageOutcome.PENDING,
         asset_did=asset.did,
         claim_id="c-9",
         record_id=record.pk,
     )
-    services.inbound_finish(message_id=row.pk, outcome=MessageOutcome.FAILED)
+    inbox.inbound_finish(message_id=row.pk, outcome=MessageOutcome.FAILED)
     row.refresh_from_db()
     assert row.outcome == MessageOutcome.FAILED
     assert (row.kind, row.asset_did, row.claim_id, row.record_id) == (
@@ -432,7 +428,7 @@ def test_an_outcome_without_context_keeps_what_the_row_has(make_asset):
 def test_a_jetstream_batch_is_stored_once_per_stream_sequence():
     """A redelivered message (its ack was lost) is its stored row, not a second one."""
     subject = "j.prequalification.exchange"
-    first = services.inbound_record_many(
+    first = inbox.inbound_record_many(
         [(subject, b'{"n": 1}'), (subject, b'{"n": 2}')],
         stream="S",
         sequences=[1, 2],
@@ -442,7 +438,7 @@ def test_a_jetstream_batch_is_stored_once_per_stream_sequence():
         ("S:1", 1),
         ("S:2", 2),
     ]
-    again = services.inbound_record_many(
+    again = inbox.inbound_record_many(
         [(subject, b'{"n": 2}'), (subject, b'{"n": 3}'), (subject, b'{"n": 1}')],
         stream="S",
         sequences=[2, 3, 4],
@@ -452,7 +448,7 @@ def test_a_jetstream_batch_is_stored_once_per_stream_sequence():
     assert again[1].outcome == MessageOutcome.PENDING
     # Sequence 4 repeats message 1's content: stored, as a duplicate of it.
     assert again[2].outcome == MessageOutcome.IGNORED
-    assert again[2].reason == services.REASON_DUPLICATE.format(id=first[0].pk)
+    assert again[2].reason == inbox.REASON_DUPLICATE.format(id=first[0].pk)
     assert InboundMessage.objects.count() == 4
 
 
@@ -461,12 +457,12 @@ def test_a_jetstream_batch_racing_another_listener_is_stored_one_by_one(
 ):
     """Another listener stored a sequence between our check and insert: no error."""
     subject = "j.prequalification.exchange"
-    [theirs] = services.inbound_record_many(
+    [theirs] = inbox.inbound_record_many(
         [(subject, b'{"n": 1}')], stream="S", sequences=[1]
     )
     # Our check ran before their insert: it saw nothing stored.
-    monkeypatch.setattr(services, "_stored_by_stream_key", lambda keys: {})
-    rows = services.inbound_record_many(
+    monkeypatch.setattr(inbox, "_stored_by_stream_key", lambda keys: {})
+    rows = inbox.inbound_record_many(
         [(subject, b'{"n": 1}'), (subject, b'{"n": 5}')], stream="S", sequences=[1, 5]
     )
     assert rows[0].pk == theirs.pk

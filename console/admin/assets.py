@@ -23,8 +23,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from assets.models import Asset, AssetKey, OperatorAccount
+from claims.inbox import CONSOLE_LISTENER
 from claims.models import ClaimEvent, ClaimRecord, MessageKind
-from claims.services import CONSOLE_LISTENER
 from console import services as console_services
 from console.admin.site import ConsoleAdminMixin, badge, message_for, searched_address
 from console.dashboard import resolve_did_document

@@ -459,11 +459,11 @@ def test_selection_at_the_limit_runs(client, operator, fakes, settings):
 def test_huge_inbound_payload_is_refused_stored_truncated_and_shown_escaped(
     client, operator, settings
 ):
-    from claims import services
+    from claims import inbox
 
     settings.INBOUND_PAYLOAD_LIMIT = 64 * 1024
     payload = b'{"did": "<script>alert(1)</script>", "x": "' + b"y" * 1_000_000 + b'"}'
-    message = services.inbound_record(
+    message = inbox.inbound_record(
         subject="dashboard.prequalification.exchange", payload=payload
     )
     assert message.truncated and message.outcome == "rejected"

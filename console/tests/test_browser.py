@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-from claims import services
-from claims.models import ClaimEvent, ClaimRecord, ClaimStatus
+from claims import transitions
+from claims.models import LISTENER, ClaimEvent, ClaimRecord, ClaimStatus
 from console import groups
 from console.tests.support import PASSWORD, make_asset, make_claim, make_user
 
@@ -143,9 +143,9 @@ def test_operator_session_in_a_browser(console_server, browser_page):
         "data-state", "connected"
     )
     # The listener's kind of change, made outside the page's process.
-    assert services.claim_mark_published(
+    assert transitions.claim_mark_published(
         record_id=moving.pk,
-        actor=services.LISTENER,
+        actor=LISTENER,
         service_id="svc-1",
         tx_hash="0x" + "12" * 32,
     )
@@ -165,9 +165,9 @@ def test_operator_session_in_a_browser(console_server, browser_page):
         "data-state", "connected"
     )
     page.evaluate("window.evopsNoReload = true")
-    assert services.claim_mark_published(
+    assert transitions.claim_mark_published(
         record_id=listed.pk,
-        actor=services.LISTENER,
+        actor=LISTENER,
         service_id="svc-2",
         tx_hash="0x" + "34" * 32,
     )

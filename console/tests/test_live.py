@@ -15,8 +15,8 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 from django.db import connections, transaction
 
-from claims import services
-from claims.models import ClaimStatus
+from claims import transitions
+from claims.models import ClaimStatus, staff_actor
 from console import groups, live
 from console.consumers import CLOSE_FORBIDDEN, ConsoleConsumer
 from console.routing import websocket_urlpatterns
@@ -80,7 +80,7 @@ async def test_a_service_transition_reaches_the_browser_after_commit():
 
     def retry():
         with transaction.atomic():
-            services.claim_retry(record=claim, actor=services.staff_actor(user))
+            transitions.claim_retry(record=claim, actor=staff_actor(user))
             # Nothing is sent before the commit.
             return get_channel_layer()
 
@@ -159,10 +159,10 @@ _OTHER_PROCESS = """
 import sys
 import django
 django.setup()
-from claims import services
-from claims.models import ClaimRecord
+from claims import transitions
+from claims.models import ClaimRecord, staff_actor
 claim = ClaimRecord.objects.get(pk=int(sys.argv[1]))
-print(services.claim_retry(record=claim, actor=services.staff_actor(None)))
+print(transitions.claim_retry(record=claim, actor=staff_actor(None)))
 """
 
 

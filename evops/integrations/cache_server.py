@@ -37,8 +37,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from evops.integrations import siwe
 from evops.integrations.http import AiohttpTransport
+from evops.protocol import siwe
 from evops.protocol.dids import DID
 from evops.protocol.jwt import (
     claim_request_token,

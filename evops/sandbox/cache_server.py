@@ -54,7 +54,7 @@ import aiohttp
 from aiohttp import web
 from eth_utils.crypto import keccak
 
-from evops.integrations import siwe
+from evops.protocol import siwe
 from evops.protocol.dids import DID, chain_id_for
 from evops.protocol.errors import ProtocolError
 from evops.protocol.jwt import (

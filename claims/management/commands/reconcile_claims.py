@@ -10,9 +10,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from claims import flows, selectors
+from claims import reconcile, selectors
 from claims.integrations import Integrations, integrations_from_settings
-from claims.services import RECONCILER
+from claims.models import RECONCILER
 from evops.protocol.errors import DIDError
 
 
@@ -60,9 +60,9 @@ class Command(BaseCommand):
 
     async def _run(
         self, assets: Any, concurrency: int, progress: Any, integrations: Integrations
-    ) -> flows.ReconcileResult:
+    ) -> reconcile.ReconcileResult:
         try:
-            return await flows.reconcile_assets(
+            return await reconcile.reconcile_assets(
                 assets=assets,
                 integrations=integrations,
                 actor=RECONCILER,

@@ -12,9 +12,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from claims import flows, selectors, services
+from claims import pipeline, selectors, transitions
 from claims.integrations import Integrations, integrations_from_settings
-from claims.models import ClaimStatus
+from claims.models import Actor, ClaimStatus, staff_actor
 from evops.protocol.errors import DIDError
 
 
@@ -40,9 +40,9 @@ class Command(BaseCommand):
             user = get_user_model().objects.filter(username=options["user"]).first()
             if user is None:
                 raise CommandError(f"No user {options['user']!r}.")
-        actor = services.staff_actor(user)
+        actor = staff_actor(user)
         if user is None:
-            actor = services.Actor(actor.kind, "retry_claims")
+            actor = Actor(actor.kind, "retry_claims")
         try:
             records = selectors.claims_for_retry(
                 statuses=options["status"] or [ClaimStatus.FAILED],
@@ -51,7 +51,9 @@ class Command(BaseCommand):
             )
         except DIDError as exc:
             raise CommandError(f"--asset: {exc}") from None
-        retried = [r.pk for r in records if services.claim_retry(record=r, actor=actor)]
+        retried = [
+            r.pk for r in records if transitions.claim_retry(record=r, actor=actor)
+        ]
         self.stdout.write(f"{len(retried)} of {len(records)} claims scheduled again")
         if options["schedule_only"] or not retried:
             return
@@ -63,13 +65,13 @@ class Command(BaseCommand):
         return integrations_from_settings()
 
     async def _run(
-        self, record_ids: list[int], actor: services.Actor, integrations: Integrations
+        self, record_ids: list[int], actor: Actor, integrations: Integrations
     ) -> list[str]:
         try:
             return list(
                 await asyncio.gather(
                     *(
-                        flows.claim_process_due(
+                        pipeline.claim_process_due(
                             record_id=pk, integrations=integrations, actor=actor
                         )
                         for pk in record_ids

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from evops.integrations import siwe
+from evops.protocol import siwe
 from evops.protocol.keys import LocalKeySigner
 
 # The example message of EIP-4361 itself.

@@ -17,7 +17,7 @@ import httpx
 import nats
 import pytest
 
-from evops.integrations import siwe
+from evops.protocol import siwe
 from evops.protocol.jwt import claim_request_token, identity_token, issued_token
 from evops.protocol.keys import LocalKeySigner
 from evops.sandbox.cache_server import (

@@ -1,0 +1,443 @@
+"""The inbox: every received or console-queued message, stored before anything acts.
+
+Record (with the duplicate check and the JetStream redelivery check), lease to a
+worker, finish with an outcome, defer after a transient failure, release at shutdown,
+requeue failed ones, and enqueue staff work for the listener. The lease and the
+batched finish are queries on `InboundMessage.objects` (`claims.models`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from assets.models import Asset
+from claims.models import (
+    InboundMessage,
+    MessageKind,
+    MessageOutcome,
+)
+from claims.retry import REASON_GAVE_UP, readable_error, retry_delay
+from evops.protocol import messages as wire
+from evops.protocol.dids import DID
+from evops.protocol.errors import DIDError
+
+log = logging.getLogger(__name__)
+
+
+REASON_DUPLICATE = "duplicate of message #{id}"
+
+
+# A request-credential notice goes to the issuers (protocol.md §5): nothing to do.
+REASON_FOR_ISSUERS = "request_for_issuers"
+
+
+def dedupe_key(subject: str, payload: bytes) -> str:
+    return hashlib.sha256(subject.encode("utf-8") + b"\n" + payload).hexdigest()
+
+
+def inbound_record(
+    *,
+    subject: str,
+    payload: bytes,
+    kind: str = MessageKind.UNKNOWN,
+    stream: str = "",
+    stream_sequence: int | None = None,
+    listener: str = "",
+) -> InboundMessage:
+    """Store a received message before anything acts on it.
+
+    In JetStream mode the stream sequence identifies the message (a redelivery after
+    a crash before the ack is the same row). In both modes the same subject and
+    payload again within `DUPLICATE_WINDOW_SECONDS` is stored as an ignored
+    duplicate, so a triple delivery does one piece of work. The payload is kept up to
+    `INBOUND_PAYLOAD_LIMIT` bytes; its full size is recorded.
+    """
+    fields, early = _inbound_fields(subject, payload, kind=kind, listener=listener)
+    key = fields["dedupe_key"]
+    stream_key = f"{stream}:{stream_sequence}" if stream_sequence is not None else ""
+    try:
+        with transaction.atomic():
+            # Lock-free check: a duplicate slipping past it is still harmless,
+            # because the claim state machine makes every step idempotent.
+            original = _originals([key]).get(key)
+            if original is not None and not early:
+                fields.update(_duplicate_of(original))
+            return InboundMessage.objects.create(
+                stream_key=stream_key,
+                stream_sequence=stream_sequence,
+                **fields,
+            )
+    except IntegrityError:
+        if not stream_key:
+            raise
+        # JetStream redelivered a message we stored before the ack was lost.
+        return InboundMessage.objects.get(stream_key=stream_key)
+
+
+def _inbound_fields(
+    subject: str, payload: bytes, *, kind: str, listener: str
+) -> tuple[dict[str, Any], str]:
+    """The row of a received message, and why it is refused unread ("" if not)."""
+    limit = int(settings.INBOUND_PAYLOAD_LIMIT)
+    text = payload[:limit].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    fields: dict[str, Any] = {
+        "subject": subject[:255],
+        "payload": text,
+        "payload_size": len(payload),
+        "truncated": len(payload) > limit,
+        "kind": kind,
+        "listener": listener[:150],
+        "next_attempt_at": timezone.now(),
+        "dedupe_key": dedupe_key(subject, payload),
+    }
+    # What cannot be kept faithfully (too large, not UTF-8 text) is refused here:
+    # the worker only ever parses the stored text.
+    early = _unstorable(payload, limit)
+    if early:
+        fields.update(
+            outcome=MessageOutcome.REJECTED,
+            reason=early,
+            processed_at=timezone.now(),
+            next_attempt_at=None,
+        )
+    elif subject.startswith(_REQUEST_NOTICE_PREFIX):
+        fields.update(_request_notice(subject, payload))
+    return fields, early
+
+
+_REQUEST_NOTICE_PREFIX = f"{wire.REQUEST_CREDENTIAL}.claim-exchange."
+
+
+def _request_notice(subject: str, payload: bytes) -> dict[str, Any]:
+    """A well-formed request-credential notice, stored as ignored on arrival.
+
+    It is addressed to the issuers (the cache server sends one with every claim
+    request, ours included), so no worker needs to look at it. One that does not
+    parse is left pending: the worker rejects it with the parser's reason.
+    """
+    try:
+        hint = wire.parse_message(subject, payload, limit=len(payload))
+    except wire.MessageError:
+        return {}
+    if hint.type is not wire.MessageType.REQUEST or hint.legacy:
+        return {}
+    return {
+        "kind": MessageKind.REQUEST,
+        "outcome": MessageOutcome.IGNORED,
+        "reason": REASON_FOR_ISSUERS,
+        "asset_did": hint.did.canonical[:100],
+        "claim_id": hint.claim_id[:100],
+        "processed_at": timezone.now(),
+        "next_attempt_at": None,
+    }
+
+
+def _duplicate_of(original: int) -> dict[str, Any]:
+    return {
+        "outcome": MessageOutcome.IGNORED,
+        "reason": REASON_DUPLICATE.format(id=original),
+        "processed_at": timezone.now(),
+        "next_attempt_at": None,
+    }
+
+
+def _originals(keys: Iterable[str]) -> dict[str, int]:
+    """The first stored message (not itself a duplicate) of each key in the window."""
+    window_seconds = float(settings.DUPLICATE_WINDOW_SECONDS)
+    window = timezone.now() - timedelta(seconds=window_seconds)
+    found: dict[str, int] = {}
+    rows = (
+        InboundMessage.objects.filter(dedupe_key__in=set(keys), received_at__gte=window)
+        .exclude(outcome=MessageOutcome.IGNORED, reason__startswith="duplicate")
+        .order_by("id")
+        .values_list("dedupe_key", "pk")
+    )
+    for key, pk in rows:
+        found.setdefault(key, pk)
+    return found
+
+
+def inbound_record_many(
+    messages: Sequence[tuple[str, bytes]],
+    *,
+    kind: str = MessageKind.UNKNOWN,
+    listener: str = "",
+    requested_by: Any = None,
+    stream: str = "",
+    sequences: Sequence[int] | None = None,
+) -> list[InboundMessage]:
+    """Store a batch of received messages as `inbound_record` does one.
+
+    One duplicate check and two inserts for the whole batch instead of a
+    transaction per message: the listener's intake of a burst. A message is a
+    duplicate of the first stored one with the same subject and payload in the
+    window, stored before or earlier in this batch. Returned in the given order.
+
+    JetStream batches pass their stream `sequences`: a message already stored under
+    its stream sequence (redelivered because its ack was lost) is that row again.
+    If another listener stores one of them meanwhile, the batch is stored one
+    message at a time instead.
+    """
+    if not messages:
+        return []
+    built = [
+        _inbound_fields(subject, payload, kind=kind, listener=listener)
+        for subject, payload in messages
+    ]
+    if requested_by is not None:
+        for fields, _ in built:
+            fields["requested_by"] = requested_by
+            fields["requested_by_label"] = requested_by.get_username()[:150]
+    if sequences is not None:
+        for (fields, _), sequence in zip(built, sequences, strict=True):
+            fields["stream_sequence"] = sequence
+            fields["stream_key"] = f"{stream}:{sequence}"
+    try:
+        with transaction.atomic():
+            return _store_batch(built)
+    except IntegrityError:
+        if sequences is None:
+            raise
+        return [
+            inbound_record(
+                subject=subject,
+                payload=payload,
+                kind=kind,
+                stream=stream,
+                stream_sequence=sequence,
+                listener=listener,
+            )
+            for (subject, payload), sequence in zip(messages, sequences, strict=True)
+        ]
+
+
+def _stored_by_stream_key(keys: Sequence[str]) -> dict[str, InboundMessage]:
+    """Messages already stored under these JetStream `<stream>:<sequence>` keys."""
+    return {
+        row.stream_key: row
+        for row in InboundMessage.objects.filter(stream_key__in=keys)
+    }
+
+
+def _store_batch(built: list[tuple[dict[str, Any], str]]) -> list[InboundMessage]:
+    rows: dict[int, InboundMessage] = {}
+    stream_keys = [
+        fields["stream_key"] for fields, _ in built if fields.get("stream_key")
+    ]
+    if stream_keys:
+        stored = _stored_by_stream_key(stream_keys)
+        for index, (fields, _) in enumerate(built):
+            if fields.get("stream_key") in stored:
+                rows[index] = stored[fields["stream_key"]]
+    originals = _originals(fields["dedupe_key"] for fields, _ in built)
+    first: list[int] = []  # batch positions stored as originals (or refused)
+    later: list[int] = []  # duplicates of a message earlier in this batch
+    seen_here: set[str] = set()
+    for index, (fields, early) in enumerate(built):
+        if index in rows:
+            continue
+        key = fields["dedupe_key"]
+        if early:
+            first.append(index)
+        elif key in originals:
+            fields.update(_duplicate_of(originals[key]))
+            first.append(index)
+        elif key in seen_here:
+            later.append(index)
+        else:
+            first.append(index)
+        seen_here.add(key)
+    created = InboundMessage.objects.bulk_create(
+        [InboundMessage(**built[index][0]) for index in first]
+    )
+    for index, row in zip(first, created, strict=True):
+        rows[index] = row
+        originals.setdefault(row.dedupe_key, row.pk)
+    if later:
+        for index in later:
+            fields = built[index][0]
+            fields.update(_duplicate_of(originals[fields["dedupe_key"]]))
+        created = InboundMessage.objects.bulk_create(
+            [InboundMessage(**built[index][0]) for index in later]
+        )
+        rows.update(zip(later, created, strict=True))
+    return [rows[index] for index in range(len(built))]
+
+
+# Staff work on many assets, queued in the console for the listener (one inbox row per
+# asset; the listener's workers do it, naming the user in the claim history).
+CONSOLE_LISTENER = "console"
+CONSOLE_SUBJECTS = {
+    MessageKind.PREQUALIFICATION: "console.prequalification.exchange",
+    MessageKind.RECONCILE: "console.reconcile",
+}
+
+
+def inbound_enqueue(
+    *, kind: str, dids: Iterable[str], user: Any
+) -> list[InboundMessage]:
+    """Queue `kind` (prequalification or reconcile) for each asset DID, as `user`.
+
+    Stored like a received message (`{"did"}` payload): the same request for the
+    same asset again within `DUPLICATE_WINDOW_SECONDS` is an ignored duplicate, so
+    a second click queues nothing twice.
+    """
+    subject = CONSOLE_SUBJECTS[MessageKind(kind)]
+    messages = [(subject, json.dumps({"did": did}).encode()) for did in dids]
+    return inbound_record_many(
+        messages, kind=kind, listener=CONSOLE_LISTENER, requested_by=user
+    )
+
+
+def queued_did(payload: str) -> DID:
+    """The asset DID of a queued reconciliation, or `wire.MessageError` saying why."""
+    data = wire.decode_payload(payload.encode("utf-8"), limit=1 << 30)
+    value = data.get("did")
+    if not isinstance(value, str):
+        raise wire.MessageError(wire.REASON_BAD_FIELD, "did must be a string")
+    try:
+        return DID.parse(value)
+    except DIDError as exc:
+        raise wire.MessageError(wire.REASON_INVALID_DID, str(exc)) from None
+
+
+def _unstorable(payload: bytes, limit: int) -> str:
+    if len(payload) > limit:
+        return f"{wire.REASON_TOO_LARGE}: {len(payload)} bytes > {limit}"
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return wire.REASON_NOT_UTF8
+    if "\x00" in text:
+        return wire.REASON_NOT_UTF8
+    return ""
+
+
+def inbound_lease_due(*, limit: int, lease_seconds: float) -> list[int]:
+    """Take up to `limit` pending messages (SKIP LOCKED), leasing them to a worker."""
+    return [
+        message.pk
+        for message in inbound_lease_due_messages(
+            limit=limit, lease_seconds=lease_seconds
+        )
+    ]
+
+
+def inbound_lease_due_messages(
+    *, limit: int, lease_seconds: float
+) -> list[InboundMessage]:
+    """`inbound_lease_due`, returning the leased rows."""
+    return InboundMessage.objects.lease_due(limit=limit, lease_seconds=lease_seconds)
+
+
+@dataclass(frozen=True)
+class LeasedMessages:
+    """Messages leased to a worker, with the assets they name (one database call).
+
+    `assets` maps the EIP-55 address of every DID the messages name to its asset
+    (sealed key loaded) or None when evops holds no such asset; a message that does
+    not parse names nothing here, and the worker rejects it.
+    """
+
+    messages: list[InboundMessage]
+    assets: dict[str, Asset | None]
+
+
+def inbound_lease_due_with_assets(
+    *, limit: int, lease_seconds: float
+) -> LeasedMessages:
+    """`inbound_lease_due_messages`, and the assets those messages name.
+
+    A burst of prequalification requests then costs one asset query per lease
+    instead of one per message.
+    """
+    messages = inbound_lease_due_messages(limit=limit, lease_seconds=lease_seconds)
+    addresses: set[str] = set()
+    for message in messages:
+        payload = message.payload.encode("utf-8")
+        try:
+            if message.kind == MessageKind.RECONCILE:
+                addresses.add(queued_did(message.payload).address)
+                continue
+            hint = wire.parse_message(message.subject, payload, limit=len(payload))
+        except wire.MessageError:
+            continue
+        addresses.add(hint.did.address)
+    assets: dict[str, Asset | None] = dict.fromkeys(addresses)
+    if addresses:
+        for asset in Asset.objects.select_related("key").filter(address__in=addresses):
+            assets[asset.address] = asset
+    return LeasedMessages(messages, assets)
+
+
+def inbound_finish(
+    *,
+    message_id: int,
+    outcome: str,
+    reason: str = "",
+    kind: str | None = None,
+    asset_did: str = "",
+    claim_id: str = "",
+    record_id: int | None = None,
+) -> None:
+    """Record the outcome of a message: processed, ignored, rejected or failed.
+
+    `kind`, `asset_did`, `claim_id` and `record_id` are written when given and
+    otherwise keep what the row has.
+    """
+    InboundMessage.objects.finish_many(
+        [(outcome, reason, kind, asset_did, claim_id, record_id, message_id)]
+    )
+
+
+def inbound_defer(*, message_id: int, error: BaseException | str) -> str:
+    """A transient failure: try again after a backoff, or give up after MAX_ATTEMPTS."""
+    text = readable_error(error)
+    attempts = (
+        InboundMessage.objects.filter(pk=message_id)
+        .values_list("attempts", flat=True)
+        .first()
+    ) or 0
+    if attempts >= settings.MAX_ATTEMPTS:
+        inbound_finish(
+            message_id=message_id,
+            outcome=MessageOutcome.FAILED,
+            reason=REASON_GAVE_UP.format(attempts=attempts, error=text),
+        )
+        return MessageOutcome.FAILED
+    InboundMessage.objects.filter(pk=message_id).update(
+        reason=text,
+        next_attempt_at=timezone.now() + timedelta(seconds=retry_delay(attempts)),
+    )
+    return MessageOutcome.PENDING
+
+
+def inbound_release(*, message_ids: Iterable[int]) -> None:
+    """Hand leased messages back (shutdown): due now, attempt not counted."""
+    InboundMessage.objects.filter(
+        pk__in=list(message_ids), outcome=MessageOutcome.PENDING
+    ).update(next_attempt_at=timezone.now(), attempts=F("attempts") - 1)
+
+
+def inbound_requeue(*, message_ids: Iterable[int] | None = None) -> int:
+    """Make failed messages pending again (staff)."""
+    query = InboundMessage.objects.filter(outcome=MessageOutcome.FAILED)
+    if message_ids is not None:
+        query = query.filter(pk__in=list(message_ids))
+    return query.update(
+        outcome=MessageOutcome.PENDING,
+        attempts=0,
+        next_attempt_at=timezone.now(),
+        processed_at=None,
+    )

@@ -1,0 +1,81 @@
+"""The pipeline's timed calls to its peers: signer, role definitions, DID documents.
+
+Thin async wrappers over `Integrations` that the pipeline steps, the credential check
+and reconciliation share: they add the latency metrics, build a signer without a
+database call when the lease already loaded the sealed key, and keep role
+definitions for a few minutes (roles change rarely).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from assets.models import Asset, SignerBackend
+from claims import metrics
+from claims.dbthreads import db
+from claims.integrations import Integrations
+
+log = logging.getLogger(__name__)
+
+
+_ROLE_TTL = 300.0
+
+
+def log_extra(asset: Asset | None = None, **context: Any) -> dict[str, Any]:
+    extra = {key: value for key, value in context.items() if value}
+    if asset is not None:
+        extra["asset_did"] = asset.did
+    return extra
+
+
+async def asset_signer(integrations: Integrations, asset: Asset) -> Any:
+    if asset.signer_backend == SignerBackend.LOCAL_ENCRYPTED and Asset.key.is_cached(
+        asset
+    ):
+        # The sealed key came with the asset: building the signer reads nothing.
+        return integrations.signer_for(asset)
+    return await db(integrations.signer_for)(asset)
+
+
+_roles: dict[tuple[int, str], tuple[float, Any]] = {}
+
+
+async def role_definition(
+    integrations: Integrations, asset: Asset, namespace: str
+) -> Any:
+    """The role definition, cached for a few minutes (roles change rarely)."""
+    key = (id(integrations.cache), namespace)
+    cached = _roles.get(key)
+    if cached is not None and time.monotonic() - cached[0] < _ROLE_TTL:
+        return cached[1]
+    signer = await asset_signer(integrations, asset)
+    with metrics.timed(metrics.CACHE_SERVER_LATENCY, "role"):
+        role = await integrations.cache.role(signer, asset.did, namespace)
+    _roles[key] = (time.monotonic(), role)
+    return role
+
+
+def forget_roles() -> None:
+    _roles.clear()
+
+
+def service_entries(document: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = document.get("service") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def find_service_by_hash(document: dict[str, Any], sha: str) -> dict[str, Any] | None:
+    """The document's service entry whose `hash` is `sha` (protocol.md §8)."""
+    for entry in service_entries(document):
+        if str(entry.get("hash", "")).lower().removeprefix("0x") == sha:
+            return entry
+    return None
+
+
+async def resolve_document(integrations: Integrations, did: str) -> dict[str, Any]:
+    with metrics.timed(metrics.CHAIN_LATENCY, "resolve"):
+        return await integrations.chain.resolve_document(did)

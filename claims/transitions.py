@@ -1,0 +1,457 @@
+"""The claim state machine: the compare-and-set transition and one function per move.
+
+Every status change goes through `claim_transition`, a compare-and-set
+(`filter(pk=..., status__in=expected).update(...)`) that proceeds only when exactly one
+row changed and appends a `ClaimEvent` in the same transaction. Whoever wins the CAS
+into `publishing` is the only one allowed to write to the chain for that record, which
+is what keeps a duplicate message, a racing reconciler and a staff retry from causing
+two chain writes. These functions are synchronous (the admin calls them directly);
+the async pipeline calls them in a database thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from assets.models import Asset
+from claims.history import announce, event_append
+from claims.models import (
+    ALLOWED_TRANSITIONS,
+    Actor,
+    ClaimRecord,
+    ClaimStatus,
+)
+from claims.retry import MAX_ERROR, REASON_GAVE_UP, readable_error, retry_delay
+
+log = logging.getLogger(__name__)
+
+
+ERR_NOT_RETRYABLE = "Only failed claims can be retried (this one is {status})."
+ERR_NOT_ALLOWED = "A claim does not move from {current} to {to}."
+REQUESTED_MESSAGE = "Claim request filed for {role} v{version}."
+
+
+def claim_transition(
+    *,
+    record_id: int,
+    expected: Iterable[str],
+    to: str,
+    actor: Actor,
+    kind: str = "",
+    message: str = "",
+    details: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> bool:
+    """Move a record from one of `expected` to `to`, if (and only if) it is there.
+
+    Returns False when another worker, the reconciler or a staff user moved it first;
+    the caller then does nothing further. The event is written in the same
+    transaction as the change, and the live update goes out after commit.
+    """
+    expected = list(expected)
+    with transaction.atomic():
+        current = (
+            ClaimRecord.objects.filter(pk=record_id, status__in=expected)
+            .values_list("status", flat=True)
+            .first()
+        )
+        if current is None:
+            return False
+        if to not in ALLOWED_TRANSITIONS[ClaimStatus(current)]:
+            raise ValueError(ERR_NOT_ALLOWED.format(current=current, to=to))
+        changed = ClaimRecord.objects.filter(pk=record_id, status=current).update(
+            status=to, updated_at=timezone.now(), **fields
+        )
+        if changed != 1:
+            return False
+        event_append(
+            record_id,
+            actor=actor,
+            kind=kind or to,
+            from_status=current,
+            to_status=to,
+            message=message,
+            details=details,
+        )
+        announce(record_id, to)
+    return True
+
+
+def _lease() -> datetime:
+    return timezone.now() + timedelta(seconds=float(settings.PUBLISH_LEASE_SECONDS))
+
+
+def claim_record_requested(
+    *,
+    asset: Asset,
+    claim_id: str,
+    role: str,
+    role_version: int | None,
+    actor: Actor,
+    details: Mapping[str, Any] | None = None,
+) -> tuple[ClaimRecord, bool]:
+    """Record a filed claim request; an existing record for the id is left alone.
+
+    Insert first (the usual case: a new claim id), and only on the unique
+    constraint's refusal read the existing row: four round trips instead of
+    get_or_create's seven (SELECT, SAVEPOINT, INSERT, RELEASE inside the
+    transaction).
+    """
+    try:
+        with transaction.atomic():
+            record = ClaimRecord.objects.create(
+                asset=asset,
+                claim_id=claim_id,
+                role=role,
+                role_version=role_version,
+                status=ClaimStatus.REQUESTED,
+            )
+            event_append(
+                record.pk,
+                actor=actor,
+                kind="requested",
+                to_status=ClaimStatus.REQUESTED,
+                message=REQUESTED_MESSAGE.format(role=role, version=role_version),
+                details=details,
+            )
+            announce(record.pk, record.status)
+    except IntegrityError:
+        # Already recorded (a duplicate message, the reconciler, another listener).
+        existing = ClaimRecord.objects.filter(asset=asset, claim_id=claim_id).first()
+        if existing is None:
+            raise
+        return existing, False
+    return record, True
+
+
+def _get_or_create(asset: Asset, claim_id: str, actor: Actor) -> ClaimRecord:
+    try:
+        with transaction.atomic():
+            record, created = ClaimRecord.objects.get_or_create(
+                asset=asset, claim_id=claim_id
+            )
+            if created:
+                event_append(
+                    record.pk,
+                    actor=actor,
+                    kind="discovered",
+                    to_status=record.status,
+                    message="First seen in an issue or rejection notice.",
+                )
+    except IntegrityError:
+        # A concurrent worker created it between our SELECT and INSERT.
+        record = ClaimRecord.objects.get(asset=asset, claim_id=claim_id)
+    return record
+
+
+def claim_record_issued(
+    *,
+    asset: Asset,
+    claim_id: str,
+    token: str,
+    token_sha256: str,
+    issuer_did: str,
+    role: str,
+    role_version: int | None,
+    actor: Actor,
+    details: Mapping[str, Any] | None = None,
+) -> tuple[ClaimRecord, bool]:
+    """Record a verified issued credential: requested → issued.
+
+    Returns the record and whether this call moved it. A record already issued (or
+    further along) is returned unchanged, so a duplicate notice is a no-op.
+    """
+    record = _get_or_create(asset, claim_id, actor)
+    moved = claim_transition(
+        record_id=record.pk,
+        expected=[ClaimStatus.REQUESTED],
+        to=ClaimStatus.ISSUED,
+        actor=actor,
+        message=f"Issued by {issuer_did}; token verified.",
+        details={**(details or {}), "token_sha256": token_sha256},
+        token=token,
+        token_sha256=token_sha256,
+        issuer_did=issuer_did,
+        role=role,
+        role_version=role_version,
+        issued_at=timezone.now(),
+        next_retry_at=_lease(),
+        last_error="",
+    )
+    record.refresh_from_db()
+    return record, moved
+
+
+def claim_record_rejected(
+    *,
+    asset: Asset,
+    claim_id: str,
+    reason: str,
+    message: str,
+    actor: Actor,
+    details: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> tuple[ClaimRecord, bool]:
+    """Mark a claim rejected (by its issuer, or because its token failed the checks).
+
+    Never from `publishing` or `published`: a credential already on its way to the
+    chain or on it is not undone by a late notice.
+    """
+    record = _get_or_create(asset, claim_id, actor)
+    moved = claim_transition(
+        record_id=record.pk,
+        expected=[
+            ClaimStatus.REQUESTED,
+            ClaimStatus.ISSUED,
+            ClaimStatus.STORED,
+            ClaimStatus.FAILED,
+        ],
+        to=ClaimStatus.REJECTED,
+        actor=actor,
+        message=message,
+        details={**(details or {}), "reason": reason},
+        rejection_reason=reason[:100],
+        last_error=message[:MAX_ERROR],
+        next_retry_at=None,
+        **fields,
+    )
+    record.refresh_from_db()
+    return record, moved
+
+
+def claim_record_found(
+    *,
+    asset: Asset,
+    claim_id: str,
+    token: str,
+    token_sha256: str,
+    role: str,
+    role_version: int | None,
+    service_id: str,
+    actor: Actor,
+) -> bool:
+    """The reconciler found the credential in the DID document: mark it published.
+
+    Not from `publishing` (a worker holds it and will find the entry itself) and
+    not from `rejected` (a refused credential stays refused, whatever is on chain).
+    """
+    record = _get_or_create(asset, claim_id, actor)
+    if record.status == ClaimStatus.PUBLISHED:
+        return False
+    return claim_transition(
+        record_id=record.pk,
+        expected=[
+            ClaimStatus.REQUESTED,
+            ClaimStatus.ISSUED,
+            ClaimStatus.STORED,
+            ClaimStatus.FAILED,
+        ],
+        to=ClaimStatus.PUBLISHED,
+        actor=actor,
+        kind="found_published",
+        message="Found in the DID document resolved from chain; nothing written.",
+        details={"service_id": service_id, "token_sha256": token_sha256},
+        token=record.token or token,
+        token_sha256=token_sha256,
+        role=record.role or role,
+        role_version=record.role_version or role_version,
+        service_id=service_id,
+        published_at=timezone.now(),
+        next_retry_at=None,
+        last_error="",
+    )
+
+
+def claim_record_stored(*, record_id: int, cid: str, actor: Actor) -> bool:
+    """issued → stored, with the CID the credential store returned."""
+    return claim_transition(
+        record_id=record_id,
+        expected=[ClaimStatus.ISSUED],
+        to=ClaimStatus.STORED,
+        actor=actor,
+        message=f"Token stored as {cid}.",
+        details={"cid": cid},
+        cid=cid,
+        next_retry_at=_lease(),
+    )
+
+
+def claim_begin_publishing(*, record_id: int, actor: Actor) -> bool:
+    """stored → publishing: the lock that allows exactly one chain write."""
+    return claim_transition(
+        record_id=record_id,
+        expected=[ClaimStatus.STORED],
+        to=ClaimStatus.PUBLISHING,
+        actor=actor,
+        attempts=F("attempts") + 1,
+        next_retry_at=None,
+    )
+
+
+def claim_mark_published(
+    *,
+    record_id: int,
+    actor: Actor,
+    service_id: str,
+    tx_hash: str = "",
+    block_number: int | None = None,
+    message: str = "",
+    details: Mapping[str, Any] | None = None,
+) -> bool:
+    """publishing → published, after the document resolved from chain shows it."""
+    return claim_transition(
+        record_id=record_id,
+        expected=[ClaimStatus.PUBLISHING],
+        to=ClaimStatus.PUBLISHED,
+        actor=actor,
+        message=message,
+        details={**(details or {}), "tx_hash": tx_hash, "service_id": service_id},
+        service_id=service_id,
+        tx_hash=tx_hash,
+        block_number=block_number,
+        published_at=timezone.now(),
+        next_retry_at=None,
+        last_error="",
+    )
+
+
+def claim_schedule_retry(
+    *,
+    record_id: int,
+    expected: str,
+    back_to: str,
+    error: BaseException | str,
+    actor: Actor,
+    details: Mapping[str, Any] | None = None,
+) -> str:
+    """After a transient failure: back to `back_to` with a backoff, or failed.
+
+    Returns the status the record ended in ("" if someone else moved it first).
+    `attempts` counts publication attempts (incremented entering `publishing`), or
+    is incremented here for failures before that point.
+    """
+    text = readable_error(error)
+    row = (
+        ClaimRecord.objects.filter(pk=record_id)
+        .values_list("attempts", flat=True)
+        .first()
+    )
+    if row is None:
+        return ""
+    attempts = row if expected == ClaimStatus.PUBLISHING else row + 1
+    if attempts >= settings.MAX_ATTEMPTS:
+        moved = claim_transition(
+            record_id=record_id,
+            expected=[expected],
+            to=ClaimStatus.FAILED,
+            actor=actor,
+            kind="failed",
+            message=REASON_GAVE_UP.format(attempts=attempts, error=text),
+            details=details,
+            attempts=attempts,
+            last_error=REASON_GAVE_UP.format(attempts=attempts, error=text),
+            next_retry_at=None,
+        )
+        return ClaimStatus.FAILED if moved else ""
+    delay = retry_delay(attempts)
+    moved = claim_transition(
+        record_id=record_id,
+        expected=[expected],
+        to=back_to,
+        actor=actor,
+        kind="retry_scheduled",
+        message=f"{text} (attempt {attempts}; retry in {delay:.1f}s)",
+        details=details,
+        attempts=attempts,
+        last_error=text,
+        next_retry_at=timezone.now() + timedelta(seconds=delay),
+    )
+    return back_to if moved else ""
+
+
+def claim_fail(
+    *,
+    record_id: int,
+    expected: Iterable[str],
+    error: BaseException | str,
+    actor: Actor,
+    details: Mapping[str, Any] | None = None,
+) -> bool:
+    """A permanent failure: → failed with the readable reason."""
+    text = readable_error(error)
+    return claim_transition(
+        record_id=record_id,
+        expected=expected,
+        to=ClaimStatus.FAILED,
+        actor=actor,
+        message=text,
+        details=details,
+        last_error=text,
+        next_retry_at=None,
+    )
+
+
+def claim_retry(*, record: ClaimRecord, actor: Actor) -> bool:
+    """Staff retry of a failed claim: back to the step it failed at, due now.
+
+    A record with a CID goes back to `stored`, one with a token to `issued`,
+    otherwise to `requested`. The listener's worker (or the `retry_claims` command)
+    picks it up; the publication still goes through the CAS into `publishing` and
+    the check against the chain, so a retry never writes twice.
+    """
+    if record.status != ClaimStatus.FAILED:
+        raise ValueError(ERR_NOT_RETRYABLE.format(status=record.status))
+    if record.cid:
+        target = ClaimStatus.STORED
+    elif record.token:
+        target = ClaimStatus.ISSUED
+    else:
+        target = ClaimStatus.REQUESTED
+    return claim_transition(
+        record_id=record.pk,
+        expected=[ClaimStatus.FAILED],
+        to=target,
+        actor=actor,
+        kind="retry",
+        message=f"Retry requested by {actor.label or actor.kind}.",
+        details={"previous_error": record.last_error},
+        attempts=0,
+        next_retry_at=timezone.now(),
+    )
+
+
+def claims_lease_due(*, limit: int) -> list[int]:
+    """Take up to `limit` records due for another try, for the publication lease."""
+    return ClaimRecord.objects.lease_due(limit=limit, until=_lease())
+
+
+def claims_release_stale_publishing(*, actor: Actor) -> list[int]:
+    """Hand back records stuck in `publishing` longer than the lease (crashed worker).
+
+    The next attempt resolves the document from chain before writing, so a write
+    that did land is found rather than repeated.
+    """
+    cutoff = timezone.now() - timedelta(seconds=float(settings.PUBLISH_LEASE_SECONDS))
+    released = []
+    for pk in ClaimRecord.objects.filter(
+        status=ClaimStatus.PUBLISHING, updated_at__lt=cutoff
+    ).values_list("pk", flat=True):
+        if claim_transition(
+            record_id=pk,
+            expected=[ClaimStatus.PUBLISHING],
+            to=ClaimStatus.STORED,
+            actor=actor,
+            kind="lease_expired",
+            message="Publication did not finish within the lease; handed back.",
+            next_retry_at=timezone.now(),
+        ):
+            released.append(pk)
+    return released
