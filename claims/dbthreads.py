@@ -206,7 +206,7 @@ def db(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
 @contextlib.contextmanager
 def using(pool: DatabaseThreads | None) -> Iterator[None]:
-    """Run the pipeline steps called inside on `pool` (this task and the tasks it starts)."""
+    """Run the pipeline steps called inside on `pool` (this task and its children)."""
     token = _current.set(pool)
     try:
         yield

@@ -1,6 +1,6 @@
 """Prometheus metrics of the pipeline (served by the listener on `METRICS_PORT`).
 
-Counters are incremented where things happen (pipeline, consumer, listener); the gauges that
+Counters are incremented where things happen (pipeline, listener); the gauges that
 describe database state (inbox backlog, claims by status) are refreshed by the
 listener's heartbeat from `claims.selectors`, so a scrape never queries the database.
 """

@@ -1,4 +1,4 @@
-"""The pipeline, consumer and reconciliation against small fakes of the integrations (one step at a time).
+"""Pipeline, consumer and reconciliation against small fakes of the integrations.
 
 The same behaviours run against the real peers in test_end_to_end.py.
 """
