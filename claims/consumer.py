@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from assets.models import Asset
 from claims import inbox, metrics, selectors
@@ -19,6 +18,7 @@ from claims.integrations import Integrations
 from claims.models import (
     Actor,
     EventActor,
+    InboundMessage,
     MessageKind,
     MessageOutcome,
 )
@@ -51,7 +51,7 @@ async def inbound_process(
     message_id: int,
     integrations: Integrations,
     actor: Actor,
-    message: Any = None,
+    message: InboundMessage | None = None,
     assets: Mapping[str, Asset | None] | None = None,
 ) -> Outcome:
     """Parse one stored message, act on it, and record its outcome.
@@ -63,8 +63,6 @@ async def inbound_process(
     lease by address (`inbox.inbound_lease_due_with_assets`), saves looking the
     asset up.
     """
-    from claims.models import InboundMessage
-
     if message is None or message.pk != message_id:
         message = await db(InboundMessage.objects.get)(pk=message_id)
     if message.requested_by_label:
@@ -113,7 +111,7 @@ async def inbound_process(
 
 
 async def _inbound_reconcile(
-    message: Any,
+    message: InboundMessage,
     integrations: Integrations,
     actor: Actor,
     assets: Mapping[str, Asset | None] | None,

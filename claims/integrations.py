@@ -14,47 +14,32 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from evops.integrations.cache_server import ClaimRequestResult, Role, RoleClaim
+from evops.integrations.chain import PublishResult
+from evops.protocol.credentials import AcceptedCredential, RejectedCredential
 from evops.protocol.signer import Signer
 
 
-class RoleLike(Protocol):
-    namespace: str
-    name: str
-    version: int
-
-
-class RoleClaimLike(Protocol):
-    id: str
-    subject: str
-    claim_type: str
-    claim_type_version: Any
-    issued_token: str | None
-    is_accepted: bool
-    is_rejected: bool
-    rejection_reason: str | None
-
-
-class ClaimRequestResultLike(Protocol):
-    claim_id: str | None
-    already_existed: bool
-
-
 class CacheServer(Protocol):
-    async def role(self, signer: Signer, did: str, namespace: str) -> Any: ...
+    async def role(self, signer: Signer, did: str, namespace: str) -> Role: ...
 
     async def request_claim(
         self,
         signer: Signer,
         did: str,
         *,
-        role: Any,
+        role: Role,
         subject: str | None = None,
         claim_id: str | None = None,
-    ) -> Any: ...
+    ) -> ClaimRequestResult: ...
 
-    async def get_claim(self, signer: Signer, did: str, claim_id: str) -> Any: ...
+    async def get_claim(
+        self, signer: Signer, did: str, claim_id: str
+    ) -> RoleClaim | None: ...
 
-    async def accepted_claims(self, signer: Signer, did: str) -> Sequence[Any]: ...
+    async def accepted_claims(
+        self, signer: Signer, did: str
+    ) -> Sequence[RoleClaim]: ...
 
     async def aclose(self) -> None: ...
 
@@ -66,12 +51,12 @@ class CredentialStore(Protocol):
 class Chain(Protocol):
     async def publish_attribute(
         self, asset_signer: Signer, *, name: bytes, value: bytes, validity: int
-    ) -> Any: ...
+    ) -> PublishResult: ...
 
     async def resolve_document(self, did: str) -> dict[str, Any]: ...
 
 
-CredentialChecker = Callable[..., Any]
+CredentialChecker = Callable[..., AcceptedCredential | RejectedCredential]
 """`check_issued_credential(token, *, asset_did, allowed_claim_types,
 role_definition, now, issuer_document=None)` from `evops.protocol.credentials`."""
 
@@ -92,6 +77,8 @@ class Integrations:
     # built per asset; `store` is then None.
     store_factory: Callable[[Signer, str], CredentialStore] | None = None
     _closers: list[Any] = field(default_factory=list, repr=False)
+    # Role definitions by namespace, with when they were fetched (`peer_calls`).
+    roles: dict[str, tuple[float, Role]] = field(default_factory=dict, repr=False)
 
     def store_for(self, signer: Signer, did: str) -> CredentialStore:
         """The credential store to write this asset's tokens to."""

@@ -16,6 +16,8 @@ from assets.models import Asset, SignerBackend
 from claims import metrics
 from claims.dbthreads import db
 from claims.integrations import Integrations
+from evops.integrations.cache_server import Role
+from evops.protocol.signer import Signer
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ def log_extra(asset: Asset | None = None, **context: Any) -> dict[str, Any]:
     return extra
 
 
-async def asset_signer(integrations: Integrations, asset: Asset) -> Any:
+async def asset_signer(integrations: Integrations, asset: Asset) -> Signer:
     if asset.signer_backend == SignerBackend.LOCAL_ENCRYPTED and Asset.key.is_cached(
         asset
     ):
@@ -39,26 +41,19 @@ async def asset_signer(integrations: Integrations, asset: Asset) -> Any:
     return await db(integrations.signer_for)(asset)
 
 
-_roles: dict[tuple[int, str], tuple[float, Any]] = {}
-
-
 async def role_definition(
     integrations: Integrations, asset: Asset, namespace: str
-) -> Any:
-    """The role definition, cached for a few minutes (roles change rarely)."""
-    key = (id(integrations.cache), namespace)
-    cached = _roles.get(key)
+) -> Role:
+    """The role definition, kept by the bundle for a few minutes (roles change
+    rarely)."""
+    cached = integrations.roles.get(namespace)
     if cached is not None and time.monotonic() - cached[0] < _ROLE_TTL:
         return cached[1]
     signer = await asset_signer(integrations, asset)
     with metrics.timed(metrics.CACHE_SERVER_LATENCY, "role"):
         role = await integrations.cache.role(signer, asset.did, namespace)
-    _roles[key] = (time.monotonic(), role)
+    integrations.roles[namespace] = (time.monotonic(), role)
     return role
-
-
-def forget_roles() -> None:
-    _roles.clear()
 
 
 def service_entries(document: dict[str, Any]) -> list[dict[str, Any]]:

@@ -36,14 +36,10 @@ from claims.peer_calls import (
     role_definition,
     service_entries,
 )
-from claims.verify import (
-    check_issued,
-    claim_type_of,
-    is_accepted,
-    reason_text,
-    token_sha256,
-)
+from claims.verify import check_issued, claim_type_of
+from evops.integrations.cache_server import RoleClaim
 from evops.protocol import erc1056
+from evops.protocol.credentials import RejectedCredential, token_sha256
 from evops.protocol.dids import DID
 
 log = logging.getLogger(__name__)
@@ -120,7 +116,7 @@ async def claim_accept_issued(
     claim_id: str,
     integrations: Integrations,
     actor: Actor,
-    claim: Any = None,
+    claim: RoleClaim | None = None,
     legacy_token: str = "",
     details: dict[str, Any] | None = None,
 ) -> Outcome:
@@ -144,7 +140,7 @@ async def claim_accept_issued(
                 claim = await integrations.cache.get_claim(signer, asset.did, claim_id)
         if claim is None:
             return Outcome(MessageOutcome.REJECTED, REASON_UNKNOWN_CLAIM)
-        subject = claim.subject or getattr(claim, "requester", "")
+        subject = claim.subject or claim.requester
         if subject and not _same_account(subject, asset):
             return Outcome(MessageOutcome.REJECTED, REASON_SUBJECT_MISMATCH)
         if claim.is_rejected:
@@ -167,9 +163,9 @@ async def claim_accept_issued(
     role = await role_definition(integrations, asset, namespace)
     result = await check_issued(integrations, token, asset=asset, role=role)
     sha = token_sha256(token)
-    if not is_accepted(result):
-        reason = reason_text(result)
-        detail = str(getattr(result, "detail", "") or reason)
+    if isinstance(result, RejectedCredential):
+        reason = result.reason.value
+        detail = result.detail or reason
         log.warning(
             "issued credential rejected: %s",
             reason,
@@ -197,10 +193,10 @@ async def claim_accept_issued(
         asset=asset,
         claim_id=claim_id,
         token=token,
-        token_sha256=getattr(result, "token_sha256", "") or sha,
-        issuer_did=str(getattr(result, "issuer", "")),
-        role=str(getattr(result, "claim_type", "") or claim_type),
-        role_version=int_or_none(getattr(result, "claim_type_version", None)),
+        token_sha256=result.token_sha256 or sha,
+        issuer_did=result.issuer,
+        role=result.claim_type or claim_type,
+        role_version=result.claim_type_version,
         actor=actor,
         details=details,
     )
@@ -209,13 +205,6 @@ async def claim_accept_issued(
     )
     reason = status or record.status
     return Outcome(MessageOutcome.PROCESSED, f"claim {reason}", record.pk)
-
-
-def int_or_none(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _same_account(did_text: str, asset: Asset) -> bool:
@@ -231,7 +220,7 @@ async def claim_mark_rejected(
     claim_id: str,
     integrations: Integrations,
     actor: Actor,
-    claim: Any = None,
+    claim: RoleClaim | None = None,
 ) -> Outcome:
     """A rejection notice, checked with the cache server, marks the claim rejected."""
     if claim is None:
@@ -375,8 +364,8 @@ async def _publish(
         details={
             "tx_hash": tx_hash,
             "block_number": result.block_number,
-            "gas_used": getattr(result, "gas_used", None),
-            "mode": getattr(result, "mode", ""),
+            "gas_used": result.gas_used,
+            "mode": result.mode,
         },
     )
     # Keep what was written on the row now: if confirmation fails, the next attempt

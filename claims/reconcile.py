@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from assets.models import Asset
 from claims import metrics, transitions
@@ -28,9 +27,9 @@ from claims.peer_calls import (
     log_extra,
     resolve_document,
 )
-from claims.pipeline import claim_accept_issued, int_or_none
+from claims.pipeline import claim_accept_issued
 from claims.retry import readable_error
-from claims.verify import token_sha256
+from evops.protocol.credentials import token_sha256
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +67,27 @@ async def asset_reconcile(
     try:
         signer = await asset_signer(integrations, asset)
         with metrics.timed(metrics.CACHE_SERVER_LATENCY, "accepted_claims"):
-            claims = await integrations.cache.accepted_claims(signer, asset.did)
+            listed = await integrations.cache.accepted_claims(signer, asset.did)
         claims = [
-            claim for claim in claims if claim.issued_token and not claim.is_rejected
+            (claim, token)
+            for claim in listed
+            if (token := claim.issued_token) and not claim.is_rejected
         ]
         if not claims:
             metrics.RECONCILE_RUNS.labels("nothing").inc()
             return result
         document = await resolve_document(integrations, asset.did)
-        for claim in claims:
-            sha = token_sha256(claim.issued_token)
+        for claim, token in claims:
+            sha = token_sha256(token)
             entry = find_service_by_hash(document, sha)
             if entry is not None:
                 await db(transitions.claim_record_found)(
                     asset=asset,
                     claim_id=claim.id,
-                    token=claim.issued_token,
+                    token=token,
                     token_sha256=sha,
                     role=claim.claim_type,
-                    role_version=int_or_none(claim.claim_type_version),
+                    role_version=claim.claim_type_version,
                     service_id=str(entry.get("id", "")),
                     actor=actor,
                 )
@@ -123,7 +124,7 @@ async def reconcile_assets(
     integrations: Integrations,
     actor: Actor,
     concurrency: int,
-    progress: Any = None,
+    progress: Callable[[int], object] | None = None,
 ) -> ReconcileResult:
     """Reconcile many assets with bounded concurrency; `progress(n)` after each."""
 

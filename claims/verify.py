@@ -7,27 +7,32 @@ issuer's document resolved from chain.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
 from assets.models import Asset
 from claims.integrations import Integrations
 from claims.peer_calls import resolve_document
-from evops.protocol.credentials import RejectionReason
+from evops.integrations.cache_server import Role
+from evops.protocol.credentials import (
+    AcceptedCredential,
+    RejectedCredential,
+    RejectionReason,
+)
 from evops.protocol.dids import DID
+from evops.protocol.jwt import decode_token
 
 log = logging.getLogger(__name__)
 
 
-def token_sha256(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+Verdict = AcceptedCredential | RejectedCredential
 
 
 async def check_issued(
-    integrations: Integrations, token: str, *, asset: Asset, role: Any
-) -> Any:
-    """`_check`, and for a signature not by the issuer's own key, a second look.
+    integrations: Integrations, token: str, *, asset: Asset, role: Role
+) -> Verdict:
+    """The protocol core's check, and for a signature not by the issuer's own key,
+    a second look.
 
     An issuer may sign with a `veriKey` delegate listed in its DID document
     (protocol.md §3; the cache server accepts those), so a bad signature is checked
@@ -35,7 +40,10 @@ async def check_issued(
     are signed by the issuer's key, and a forged one costs one resolution.
     """
     result = _check(integrations, token, asset=asset, role=role)
-    if reason_text(result) != RejectionReason.BAD_SIGNATURE:
+    if (
+        not isinstance(result, RejectedCredential)
+        or result.reason != RejectionReason.BAD_SIGNATURE
+    ):
         return result
     issuer = _issuer_of(token)
     if issuer is None or issuer.chain != DID.parse(asset.did).chain:
@@ -45,8 +53,6 @@ async def check_issued(
 
 
 def _issuer_of(token: str) -> DID | None:
-    from evops.protocol.jwt import decode_token
-
     try:
         iss = decode_token(token).payload.get("iss")
         return DID.parse(iss) if isinstance(iss, str) else None
@@ -59,33 +65,22 @@ def _check(
     token: str,
     *,
     asset: Asset,
-    role: Any,
+    role: Role,
     issuer_document: dict[str, Any] | None = None,
-) -> Any:
+) -> Verdict:
     return integrations.check_credential(
         token,
         issuer_document=issuer_document,
         asset_did=asset.did,
         allowed_claim_types=integrations.allowed_claim_types,
         # The protocol core reads the raw role JSON (`definition.issuer`).
-        role_definition=getattr(role, "raw", role),
+        role_definition=role.raw,
         now=integrations.now(),
     )
 
 
-def is_accepted(result: Any) -> bool:
-    return bool(getattr(result, "accepted", False))
-
-
-def reason_text(result: Any) -> str:
-    reason = getattr(result, "reason", "")
-    return str(getattr(reason, "value", reason))
-
-
 def claim_type_of(token: str) -> str:
     """The claimType inside a token (to pick the role definition to check against)."""
-    from evops.protocol.jwt import decode_token
-
     try:
         claim_data = decode_token(token).payload.get("claimData")
     except Exception:

@@ -9,7 +9,6 @@ from django.db import connections
 from web3.types import RPCEndpoint
 
 from assets.models import Asset
-from claims import peer_calls
 from claims.tests.fakes import fake_integrations
 from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
@@ -22,10 +21,8 @@ E2E_ROLE = "prequalified.roles.tso.apps.elia.iam.ewc"
 
 
 @pytest.fixture(autouse=True)
-def _fresh_role_cache():
-    peer_calls.forget_roles()
+def _close_sync_thread_connection():
     yield
-    peer_calls.forget_roles()
     # Async tests reach the database from asgiref's single sync thread; close its
     # connection so the test database can be dropped.
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()

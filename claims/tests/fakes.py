@@ -7,11 +7,12 @@ the pipeline be exercised one step at a time, with failures injected on demand.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from claims.integrations import Integrations
+from evops.integrations.cache_server import ClaimRequestResult, Role, RoleClaim
+from evops.integrations.chain import PublishResult
 from evops.protocol.credentials import check_issued_credential
 from evops.protocol.dids import DID
 from evops.protocol.jwt import issued_token
@@ -30,7 +31,7 @@ class FakeError(Exception):
 @dataclass
 class FakeCache:
     issuer: LocalKeySigner
-    claims: dict[str, Any] = field(default_factory=dict)
+    claims: dict[str, RoleClaim] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     fail_next: list[Exception] = field(default_factory=list)
     pending: dict[str, str] = field(default_factory=dict)
@@ -51,8 +52,14 @@ class FakeCache:
                 "issuer": {"issuerType": "DID", "did": [issuer]},
             },
         }
-        return SimpleNamespace(
-            namespace=namespace, name="prequalified", version=1, raw=raw
+        return Role(
+            namespace=namespace,
+            name="prequalified",
+            version=1,
+            issuer_type="DID",
+            issuer_dids=(issuer,),
+            issuer_role=None,
+            raw=raw,
         )
 
     async def request_claim(self, signer, did, *, role, subject=None, claim_id=None):
@@ -60,11 +67,11 @@ class FakeCache:
         assert DID.parse(did).address == signer.address
         self.requests.append((did, role.namespace))
         if did in self.pending:
-            return SimpleNamespace(claim_id=self.pending[did], already_existed=True)
+            return ClaimRequestResult(claim_id=self.pending[did], already_existed=True)
         claim_id = claim_id or f"claim-{len(self.requests)}"
         self.pending[did] = claim_id
         self.claims[claim_id] = claim(claim_id, did)
-        return SimpleNamespace(claim_id=claim_id, already_existed=False)
+        return ClaimRequestResult(claim_id=claim_id, already_existed=False)
 
     async def get_claim(self, signer, did, claim_id):
         self._maybe_fail()
@@ -78,24 +85,22 @@ class FakeCache:
         """Play the TSO: sign and attach an issued token to a stored claim."""
         stored = self.claims[claim_id]
         token = token or make_token(self.issuer, stored.subject, **token_kw)
-        self.claims[claim_id] = SimpleNamespace(
-            **{**vars(stored), "issued_token": token, "is_accepted": True}
-        )
+        self.claims[claim_id] = replace(stored, issued_token=token, is_accepted=True)
         self.pending.pop(stored.subject, None)
         return token
 
     def reject(self, claim_id: str, reason: str = "not eligible") -> None:
         stored = self.claims[claim_id]
-        self.claims[claim_id] = SimpleNamespace(
-            **{**vars(stored), "is_rejected": True, "rejection_reason": reason}
+        self.claims[claim_id] = replace(
+            stored, is_rejected=True, rejection_reason=reason
         )
 
     async def aclose(self):
         return None
 
 
-def claim(claim_id: str, did: str, claim_type: str = ROLE) -> SimpleNamespace:
-    return SimpleNamespace(
+def claim(claim_id: str, did: str, claim_type: str = ROLE) -> RoleClaim:
+    return RoleClaim(
         id=claim_id,
         requester=did,
         subject=did,
@@ -106,6 +111,9 @@ def claim(claim_id: str, did: str, claim_type: str = ROLE) -> SimpleNamespace:
         is_accepted=False,
         is_rejected=False,
         rejection_reason=None,
+        accepted_by=None,
+        created_at=None,
+        raw={},
     )
 
 
@@ -158,7 +166,7 @@ class FakeChain:
         self.writes.append((did, entry))
         if not self.hide_writes:
             self.documents.setdefault(did, {})[entry["id"]] = entry
-        return SimpleNamespace(
+        return PublishResult(
             tx_hash="0x" + f"{len(self.writes):064x}",
             block_number=len(self.writes),
             gas_used=50000,

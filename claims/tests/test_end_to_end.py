@@ -19,7 +19,7 @@ import nats
 import pytest
 from asgiref.sync import sync_to_async
 
-from claims import peer_calls, pipeline, reconcile, verify
+from claims import peer_calls, pipeline, reconcile
 from claims.integrations import Integrations
 from claims.listener import Listener, ListenerConfig
 from claims.models import LISTENER, RECONCILER, ClaimRecord, ClaimStatus, InboundMessage
@@ -29,7 +29,7 @@ from evops.integrations.cache_server import CacheServerClient
 from evops.integrations.chain import Chain
 from evops.integrations.credential_store import IpfsStore
 from evops.integrations.nats import NatsOptions
-from evops.protocol.credentials import check_issued_credential
+from evops.protocol.credentials import check_issued_credential, token_sha256
 from evops.protocol.dids import DID
 from evops.protocol.jwt import issued_token
 from evops.protocol.keys import LocalKeySigner
@@ -186,7 +186,7 @@ async def test_request_issue_publish_end_to_end(
     assert record.status == ClaimStatus.PUBLISHED, record.last_error
     assert record.tx_hash and record.cid
     document = await real.chain.resolve_document(asset.did)
-    entry = peer_calls.find_service_by_hash(document, verify.token_sha256(token))
+    entry = peer_calls.find_service_by_hash(document, token_sha256(token))
     assert entry is not None and entry["serviceEndpoint"] == record.cid
     assert await real.store.get(record.cid) == token
     writes = await record.events.filter(kind="written").acount()
@@ -224,7 +224,7 @@ async def test_issued_while_listener_down_is_published_by_reconciliation(
         assert record.status == ClaimStatus.PUBLISHED
         assert await record.events.filter(kind="written").acount() == 1
         document = await real.chain.resolve_document(asset.did)
-        assert peer_calls.find_service_by_hash(document, verify.token_sha256(token))
+        assert peer_calls.find_service_by_hash(document, token_sha256(token))
     again = await reconcile.reconcile_assets(
         assets=assets, integrations=real, actor=RECONCILER, concurrency=4
     )
@@ -362,7 +362,7 @@ async def test_cache_server_store_mode_writes_through_the_assets_session(
     store = CacheServerStore(cache.store_requester(real.signer_for(asset), asset.did))
     assert await store.get(record.cid) == token
     document = await real.chain.resolve_document(asset.did)
-    entry = peer_calls.find_service_by_hash(document, verify.token_sha256(token))
+    entry = peer_calls.find_service_by_hash(document, token_sha256(token))
     assert entry is not None and entry["serviceEndpoint"] == record.cid
 
 
@@ -425,7 +425,4 @@ async def test_credential_signed_by_an_issuer_delegate_is_published(
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.PUBLISHED, (outcome, record.last_error)
     document = await real.chain.resolve_document(asset.did)
-    assert (
-        peer_calls.find_service_by_hash(document, verify.token_sha256(token))
-        is not None
-    )
+    assert peer_calls.find_service_by_hash(document, token_sha256(token)) is not None

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 
-from claims import consumer, inbox, pipeline, reconcile, transitions, verify
+from claims import consumer, inbox, pipeline, reconcile, transitions
 from claims.models import (
     LISTENER,
     RECONCILER,
@@ -24,6 +24,7 @@ from claims.models import (
     MessageOutcome,
 )
 from claims.tests.fakes import ROLE, FakeError, make_token
+from evops.protocol.credentials import token_sha256
 from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
 
@@ -76,7 +77,7 @@ async def test_request_then_issue_publishes_once(make_asset, fakes):
     assert outcome.outcome == MessageOutcome.PROCESSED
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.PUBLISHED
-    assert record.token_sha256 == verify.token_sha256(token)
+    assert record.token_sha256 == token_sha256(token)
     assert record.tx_hash and record.cid and record.service_id
     assert len(chain.writes) == 1
     kinds = [e.kind async for e in record.events.order_by("id")]
