@@ -73,11 +73,8 @@ async def inbound_process(
     if message.kind == MessageKind.RECONCILE:
         return await _inbound_reconcile(message, integrations, actor, assets)
     extra = {"subject": message.subject, "inbound_id": message.pk}
-    limit = 1 << 30  # size was enforced when the message was recorded
     try:
-        hint = wire.parse_message(
-            message.subject, message.payload.encode("utf-8"), limit=limit
-        )
+        hint = inbox.message_hint(message)
     except wire.MessageError as exc:
         outcome = Outcome(MessageOutcome.REJECTED, str(exc))
         await _finish(message_id, outcome, kind=None)

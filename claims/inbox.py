@@ -111,36 +111,80 @@ def _inbound_fields(
             processed_at=timezone.now(),
             next_attempt_at=None,
         )
-    elif subject.startswith(_REQUEST_NOTICE_PREFIX):
-        fields.update(_request_notice(subject, payload))
+    else:
+        fields.update(_parsed(subject, payload, kind))
     return fields, early
 
 
-_REQUEST_NOTICE_PREFIX = f"{wire.REQUEST_CREDENTIAL}.claim-exchange."
+_COLUMN_KINDS = {
+    MessageKind.PREQUALIFICATION,
+    MessageKind.ISSUE,
+    MessageKind.REJECT,
+    MessageKind.REQUEST,
+}
 
 
-def _request_notice(subject: str, payload: bytes) -> dict[str, Any]:
-    """A well-formed request-credential notice, stored as ignored on arrival.
+def _parsed(subject: str, payload: bytes, kind: str) -> dict[str, Any]:
+    """Parse once, on arrival: the columns the later stages read.
 
-    It is addressed to the issuers (the cache server sends one with every claim
-    request, ours included), so no worker needs to look at it. One that does not
-    parse is left pending: the worker rejects it with the parser's reason.
+    The kind, the asset DID and the claim id go into the row; the lease and the
+    consumer read them instead of parsing the payload again. A message that does
+    not parse is left pending as it is: the worker rejects it with the parser's
+    reason. A well-formed request-credential notice is addressed to the issuers (the
+    cache server sends one with every claim request, ours included), so it is
+    stored as ignored and no worker looks at it.
     """
     try:
+        if kind == MessageKind.RECONCILE:
+            return {"asset_did": queued_did(payload.decode("utf-8")).canonical[:100]}
         hint = wire.parse_message(subject, payload, limit=len(payload))
-    except wire.MessageError:
+    except (wire.MessageError, UnicodeDecodeError):
         return {}
-    if hint.type is not wire.MessageType.REQUEST or hint.legacy:
-        return {}
-    return {
-        "kind": MessageKind.REQUEST,
-        "outcome": MessageOutcome.IGNORED,
-        "reason": REASON_FOR_ISSUERS,
+    fields: dict[str, Any] = {
         "asset_did": hint.did.canonical[:100],
         "claim_id": hint.claim_id[:100],
-        "processed_at": timezone.now(),
-        "next_attempt_at": None,
     }
+    if kind == MessageKind.UNKNOWN:
+        fields["kind"] = (
+            MessageKind.LEGACY if hint.legacy else MessageKind(hint.type.value)
+        )
+    if (
+        hint.type is wire.MessageType.REQUEST
+        and not hint.legacy
+        and subject.startswith(_REQUEST_NOTICE_PREFIX)
+    ):
+        fields.update(
+            kind=MessageKind.REQUEST,
+            outcome=MessageOutcome.IGNORED,
+            reason=REASON_FOR_ISSUERS,
+            processed_at=timezone.now(),
+            next_attempt_at=None,
+        )
+    return fields
+
+
+def message_hint(message: InboundMessage) -> wire.InboundHint:
+    """What a stored message asks for, from the columns written on arrival.
+
+    The payload is parsed again only for a legacy full-claim message (its token and
+    type are in the payload) or a row stored without the columns (one that did not
+    parse: this gives the parser's reason). Raises `wire.MessageError`.
+    """
+    if message.kind in _COLUMN_KINDS and message.asset_did:
+        try:
+            did = DID.parse(message.asset_did)
+        except DIDError as exc:
+            raise wire.MessageError(wire.REASON_INVALID_DID, str(exc)) from None
+        return wire.InboundHint(
+            type=wire.MessageType(message.kind), did=did, claim_id=message.claim_id
+        )
+    limit = 1 << 30  # size was enforced when the message was recorded
+    return wire.parse_message(
+        message.subject, message.payload.encode("utf-8"), limit=limit
+    )
+
+
+_REQUEST_NOTICE_PREFIX = f"{wire.REQUEST_CREDENTIAL}.claim-exchange."
 
 
 def _duplicate_of(original: int) -> dict[str, Any]:
@@ -365,12 +409,11 @@ def inbound_lease_due_with_assets(
     messages = inbound_lease_due_messages(limit=limit, lease_seconds=lease_seconds)
     addresses: set[str] = set()
     for message in messages:
-        payload = message.payload.encode("utf-8")
         try:
             if message.kind == MessageKind.RECONCILE:
                 addresses.add(queued_did(message.payload).address)
                 continue
-            hint = wire.parse_message(message.subject, payload, limit=len(payload))
+            hint = message_hint(message)
         except wire.MessageError:
             continue
         addresses.add(hint.did.address)

@@ -468,3 +468,34 @@ def test_a_jetstream_batch_racing_another_listener_is_stored_one_by_one(
     assert rows[0].pk == theirs.pk
     assert (rows[1].stream_key, rows[1].outcome) == ("S:5", MessageOutcome.PENDING)
     assert InboundMessage.objects.count() == 2
+
+
+def test_a_message_is_parsed_once_on_arrival_into_its_columns(make_asset):
+    asset = make_asset()
+    row = inbox.inbound_record(
+        subject="k.prequalification.exchange",
+        payload=json.dumps({"did": asset.did}).encode(),
+    )
+    assert (row.kind, row.asset_did, row.outcome) == (
+        MessageKind.PREQUALIFICATION,
+        asset.did,
+        MessageOutcome.PENDING,
+    )
+    # Later stages read the columns, not the payload.
+    InboundMessage.objects.filter(pk=row.pk).update(payload="not json")
+    row.refresh_from_db()
+    hint = inbox.message_hint(row)
+    assert (hint.type, hint.did.address) == (
+        wire.MessageType.PREQUALIFICATION,
+        asset.address,
+    )
+    leased = inbox.inbound_lease_due_with_assets(limit=10, lease_seconds=60)
+    assert leased.assets == {asset.address: asset}
+
+
+def test_a_message_that_does_not_parse_keeps_no_columns_and_waits_for_a_worker():
+    row = inbox.inbound_record(subject="k.prequalification.exchange", payload=b"[1]")
+    assert (row.kind, row.asset_did, row.outcome) == ("unknown", "", "pending")
+    with pytest.raises(wire.MessageError) as info:
+        inbox.message_hint(row)
+    assert info.value.reason == wire.REASON_NOT_OBJECT
