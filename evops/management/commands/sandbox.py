@@ -46,7 +46,9 @@ class Command(BaseCommand):
     help = "Run evops locally (DEBUG only): peers, stand-in, listener and console."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument(
+            "--port", type=int, default=8000, help="the console's port (default: 8000)"
+        )
         parser.add_argument("--assets", type=int, default=10, help="Demo assets.")
         parser.add_argument(
             "--no-listener", action="store_true", help="Do not start the listener."

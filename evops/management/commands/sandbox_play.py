@@ -32,8 +32,18 @@ class Command(BaseCommand):
     help = "Ask prequalification for some demo assets, then issue them as the TSO."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--count", type=int, default=3)
-        parser.add_argument("--timeout", type=float, default=60.0)
+        parser.add_argument(
+            "--count",
+            type=int,
+            default=3,
+            help="demo assets to ask prequalification for (default: 3)",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=60.0,
+            help="seconds to wait for the claims to settle (default: 60)",
+        )
         parser.add_argument(
             "--reject", type=int, default=0, help="Reject this many instead."
         )
