@@ -11,6 +11,11 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
+from assets.management.commands.import_asset_keys import (
+    ERR_EMPTY,
+    ERR_NO_CHAIN_NAME,
+    ERR_NO_TERMINAL,
+)
 from assets.models import Asset, AssetKey, AssetKind
 from assets.services import asset_create_from_key
 from assets.tests.conftest import (
@@ -18,11 +23,6 @@ from assets.tests.conftest import (
     make_key,
     write_keymanager,
     write_keystore,
-)
-from assets.management.commands.import_asset_keys import (
-    ERR_EMPTY,
-    ERR_NO_CHAIN_NAME,
-    ERR_NO_TERMINAL,
 )
 from evops.settings import parse_key_encryption_keys
 
@@ -311,7 +311,7 @@ def test_export_assets_to_stdout_and_file(tmp_path):
 def test_export_assets_guards_against_formula_injection():
     from evops.csvsafe import FORMULA_PREFIXES
 
-    labels = [prefix + "HYPERLINK(\"http://x\")" for prefix in FORMULA_PREFIXES]
+    labels = [prefix + 'HYPERLINK("http://x")' for prefix in FORMULA_PREFIXES]
     for label in labels:
         asset_create_from_key(private_key=make_key().hex, label=label)
     out, _ = run("export_assets")
