@@ -272,6 +272,9 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = True
 AXES_LOCKOUT_TEMPLATE = "evops/lockout.html"
+# The audit log names the user name and address of each failure (never the password,
+# which django-axes always masks); a masked log could not say who was attacked.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
 AXES_VERBOSE = False  # no start-up banner on every command; failures are still logged
 
 # Staff second factor (django-otp, TOTP): when true the console admits only users
