@@ -146,8 +146,9 @@ def test_operator_session_in_a_browser(console_server, browser_page):
     login = page.goto(f"{console_server}/admin/login/")
     assert login is not None
     policy = login.headers["content-security-policy"]
-    assert "script-src 'self'" in policy and "'unsafe-inline'" not in (
-        policy.split("script-src", 1)[1].split(";", 1)[0]
+    assert (
+        "script-src 'self'" in policy
+        and "'unsafe-inline'" not in (policy.split("script-src", 1)[1].split(";", 1)[0])
     )
     # The admin's stylesheet applied (served by the console process).
     assert page.evaluate(
