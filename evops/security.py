@@ -27,15 +27,20 @@ CONSOLE_PERMISSION = "claims.view_claimrecord"
 class ConsoleAdminSite(AdminSite):
     """Django's admin site, plus a TOTP second factor when ADMIN_OTP_REQUIRED."""
 
-    @property  # type: ignore[override]
-    def login_form(self) -> type[AdminAuthenticationForm]:
+    # Properties, read by AdminSite.login at each request, where Django has plain
+    # class attributes: the setting may change (tests) without a new site.
+    @property
+    def login_form(self) -> type[AdminAuthenticationForm]:  # type: ignore[override]
         if settings.ADMIN_OTP_REQUIRED:
-            return OTPAdminAuthenticationForm
+            form: type[AdminAuthenticationForm] = OTPAdminAuthenticationForm
+            return form
         return AdminAuthenticationForm
 
-    @property  # type: ignore[override]
-    def login_template(self) -> str | None:
-        return OTPAdminSite.login_template if settings.ADMIN_OTP_REQUIRED else None
+    @property
+    def login_template(self) -> str | None:  # type: ignore[override]
+        if settings.ADMIN_OTP_REQUIRED:
+            return str(OTPAdminSite.login_template)
+        return None
 
     def has_permission(self, request: HttpRequest) -> bool:
         if not super().has_permission(request):

@@ -182,7 +182,8 @@ def test_new_dids_follow_chain_id_unless_chain_is_given(tmp_path, settings):
     run("import_asset_keys", str(second), "--chain", "volta")
     assert Asset.objects.get(address=b.address).did.startswith("did:ethr:volta:")
     run("generate_asset_keys", "--count", "1", "--no-progress")
-    assert Asset.objects.order_by("-id").first().chain == "ewc"
+    newest = Asset.objects.order_by("-id").first()
+    assert newest is not None and newest.chain == "ewc"
 
 
 def test_an_unknown_chain_is_a_command_error(tmp_path, settings):

@@ -122,7 +122,7 @@ def browser_page(monkeypatch) -> Any:
             ),
         )
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.evops_errors = errors  # type: ignore[attr-defined]
+        page.evops_errors = errors
         yield page
         browser.close()
         # Inside sync_playwright(), Django's per-context connection storage is not

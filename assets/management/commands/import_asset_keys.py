@@ -15,7 +15,8 @@ from assets.importers import FORMATS
 from assets.management.progress import tqdm_progress
 from assets.models import AssetKind
 from assets.services import ImportRejected, asset_import_keys
-from evops.protocol.dids import DIDError, chain_name_for
+from evops.protocol.dids import chain_name_for
+from evops.protocol.errors import DIDError
 
 ERR_UNREADABLE_FILE = "Cannot read --password-file: {reason}."
 ERR_NO_TERMINAL = (

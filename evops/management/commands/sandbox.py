@@ -79,6 +79,10 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             self.stdout.write("\nstopping the sandbox")
         finally:
+            # A second Ctrl-C (or a forwarded SIGINT) must not cut the stop short and
+            # leave the listener or a peer running.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             sandbox.stop()
 
 
