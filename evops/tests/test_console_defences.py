@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
+from axes.models import AccessAttempt, AccessFailureLog
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
@@ -16,6 +17,8 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import Group
 from django.db import connections
 from django.test import Client
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from console import groups
 from evops import live
@@ -37,8 +40,6 @@ def _fail_login(client: Client, username: str) -> Any:
 
 @pytest.mark.django_db
 def test_lockout_after_the_failure_limit_even_with_the_right_password(settings, caplog):
-    from axes.models import AccessAttempt, AccessFailureLog
-
     settings.AXES_FAILURE_LIMIT = 3
     user = make_user(groups.OPERATOR)
     client = Client()
@@ -112,9 +113,6 @@ def test_second_factor_off_by_default_password_alone_logs_in():
 
 @pytest.mark.django_db
 def test_second_factor_required_asks_for_a_valid_totp_code(settings):
-    from django_otp.oath import TOTP
-    from django_otp.plugins.otp_totp.models import TOTPDevice
-
     settings.ADMIN_OTP_REQUIRED = True
     user = make_user(groups.VIEWER)
     device = TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
