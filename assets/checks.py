@@ -1,8 +1,11 @@
 """System checks for key custody.
 
-Relay mode needs an operator account to send from, and every stored key must be
+Relay mode needs an operator account to send from, every stored key must be
 sealed with a master key that is still configured (a key dropped from
-EVOPS_KEY_ENCRYPTION_KEYS too early makes those assets unusable).
+EVOPS_KEY_ENCRYPTION_KEYS too early makes those assets unusable), and active assets
+must be on CHAIN_ID's chain. These are warnings for `check` and `migrate` (which must
+not be blocked while the operator fixes them); the listener runs them at start and
+refuses to start on any of them (`evops.startup.LISTENER_FATAL`).
 
 The check reads the database only when Django passes `databases` (`manage.py check
 --database default`, `migrate`), as Django asks of checks that touch a database, and
@@ -17,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Warning
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db.models import Count
 
 W001 = "assets.W001"
 W002 = "assets.W002"
@@ -98,3 +102,55 @@ def check_master_keys_configured(
         count=sum(unknown.values()), ids=", ".join(sorted(unknown))
     )
     return [Warning(message, hint=UNKNOWN_MASTER_KEY_HINT, id=W002)]
+
+
+W003 = "assets.W003"
+ASSETS_ON_OTHER_CHAIN = (
+    "{count} active asset(s) are on chain(s) {chains}, not on {expected} (CHAIN_ID "
+    "{chain_id}); the listener cannot serve them."
+)
+ASSETS_ON_OTHER_CHAIN_HINT = (
+    "Set CHAIN_ID (and CHAIN_RPC_URL) to the assets' chain, or deactivate the assets "
+    "that belong to another deployment."
+)
+
+
+def check_assets_chain(
+    app_configs: Sequence[Any] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """Warn when active assets are on another chain than CHAIN_ID's.
+
+    Their DIDs name that other chain, so every login and every DID-document write
+    for them would go to the wrong network; the listener refuses to start on it.
+    """
+    if DEFAULT_DB_ALIAS not in (databases or ()):
+        return []
+    from assets.models import Asset
+    from assets.selectors import operator_chain_default
+
+    expected = operator_chain_default()
+    try:
+        tables = connections[DEFAULT_DB_ALIAS].introspection.table_names()
+        if Asset._meta.db_table not in tables:
+            return []
+        rows = (
+            Asset.objects.filter(active=True)
+            .exclude(chain=expected)
+            .order_by()
+            .values("chain")
+            .annotate(n=Count("id"))
+        )
+        others = {str(row["chain"]): int(row["n"]) for row in rows}
+    except DatabaseError:
+        return []
+    if not others:
+        return []
+    message = ASSETS_ON_OTHER_CHAIN.format(
+        count=sum(others.values()),
+        chains=", ".join(sorted(others)),
+        expected=expected,
+        chain_id=settings.CHAIN_ID,
+    )
+    return [Warning(message, hint=ASSETS_ON_OTHER_CHAIN_HINT, id=W003)]

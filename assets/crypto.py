@@ -30,6 +30,7 @@ from coincurve.context import GLOBAL_CONTEXT
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.views.decorators.debug import sensitive_variables
 
 from evops.protocol.hashing import keccak256
@@ -49,6 +50,7 @@ _EIP191_PREFIX = b"\x19Ethereum Signed Message:\n"
 # secp256k1 group order: valid private keys are 1 .. N-1.
 _CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
+KEYS_NOT_SET = f"Set the {SETTING} environment variable."
 MASTER_KEY_MISSING = (
     "This asset key was sealed with master key {key_id!r}, which is not listed in "
     f"{SETTING}. Add that key back to {SETTING} (any position) to use it."
@@ -121,20 +123,33 @@ def _cipher(material: bytes) -> AESGCM:
     return cipher
 
 
+@sensitive_variables()
+def _master_keys() -> list[tuple[str, bytes]]:
+    """The configured master keys; unset is an error here, where a key is needed.
+
+    Settings leave the list empty when the variable is unset, so that commands which
+    need no key (help, generate_encryption_key) run on a fresh checkout.
+    """
+    keys: list[tuple[str, bytes]] = list(settings.EVOPS_KEY_ENCRYPTION_KEYS or [])
+    if not keys:
+        raise ImproperlyConfigured(KEYS_NOT_SET)
+    return keys
+
+
 def current_key_id() -> str:
     """The id of the master key new envelopes are sealed with (the first listed)."""
-    return str(settings.EVOPS_KEY_ENCRYPTION_KEYS[0][0])
+    return str(_master_keys()[0][0])
 
 
 @sensitive_variables()
 def _encrypting_key() -> tuple[str, AESGCM]:
-    key_id, material = settings.EVOPS_KEY_ENCRYPTION_KEYS[0]
+    key_id, material = _master_keys()[0]
     return key_id, _cipher(material)
 
 
 @sensitive_variables()
 def _decrypting_key(key_id: str) -> AESGCM:
-    for candidate, material in settings.EVOPS_KEY_ENCRYPTION_KEYS:
+    for candidate, material in _master_keys():
         if candidate == key_id:
             return _cipher(material)
     raise MasterKeyMissing(MASTER_KEY_MISSING.format(key_id=key_id))

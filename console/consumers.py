@@ -22,6 +22,7 @@ from console import live
 log = logging.getLogger(__name__)
 
 CLOSE_FORBIDDEN = 4403
+CLOSE_SESSION_ENDED = 4401
 _POLL_BATCH = 50
 
 
@@ -57,6 +58,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     """Joins `live.GROUP`; forwards `claim.changed` events as JSON."""
 
     _poller: asyncio.Task[None] | None = None
+    _watcher: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -69,12 +71,34 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         if interval > 0 and not settings.CHANNEL_LAYER_URL:
             seen = await database_sync_to_async(_last_event_id)()
             self._poller = asyncio.create_task(self._poll(seen, interval))
+        self._watcher = asyncio.create_task(self._watch_session(user))
+
+    async def _watch_session(self, user: Any) -> None:
+        """Close the socket once the session ends or the user loses access
+        (logout, sessions deleted, deactivated, staff or permission removed)."""
+        from evops.security import websocket_access_ok
+
+        session = self.scope.get("session")
+        key = getattr(session, "session_key", None)
+        check = database_sync_to_async(websocket_access_ok)
+        while True:
+            await asyncio.sleep(float(settings.CONSOLE_SESSION_CHECK_SECONDS))
+            try:
+                allowed = await check(key, getattr(user, "pk", None))
+            except Exception as exc:
+                log.warning("console session check failed: %s", exc)
+                continue
+            if not allowed:
+                await self.channel_layer.group_discard(live.GROUP, self.channel_name)
+                await self.close(code=CLOSE_SESSION_ENDED)
+                return
 
     async def disconnect(self, code: int) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._watcher):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.channel_layer.group_discard(live.GROUP, self.channel_name)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:

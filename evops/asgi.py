@@ -13,6 +13,11 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evops.settings")
 django_asgi_app = get_asgi_application()
 
+from evops.startup import require_settings  # noqa: E402
+
+# The ASGI server runs no system checks: refuse to serve without the mandatory settings.
+require_settings()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

@@ -12,10 +12,12 @@ import base64
 import binascii
 import os
 import re
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import environ
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -25,13 +27,6 @@ env = environ.Env()
 _dotenv = os.environ.get("EVOPS_ENV_FILE", str(BASE_DIR / ".env"))
 if _dotenv and Path(_dotenv).is_file():
     environ.Env.read_env(_dotenv, overwrite=False)
-
-
-def _required(name: str) -> str:
-    value: str = env.str(name, default="")
-    if not value.strip():
-        raise ImproperlyConfigured(f"Set the {name} environment variable.")
-    return value.strip()
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -104,7 +99,11 @@ def parse_key_encryption_keys(raw: str) -> list[tuple[str, bytes]]:
 
 # --- Core Django ---------------------------------------------------------------------
 
-SECRET_KEY = _required("SECRET_KEY")
+# Read lazily: commands that need nothing (help, generate_encryption_key, --version)
+# run on a fresh checkout. Django refuses an empty SECRET_KEY where it is used, and the
+# system check evops.E002 (every command that runs checks) and the ASGI entry point
+# (`evops.startup`) refuse to start without it.
+SECRET_KEY: str = env.str("SECRET_KEY", default="").strip()
 DEBUG = _bool("DEBUG", False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -118,6 +117,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",  # login throttling and the failed-login audit
+    "django_otp",  # optional TOTP second factor for staff (ADMIN_OTP_REQUIRED)
+    "django_otp.plugins.otp_totp",
     "evops",
     "assets",
     "claims",
@@ -126,12 +128,24 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files straight after the security headers, before sessions and auth.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: it turns a lockout into the lockout response.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: it refuses a locked-out login before the password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "evops.urls"
@@ -197,7 +211,21 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# Where `manage.py collectstatic` puts the admin's CSS and scripts; WhiteNoise serves
+# them from there (compressed, with far-future cache headers) in the console process.
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        # Hashed names (cacheable forever) once collected; in DEBUG the plain storage,
+        # so the sandbox and tests need no collectstatic.
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
 
 # --- Security (production defaults; relaxed only when DEBUG is on) ------------------
 
@@ -212,12 +240,60 @@ SECURE_PROXY_SSL_HEADER = (
 )
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Check ids to silence, comma-separated (e.g. evops.E004 for a plain-http peer on a
+# private network you trust).
+SILENCED_SYSTEM_CHECKS = env.list("SILENCED_SYSTEM_CHECKS", default=[])
+
+# Content-Security-Policy (django-csp 4): scripts only from this origin or inline with
+# the per-response nonce (the live-update script); styles from this origin or inline
+# (the admin and the console set style attributes); nothing framed, no plugins.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, "'unsafe-inline'"],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT wrong passwords for one
+# user name from one address, that pair is locked out for LOGIN_COOLOFF_MINUTES. Every
+# failure is logged (logger `axes`) and kept in the database; a superuser sees the
+# attempts and lockouts in the console (Axes section) and can delete one to unlock.
+AXES_FAILURE_LIMIT = _int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=_int("LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_LOCKOUT_TEMPLATE = "evops/lockout.html"
+# The audit log names the user name and address of each failure (never the password,
+# which django-axes always masks); a masked log could not say who was attacked.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
+AXES_VERBOSE = False  # no start-up banner on every command; failures are still logged
+
+# Staff second factor (django-otp, TOTP): when true the console admits only users
+# verified by a TOTP device, asked for at login. Add each staff user's device (admin:
+# TOTP devices) before turning it on.
+ADMIN_OTP_REQUIRED = _bool("ADMIN_OTP_REQUIRED", False)
+OTP_TOTP_ISSUER = "evops"
 
 # --- Key custody ---------------------------------------------------------------------
 
-# [(key id, 32-byte AES key), ...]; the first encrypts, all decrypt.
-EVOPS_KEY_ENCRYPTION_KEYS = parse_key_encryption_keys(
-    _required("EVOPS_KEY_ENCRYPTION_KEYS")
+# [(key id, 32-byte AES key), ...]; the first encrypts, all decrypt. A malformed value
+# stops start-up here; an unset one is an empty list, so commands that need no key run
+# bare: `assets.crypto` raises ImproperlyConfigured naming the variable where a key is
+# used, system check evops.E003 stops every command that runs checks, and the ASGI
+# entry point refuses to start (`evops.startup`).
+EVOPS_KEY_ENCRYPTION_KEYS: list[tuple[str, bytes]] = (
+    parse_key_encryption_keys(env.str("EVOPS_KEY_ENCRYPTION_KEYS", default=""))
+    if env.str("EVOPS_KEY_ENCRYPTION_KEYS", default="").strip()
+    else []
 )
 
 # --- Cache server (SSI Hub) --------------------------------------------------------
@@ -413,6 +489,9 @@ CHANNEL_LAYERS = {
 # Seconds between the console's checks of the claim history for changes made by
 # other processes (in-memory layer only; 0 turns the check off).
 CONSOLE_POLL_SECONDS = _seconds("CONSOLE_POLL_SECONDS", 2.0)
+# Seconds between an open console websocket's checks that its session still exists and
+# its user still has access (it closes when not).
+CONSOLE_SESSION_CHECK_SECONDS = _float("CONSOLE_SESSION_CHECK_SECONDS", 5.0)
 # Seconds the admin waits for the chain (DID documents, operator balance).
 CONSOLE_CHAIN_TIMEOUT = _float("CONSOLE_CHAIN_TIMEOUT", 5.0)
 # A listener whose last heartbeat is older than this many seconds shows as stale.

@@ -32,3 +32,12 @@ os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
 from evops.settings import *  # noqa: E402, F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Production settings hash static names through a manifest that only collectstatic
+# writes; the tests serve static files from the apps (finders) instead.
+STORAGES = {
+    **STORAGES,  # noqa: F405
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# WhiteNoise looks files up per request (no STATIC_ROOT to scan at start-up).
+WHITENOISE_AUTOREFRESH = True
+WHITENOISE_USE_FINDERS = True

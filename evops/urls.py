@@ -5,7 +5,10 @@ from django.urls import path
 from django.views.generic import RedirectView
 
 from console.dashboard import dashboard_view
+from evops.security import ConsoleAdminSite
 
+# The default site, with the optional TOTP second factor (ADMIN_OTP_REQUIRED).
+admin.site.__class__ = ConsoleAdminSite
 admin.site.site_header = "evops console"
 admin.site.site_title = "evops console"
 admin.site.index_title = "Operator console"

@@ -11,6 +11,11 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
+from assets.management.commands.import_asset_keys import (
+    ERR_EMPTY,
+    ERR_NO_CHAIN_NAME,
+    ERR_NO_TERMINAL,
+)
 from assets.models import Asset, AssetKey, AssetKind
 from assets.services import asset_create_from_key
 from assets.tests.conftest import (
@@ -114,9 +119,82 @@ def test_import_keystore_prompts_for_the_password(tmp_path, monkeypatch):
     monkeypatch.setattr(
         "assets.management.commands.import_asset_keys.getpass.getpass", fake_getpass
     )
+    monkeypatch.setattr("sys.stdin", _Terminal())
     out, _ = run("import_asset_keys", str(path), "--format", "keystore")
     assert prompts == ["Keystore password: "]
     assert "Imported 1 asset(s)" in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_keystore_without_a_terminal_or_password_file_is_a_clear_error(
+    tmp_path, monkeypatch
+):
+    path = write_keystore(tmp_path / "a.json", make_key())
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # a pipe, not a terminal
+    with pytest.raises(CommandError) as info:
+        run("import_asset_keys", str(path))
+    assert str(info.value) == ERR_NO_TERMINAL
+    assert not Asset.objects.exists()
+
+
+def test_keystore_without_a_terminal_from_the_shell(tmp_path):
+    # The real command line, stdin closed: no EOFError traceback.
+    import subprocess
+    import sys
+
+    path = write_keystore(tmp_path / "a.json", make_key())
+    result = subprocess.run(
+        [sys.executable, "manage.py", "import_asset_keys", str(path)],
+        cwd=settings.BASE_DIR,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "evops.settings_test"},
+    )
+    assert result.returncode == 1
+    assert ERR_NO_TERMINAL in result.stderr
+    assert "Traceback" not in result.stderr and "EOFError" not in result.stderr
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "key,kind\n"])
+def test_an_empty_input_is_an_error(tmp_path, content):
+    path = tmp_path / "empty.csv"
+    path.write_text(content)
+    with pytest.raises(CommandError) as info:
+        run("import_asset_keys", str(path))
+    assert str(info.value) == ERR_EMPTY.format(paths=str(path))
+
+
+def test_new_dids_follow_chain_id_unless_chain_is_given(tmp_path, settings):
+    a, b = make_key(), make_key()
+    first = tmp_path / "a.txt"
+    first.write_text(a.hex + "\n")
+    second = tmp_path / "b.txt"
+    second.write_text(b.hex + "\n")
+    settings.CHAIN_ID = 246
+    run("import_asset_keys", str(first))
+    assert Asset.objects.get(address=a.address).did.startswith("did:ethr:ewc:")
+    run("import_asset_keys", str(second), "--chain", "volta")
+    assert Asset.objects.get(address=b.address).did.startswith("did:ethr:volta:")
+    run("generate_asset_keys", "--count", "1", "--no-progress")
+    newest = Asset.objects.order_by("-id").first()
+    assert newest is not None and newest.chain == "ewc"
+
+
+def test_an_unknown_chain_is_a_command_error(tmp_path, settings):
+    path = tmp_path / "a.txt"
+    path.write_text(make_key().hex + "\n")
+    with pytest.raises(CommandError, match="unknown"):
+        run("import_asset_keys", str(path), "--chain", "nosuchchain")
+    settings.CHAIN_ID = 31337
+    with pytest.raises(CommandError) as info:
+        run("import_asset_keys", str(path))
+    assert str(info.value) == ERR_NO_CHAIN_NAME.format(chain_id=31337)
 
 
 def test_import_csv_with_columns(tmp_path):
@@ -229,6 +307,49 @@ def test_export_assets_to_stdout_and_file(tmp_path):
         target.read_text().splitlines()[1]
         == f"{key.did},{key.address},vehicle,NL-1,van"
     )
+
+
+def test_export_assets_guards_against_formula_injection():
+    from evops.csvsafe import FORMULA_PREFIXES
+
+    labels = [prefix + 'HYPERLINK("http://x")' for prefix in FORMULA_PREFIXES]
+    for label in labels:
+        asset_create_from_key(private_key=make_key().hex, label=label)
+    out, _ = run("export_assets")
+    written = [row[4] for row in csv.reader(io.StringIO(out))][1:]
+    assert written == ["'" + label for label in labels]
+    assert not any(cell.startswith(FORMULA_PREFIXES) for cell in written)
+
+
+# --- help text -----------------------------------------------------------------------
+
+
+def test_every_option_of_every_evops_command_has_help_and_lists_its_choices():
+    from django.core.management import get_commands, load_command_class
+
+    ours = {
+        name: app
+        for name, app in get_commands().items()
+        if app in {"assets", "claims", "evops", "console"}
+    }
+    assert "import_asset_keys" in ours and "run_nats_listener" in ours
+    for name, app in ours.items():
+        parser = load_command_class(app, name).create_parser("manage.py", name)
+        for action in parser._actions:
+            if action.dest in {"help", "version"} or action.default == "==SUPPRESS==":
+                continue
+            if "--verbosity" in action.option_strings or action.dest in {
+                "settings",
+                "pythonpath",
+                "traceback",
+                "no_color",
+                "force_color",
+                "skip_checks",
+            }:
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}"
+            for choice in action.choices or ():
+                assert str(choice) in action.help, f"{name} {action.dest} {choice}"
 
 
 # --- generate_encryption_key ---------------------------------------------------------

@@ -26,6 +26,7 @@ from eth_keys.datatypes import Signature
 
 from assets import crypto
 from assets.checks import W001, check_relay_operator
+from assets.management.commands.import_asset_keys import ERR_NO_TERMINAL
 from assets.models import AssetKey, OperatorAccount
 from assets.selectors import (
     OPERATOR_AMBIGUOUS,
@@ -171,9 +172,26 @@ def test_import_operator_keystore_asks_for_the_password(tmp_path, monkeypatch):
         return KEYSTORE_PASSWORD
 
     monkeypatch.setattr("getpass.getpass", prompt)
+    monkeypatch.setattr("sys.stdin", _Terminal())
     run("import_operator_key", str(path))
     assert asked == ["Keystore password: "]
     assert OperatorAccount.objects.get().address == key.address
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_import_operator_keystore_without_a_terminal_is_a_clear_error(
+    tmp_path, monkeypatch
+):
+    path = write_keystore(tmp_path / "UTC--operator", make_key())
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    with pytest.raises(CommandError) as info:
+        run("import_operator_key", str(path))
+    assert str(info.value) == ERR_NO_TERMINAL
+    assert not OperatorAccount.objects.exists()
 
 
 @pytest.mark.parametrize(

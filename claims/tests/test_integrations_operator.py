@@ -86,8 +86,10 @@ def test_listener_start_without_an_operator_stops_with_the_error(relay):
     relay.NATS_URL = "nats://127.0.0.1:1"  # nothing listens there
     with pytest.raises(CommandError) as info:
         call_command("run_nats_listener", "--no-reconcile")
-    assert str(info.value) == OPERATOR_NOT_CONFIGURED.format(chain="volta")
-    assert isinstance(info.value.__cause__, OperatorNotConfigured)
+    # Refused by the start-up checks, before integrations are even built.
+    assert "assets.W001: " + OPERATOR_NOT_CONFIGURED.format(chain="volta") in str(
+        info.value
+    )
 
 
 @pytest.mark.peers

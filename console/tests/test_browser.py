@@ -86,6 +86,21 @@ def console_server(settings, monkeypatch) -> Any:
     fresh.shutdown(wait=False)
 
 
+CSP_WATCH = """
+window.evopsCspViolations = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.evopsCspViolations.push(e.violatedDirective + " " + e.blockedURI);
+});
+"""
+
+
+def assert_no_csp_violations(page: Any) -> None:
+    """The page rendered under the policy: no violation, no console error."""
+    assert page.evaluate("window.evopsCspViolations") == [], page.url
+    csp_errors = [e for e in page.evops_errors if "Content Security Policy" in e]
+    assert csp_errors == [], page.url
+
+
 @pytest.fixture
 def browser_page(monkeypatch) -> Any:
     # Playwright's sync API keeps an event loop in this thread; the test's own
@@ -97,6 +112,17 @@ def browser_page(monkeypatch) -> Any:
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(15_000)
+        # Every Content-Security-Policy violation and console error, on every page.
+        page.add_init_script(CSP_WATCH)
+        errors: list[str] = []
+        page.on(
+            "console",
+            lambda message: (
+                errors.append(message.text) if message.type == "error" else None
+            ),
+        )
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.evops_errors = errors
         yield page
         browser.close()
         # Inside sync_playwright(), Django's per-context connection storage is not
@@ -117,14 +143,31 @@ def test_operator_session_in_a_browser(console_server, browser_page):
     moving = make_claim(make_asset(), ClaimStatus.PUBLISHING)
     listed = make_claim(make_asset(), ClaimStatus.PUBLISHING)
 
-    page.goto(f"{console_server}/admin/login/")
+    login = page.goto(f"{console_server}/admin/login/")
+    assert login is not None
+    policy = login.headers["content-security-policy"]
+    assert (
+        "script-src 'self'" in policy
+        and "'unsafe-inline'" not in (policy.split("script-src", 1)[1].split(";", 1)[0])
+    )
+    # The admin's stylesheet applied (served by the console process).
+    assert page.evaluate(
+        "[...document.styleSheets].some(s => (s.href || '').endsWith('base.css'))"
+    )
+    assert_no_csp_violations(page)
     page.fill("#id_username", user.get_username())
     page.fill("#id_password", PASSWORD)
     page.click("input[type=submit]")
     expect(page.locator("#evops-dashboard-link")).to_be_visible()
 
+    assert_no_csp_violations(page)
+
     page.goto(f"{console_server}/admin/assets/asset/")
     expect(page.get_by_text(asset.did)).to_be_visible()
+    assert_no_csp_violations(page)
+    page.goto(f"{console_server}/admin/assets/asset/{asset.pk}/change/")
+    expect(page.get_by_text(asset.did).first).to_be_visible()
+    assert_no_csp_violations(page)
 
     page.goto(f"{console_server}/admin/claims/claimrecord/")
     page.check(f"input.action-select[value='{failed.pk}']")
@@ -151,6 +194,8 @@ def test_operator_session_in_a_browser(console_server, browser_page):
     )
     expect(published).to_have_text("1")
     assert page.evaluate("document.body.dataset.liveUpdates") is not None
+    # The live script (inline, with the response's nonce) ran under the policy.
+    assert_no_csp_violations(page)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "console-dashboard.png"), full_page=True)
     assert (ARTIFACTS / "console-dashboard.png").stat().st_size > 0
@@ -173,6 +218,14 @@ def test_operator_session_in_a_browser(console_server, browser_page):
     )
     expect(badge).to_have_attribute("data-status", "published")
     assert page.evaluate("window.evopsNoReload") is True
+    assert_no_csp_violations(page)
+    # The watch is live: a script injecting another origin's image is reported.
+    page.evaluate(
+        "document.body.appendChild(Object.assign(document.createElement('img'),"
+        " {src: 'http://192.0.2.1/x.png'}))"
+    )
+    page.wait_for_function("window.evopsCspViolations.length > 0")
+    assert page.evaluate("window.evopsCspViolations")[0].startswith("img-src")
     page.screenshot(path=str(ARTIFACTS / "console-claim-list.png"), full_page=True)
 
 

@@ -16,6 +16,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from evops.management.commands.sandbox import NOT_IN_PRODUCTION
+from evops.management.commands.sandbox_play import ALL_CLAIMED
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -100,6 +101,8 @@ def test_sandbox_runs_plays_and_stops_everything(tmp_path):
         )
         assert play.returncode == 0, play.stderr[-2000:]
         assert play.stdout.count("issued (HTTP 201)") == 2
+        # It waited for them: each claim's final state.
+        assert play.stdout.count(": final state published") == 2, play.stdout
 
         def published() -> bool:
             with sqlite3.connect(tmp_path / "db.sqlite3") as db:
@@ -130,6 +133,27 @@ def test_sandbox_runs_plays_and_stops_everything(tmp_path):
             return bool(rows[0] == 1)
 
         _wait_for(rejected, 90, "the rejected claim reaching 'rejected'")
+        assert ": final state rejected" in rejecting.stdout
+
+        # Every demo asset has a claim now: say how to go on, and --fresh does.
+        more = subprocess.run(
+            [*manage, "sandbox_play", "--count", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert more.returncode != 0 and ALL_CLAIMED in more.stderr
+        fresh = subprocess.run(
+            [*manage, "sandbox_play", "--count", "1", "--fresh"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert fresh.returncode == 0, fresh.stderr[-2000:]
+        assert "made 1 new demo asset(s)" in fresh.stdout
+        assert ": final state published" in fresh.stdout
         # No private key in anything the commands printed.
         state_key = "issuer_key"
         assert state_key not in output() and state_key not in play.stdout
@@ -152,4 +176,32 @@ def test_sandbox_runs_plays_and_stops_everything(tmp_path):
         ), f"child {pid} still runs after the sandbox stopped"
     assert not (tmp_path / "state" / "state.json").exists()
     assert sandbox.returncode == 0
-    assert "stopping the sandbox" in (tmp_path / "sandbox.log").read_text()
+    first_run = (tmp_path / "sandbox.log").read_text()
+    assert "stopping the sandbox" in first_run
+
+    # A second run: the same admin login, and nothing of the previous chain shown.
+    [login] = re.findall(r"login: admin / (\S+)", first_run)
+    log2 = (tmp_path / "sandbox2.log").open("w+")
+    again = subprocess.Popen(
+        [*manage, "sandbox", "--port", str(port), "--assets", "3", "--no-listener"],
+        env=env,
+        stdout=log2,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(
+            lambda: "login: admin" in (tmp_path / "sandbox2.log").read_text(),
+            90,
+            "the second start",
+        )
+    finally:
+        os.killpg(again.pid, signal.SIGINT)
+        again.wait(timeout=60)
+        log2.close()
+    second_run = (tmp_path / "sandbox2.log").read_text()
+    assert f"login: admin / {login} " in second_run
+    assert "cleared 4 claim(s) of the previous sandbox chain" in second_run
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        assert db.execute("select count(*) from claims_claimrecord").fetchone() == (0,)
+        assert db.execute("select count(*) from assets_asset").fetchone() == (4,)

@@ -67,13 +67,87 @@ GOOD = {
 }
 
 
+def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "EVOPS_ENV_FILE": "",
+        "DJANGO_SETTINGS_MODULE": "evops.settings",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize("missing", ["SECRET_KEY", "EVOPS_KEY_ENCRYPTION_KEYS"])
 def test_missing_mandatory_setting_stops_startup(missing):
+    # Only the one variable missing is named, as a system-check error (every command
+    # that runs checks: migrate, the listener, runserver...).
     env = {k: v for k, v in GOOD.items() if k != missing}
     result = _check(env)
     assert result.returncode != 0
-    assert "ImproperlyConfigured" in result.stderr
     assert f"Set the {missing} environment variable." in result.stderr
+    other = ({"SECRET_KEY", "EVOPS_KEY_ENCRYPTION_KEYS"} - {missing}).pop()
+    assert f"Set the {other}" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), "Available subcommands"),
+        (("help",), "Available subcommands"),
+        (("help", "import_asset_keys"), "--password-file"),
+        (("--version",), "5."),
+        (("generate_encryption_key",), ":"),
+    ],
+)
+def test_commands_that_need_nothing_run_on_a_fresh_checkout(args, expected, tmp_path):
+    # No .env, no SECRET_KEY, no master key, no database: a first-time user's machine.
+    result = _manage({"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}, *args)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "db.sqlite3").exists()
+
+
+def test_generate_encryption_key_output_is_a_valid_setting():
+    result = _manage({}, "generate_encryption_key", "--id", "first")
+    assert result.returncode == 0, result.stderr
+    keys = parse_key_encryption_keys(result.stdout.strip())
+    assert keys[0][0] == "first"
+
+
+def test_a_command_that_needs_the_key_names_it():
+    result = _manage({"SECRET_KEY": GOOD["SECRET_KEY"]}, "rotate_encryption_key")
+    assert result.returncode != 0
+    assert "Set the EVOPS_KEY_ENCRYPTION_KEYS environment variable." in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_console_refuses_to_start_without_the_master_key():
+    # daphne runs no system checks: the ASGI entry point refuses instead.
+    code = "import evops.asgi"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={
+            "PATH": os.environ["PATH"],
+            "EVOPS_ENV_FILE": "",
+            "DJANGO_SETTINGS_MODULE": "evops.settings",
+            "SECRET_KEY": GOOD["SECRET_KEY"],
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Set the EVOPS_KEY_ENCRYPTION_KEYS environment variable." in result.stderr
 
 
 def test_malformed_boolean_is_named():
@@ -106,6 +180,34 @@ def test_check_deploy_is_clean_with_production_settings():
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "System check identified no issues" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "flagged"),
+    [
+        ("CACHE_SERVER_URL", "http://cache.example.org", True),
+        ("CHAIN_RPC_URL", "http://10.0.0.5:8545", True),
+        ("IPFS_API_URL", "http://ipfs.internal:5001", True),
+        ("IPFS_API_URL", "http://127.0.0.1:5001", False),
+        ("CHAIN_RPC_URL", "http://localhost:8545", False),
+        ("CACHE_SERVER_URL", "https://cache.example.org", False),
+    ],
+)
+def test_plain_http_peer_is_a_deploy_error_unless_loopback(name, url, flagged):
+    env = {**GOOD, "ALLOWED_HOSTS": "evops.example.org", name: url}
+    result = _check(env, "--deploy")
+    output = result.stderr + result.stdout
+    if flagged:
+        assert result.returncode != 0
+        assert f"(evops.E004) {name} is plain http://" in output
+    else:
+        assert result.returncode == 0, output
+        assert "evops.E004" not in output
+
+
+def test_plain_http_peer_is_not_a_error_outside_deploy():
+    result = _check({**GOOD, "CACHE_SERVER_URL": "http://cache.example.org"})
+    assert result.returncode == 0, result.stderr
 
 
 def test_duplicate_key_material_is_a_system_error():

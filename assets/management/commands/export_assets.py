@@ -9,12 +9,14 @@ from typing import Any, TextIO
 from django.core.management.base import BaseCommand, CommandParser
 
 from assets.selectors import EXPORT_COLUMNS, asset_export_rows
+from evops.csvsafe import csv_row
 
 
 class Command(BaseCommand):
     help = (
         "Export assets as CSV (did,address,kind,external_id,label) for registering "
-        "devices elsewhere. Never includes keys."
+        "devices elsewhere. Never includes keys. A cell a spreadsheet would run as a "
+        "formula (starting with =, +, -, @, tab or CR) is written with a leading '."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -37,6 +39,6 @@ class Command(BaseCommand):
         writer.writerow(EXPORT_COLUMNS)
         count = 0
         for row in asset_export_rows():
-            writer.writerow(row)
+            writer.writerow(csv_row(row))
             count += 1
         return count

@@ -7,21 +7,39 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from assets import crypto
+from assets.management.commands.import_asset_keys import default_asset_chain
 from assets.management.progress import tqdm_progress
 from assets.models import AssetKind
 from assets.services import asset_generate
-from evops.protocol.dids import VOLTA
 
 
 class Command(BaseCommand):
     help = "Generate N assets with new private keys (encrypted at rest)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--count", type=int, required=True)
-        parser.add_argument("--kind", choices=AssetKind.values, default=AssetKind.OTHER)
-        parser.add_argument("--label-prefix", default="")
-        parser.add_argument("--chain", default=VOLTA)
-        parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument(
+            "--count", type=int, required=True, help="how many assets to create"
+        )
+        parser.add_argument(
+            "--kind",
+            choices=AssetKind.values,
+            default=AssetKind.OTHER,
+            help=f"asset kind, one of {', '.join(AssetKind.values)} "
+            f"(default: {AssetKind.OTHER})",
+        )
+        parser.add_argument(
+            "--label-prefix",
+            default="",
+            help="labels are this prefix and a running number (default: none)",
+        )
+        parser.add_argument(
+            "--chain",
+            default=None,
+            help="DID chain name, e.g. volta or ewc (default: CHAIN_ID's chain)",
+        )
+        parser.add_argument(
+            "--no-progress", action="store_true", help="no progress bar on stderr"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["count"] < 1:
@@ -30,7 +48,7 @@ class Command(BaseCommand):
             count=options["count"],
             kind=options["kind"],
             label_prefix=options["label_prefix"],
-            chain=options["chain"],
+            chain=options["chain"] or default_asset_chain(),
             progress=tqdm_progress(self.stderr, enabled=not options["no_progress"]),
         )
         self.stdout.write(

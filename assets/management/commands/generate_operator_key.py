@@ -19,7 +19,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--label", default="")
+        parser.add_argument(
+            "--label", default="", help="a name for the account in the console"
+        )
         parser.add_argument(
             "--chain", default=None, help="Chain name (default: that of CHAIN_ID)."
         )

@@ -44,9 +44,19 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("path", type=Path)
-        parser.add_argument("--password-file", type=Path, default=None)
-        parser.add_argument("--label", default="")
+        parser.add_argument(
+            "path", type=Path, help="a V3 keystore JSON file, or a file of one hex key"
+        )
+        parser.add_argument(
+            "--password-file",
+            type=Path,
+            default=None,
+            help="file whose first line is the keystore's password (default: ask on "
+            "the terminal; without a terminal this option is required)",
+        )
+        parser.add_argument(
+            "--label", default="", help="a name for the account in the console"
+        )
         parser.add_argument(
             "--chain", default=None, help="Chain name (default: that of CHAIN_ID)."
         )

@@ -19,7 +19,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument(
+            "--no-progress", action="store_true", help="no progress bar on stderr"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

@@ -22,8 +22,18 @@ class Command(BaseCommand):
     help = "Exit 0 if the NATS listener is alive and connected, 1 otherwise."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--name", default="")
-        parser.add_argument("--max-age", type=float, default=30.0)
+        parser.add_argument(
+            "--name",
+            default="",
+            help="the listener to check (its --name); default: any listener",
+        )
+        parser.add_argument(
+            "--max-age",
+            type=float,
+            default=30.0,
+            help="seconds since the last heartbeat after which it counts as dead "
+            "(default: 30)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         now = timezone.now()

@@ -23,9 +23,22 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--asset", action="append", default=[], metavar="DID")
-        parser.add_argument("--concurrency", type=int, default=None)
-        parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument(
+            "--asset",
+            action="append",
+            default=[],
+            metavar="DID",
+            help="reconcile this asset only (repeatable; default: every active asset)",
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help="assets at once (default: RECONCILE_CONCURRENCY)",
+        )
+        parser.add_argument(
+            "--no-progress", action="store_true", help="no progress bar on stderr"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

@@ -23,10 +23,27 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--status", action="append", default=[], choices=[ClaimStatus.FAILED]
+            "--status",
+            action="append",
+            default=[],
+            choices=[ClaimStatus.FAILED],
+            help=f"claims in this status, one of {ClaimStatus.FAILED} (default: "
+            f"{ClaimStatus.FAILED})",
         )
-        parser.add_argument("--asset", action="append", default=[], metavar="DID")
-        parser.add_argument("--claim", action="append", default=[], metavar="ID")
+        parser.add_argument(
+            "--asset",
+            action="append",
+            default=[],
+            metavar="DID",
+            help="only this asset's claims (repeatable)",
+        )
+        parser.add_argument(
+            "--claim",
+            action="append",
+            default=[],
+            metavar="ID",
+            help="only this claim, by its cache-server id (repeatable)",
+        )
         parser.add_argument("--user", default="", help="Staff username to record.")
         parser.add_argument(
             "--schedule-only",

@@ -9,9 +9,18 @@ websockets included) as child processes, and prints the admin URL and a login.
 Ctrl-C stops everything it started, in reverse order. `manage.py sandbox_play` then
 plays the EV dashboard and the TSO against it.
 
-It refuses to run with DEBUG off, so it cannot reset a production admin password.
-The throwaway issuer key is kept in `.sandbox/state.json` (mode 0600) for
+It refuses to run with DEBUG off. The admin login is made once and kept: its password
+is written to `.sandbox/admin-login` (mode 0600) and printed on every run, never
+reset. The throwaway issuer key is kept in `.sandbox/state.json` (mode 0600) for
 `sandbox_play` only; it is never printed.
+
+Every run starts a fresh chain, NATS, IPFS node and cache-server stand-in (all in
+memory), so the claims, inbox and listener rows of the previous run describe a world
+that is gone (a claim *published* on a chain that no longer exists). The sandbox
+therefore clears them at start, together with the fresh chain; assets, their keys and
+users are kept (the demo assets are funded again on the new chain). Persisting the
+chain alone (anvil --state) would not do: the stand-in's claims and IPFS would still
+be new.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ STATE_DIR = Path(
     os.environ.get("EVOPS_SANDBOX_STATE_DIR") or Path(settings.BASE_DIR) / ".sandbox"
 )
 STATE_FILE = STATE_DIR / "state.json"
+ADMIN_LOGIN_FILE = STATE_DIR / "admin-login"
+ADMIN_USERNAME = "admin"
 DEMO_LABEL = "demo-"
 DEMO_BALANCE_WEI = 10**18
 LISTENER_NAME = "sandbox-listener"
@@ -46,7 +57,9 @@ class Command(BaseCommand):
     help = "Run evops locally (DEBUG only): peers, stand-in, listener and console."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument(
+            "--port", type=int, default=8000, help="the console's port (default: 8000)"
+        )
         parser.add_argument("--assets", type=int, default=10, help="Demo assets.")
         parser.add_argument(
             "--no-listener", action="store_true", help="Do not start the listener."
@@ -66,6 +79,10 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             self.stdout.write("\nstopping the sandbox")
         finally:
+            # A second Ctrl-C (or a forwarded SIGINT) must not cut the stop short and
+            # leave the listener or a peer running.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             sandbox.stop()
 
 
@@ -114,7 +131,8 @@ class Sandbox:
         self._apply_environment()
 
         self._write_state(issuer, issuer_did, role)
-        password = self._admin_login()
+        self._forget_previous_chain()
+        login = self._admin_login()
         self._demo_assets(assets)
         if listener:
             self._spawn("listener", ["run_nats_listener", "--name", LISTENER_NAME])
@@ -122,12 +140,12 @@ class Sandbox:
         self.say(
             self.command.style.SUCCESS(
                 f"\nevops console: http://127.0.0.1:{self.port}/admin/dashboard/\n"
-                f"login: admin / {password}\n"
+                f"login: {login}\n"
                 f"cache-server stand-in: {self.standin.url}\n"
                 f"chain: {self.peers.anvil.rpc_url}  NATS: {self.peers.nats.url}\n"
                 "In another terminal, `manage.py sandbox_play` asks prequalification "
                 "for some assets and issues their credentials as the TSO.\n"
-                "Ctrl-C stops everything.\n"
+                "Ctrl-C stops everything.\n" + _elapsed()
             )
         )
 
@@ -170,18 +188,44 @@ class Sandbox:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump(state, handle)
 
+    def _forget_previous_chain(self) -> None:
+        """Clear what the previous run's (now gone) chain and peers left behind."""
+        from claims.models import ClaimRecord, InboundMessage, ListenerHeartbeat
+
+        claims = ClaimRecord.objects.count()
+        ClaimRecord.objects.all().delete()  # and their history (cascade)
+        InboundMessage.objects.all().delete()
+        ListenerHeartbeat.objects.all().delete()
+        if claims:
+            self.say(f"cleared {claims} claim(s) of the previous sandbox chain")
+
     def _admin_login(self) -> str:
+        """The admin login line: made on the first run, the same on every later one."""
         from console.groups import ensure_groups
 
         ensure_groups()
+        user = get_user_model().objects.filter(username=ADMIN_USERNAME).first()
+        saved = ""
+        if ADMIN_LOGIN_FILE.exists():
+            saved = ADMIN_LOGIN_FILE.read_text(encoding="utf-8").strip()
+        if user is not None:
+            if saved and user.check_password(saved):
+                return f"{ADMIN_USERNAME} / {saved}  (kept in {ADMIN_LOGIN_FILE})"
+            return (
+                f"{ADMIN_USERNAME} (password unchanged; `manage.py changepassword "
+                f"{ADMIN_USERNAME}` sets a new one)"
+            )
         password = secrets.token_urlsafe(12)
-        user, _ = get_user_model().objects.get_or_create(
-            username="admin", defaults={"is_staff": True, "is_superuser": True}
+        get_user_model().objects.create_superuser(
+            username=ADMIN_USERNAME, email="", password=password
         )
-        user.is_staff = user.is_superuser = True
-        user.set_password(password)
-        user.save()
-        return password
+        STATE_DIR.mkdir(exist_ok=True)
+        descriptor = os.open(
+            ADMIN_LOGIN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+        )
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(password + "\n")
+        return f"{ADMIN_USERNAME} / {password}  (kept in {ADMIN_LOGIN_FILE})"
 
     def _demo_assets(self, count: int) -> None:
         from assets import services
@@ -232,6 +276,14 @@ class Sandbox:
             self.peers.stop()
             self.peers = None
         STATE_FILE.unlink(missing_ok=True)
+
+
+def _elapsed() -> str:
+    """How long since scripts/run started (it exports EVOPS_RUN_STARTED)."""
+    started = os.environ.get("EVOPS_RUN_STARTED", "")
+    if not started.isdigit():
+        return ""
+    return f"ready {int(time.time()) - int(started)} s after scripts/run started\n"
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -5,7 +5,10 @@ For some demo assets without a claim it publishes the dashboard's NATS message
 request on the cache-server stand-in. Then, acting as the TSO, it issues each
 requested claim through the stand-in's issuer endpoint, which publishes the
 `issue-credential` message; the listener stores and publishes the credential. Watch
-the dashboard: the claims move requested → issued → stored → published, live.
+the dashboard: the claims move requested → issued → stored → published, live. It
+waits for each claim to settle and prints its final state. When every demo asset has
+a claim already, `--fresh` makes new demo assets (funded on the sandbox chain) to play
+with.
 """
 
 from __future__ import annotations
@@ -19,12 +22,17 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from evops.management.commands.sandbox import (
+    DEMO_BALANCE_WEI,
     DEMO_LABEL,
     STATE_FILE,
     apply_environment,
 )
 
 NO_SANDBOX = "No sandbox is running (start `manage.py sandbox` first)."
+ALL_CLAIMED = (
+    "Every demo asset has a claim already: pass --fresh to make new demo assets."
+)
+FINAL_STATES = ("published", "rejected", "failed")
 PREQUALIFICATION_SUBJECT = "dashboard.prequalification.exchange"
 
 
@@ -32,10 +40,29 @@ class Command(BaseCommand):
     help = "Ask prequalification for some demo assets, then issue them as the TSO."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--count", type=int, default=3)
-        parser.add_argument("--timeout", type=float, default=60.0)
         parser.add_argument(
-            "--reject", type=int, default=0, help="Reject this many instead."
+            "--count",
+            type=int,
+            default=3,
+            help="demo assets to ask prequalification for (default: 3)",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=60.0,
+            help="seconds to wait for the claims to settle (default: 60)",
+        )
+        parser.add_argument(
+            "--reject",
+            type=int,
+            default=0,
+            help="reject this many of the claims instead of issuing them (default: 0)",
+        )
+        parser.add_argument(
+            "--fresh",
+            action="store_true",
+            help="make --count new demo assets (funded on the sandbox chain) and play "
+            "with those, instead of the demo assets without a claim",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -48,13 +75,16 @@ class Command(BaseCommand):
         from assets.models import Asset
         from claims.models import ClaimRecord, ClaimStatus
 
-        assets = list(
-            Asset.objects.filter(
-                label__startswith=DEMO_LABEL, claims__isnull=True
-            ).order_by("id")[: options["count"]]
-        )
+        if options["fresh"]:
+            assets = self._new_assets(state, options["count"])
+        else:
+            assets = list(
+                Asset.objects.filter(
+                    label__startswith=DEMO_LABEL, claims__isnull=True
+                ).order_by("id")[: options["count"]]
+            )
         if not assets:
-            raise CommandError("Every demo asset has a claim already.")
+            raise CommandError(ALL_CLAIMED)
         asyncio.run(self._ask(state["env"]["NATS_URL"], [a.did for a in assets]))
         self.stdout.write(f"asked prequalification for {len(assets)} assets")
 
@@ -76,6 +106,37 @@ class Command(BaseCommand):
         statuses = asyncio.run(self._issue(state, records, options["reject"]))
         for record, status in zip(records, statuses, strict=True):
             self.stdout.write(f"  {record.asset.did} claim {record.claim_id}: {status}")
+        self.stdout.write("waiting for the claims to settle...")
+        deadline = time.monotonic() + options["timeout"]
+        pending = {record.pk for record in records}
+        final: dict[int, str] = {}
+        while pending and time.monotonic() < deadline:
+            for pk, status in ClaimRecord.objects.filter(pk__in=pending).values_list(
+                "pk", "status"
+            ):
+                if status in FINAL_STATES:
+                    final[pk] = str(status)
+                    pending.discard(pk)
+            if pending:
+                time.sleep(0.5)
+        for record in records:
+            record.refresh_from_db()
+            error = f" ({record.last_error})" if record.last_error else ""
+            settled = "" if record.pk in final else " (still moving at the timeout)"
+            self.stdout.write(
+                f"  {record.asset.did} claim {record.claim_id}: final state "
+                f"{record.status}{error}{settled}"
+            )
+
+    def _new_assets(self, state: dict[str, Any], count: int) -> list[Any]:
+        from assets import services
+        from evops.sandbox.peers import fund
+
+        assets = services.asset_generate(count=count, label_prefix=DEMO_LABEL)
+        for asset in assets:
+            fund(state["env"]["CHAIN_RPC_URL"], asset.address, DEMO_BALANCE_WEI)
+        self.stdout.write(f"made {len(assets)} new demo asset(s)")
+        return assets
 
     async def _ask(self, nats_url: str, dids: list[str]) -> None:
         import nats
