@@ -21,10 +21,10 @@ from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from console import groups
-from evops import live
-from evops.consumers import CLOSE_SESSION_ENDED
-from evops.routing import websocket_urlpatterns
-from evops.tests.console_support import PASSWORD, make_user
+from console import live
+from console.consumers import CLOSE_SESSION_ENDED
+from console.routing import websocket_urlpatterns
+from console.tests.support import PASSWORD, make_user
 
 LOGIN = "/admin/login/"
 
