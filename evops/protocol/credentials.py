@@ -236,46 +236,6 @@ def listed_issuer(issuer: DID, spec: Mapping[str, Any]) -> bool:
     return False
 
 
-def _issuer_allowed(
-    issuer: DID,
-    role_definition: Mapping[str, Any] | None,
-    trusted_issuers: Collection[str],
-) -> RejectedCredential | None:
-    """The offline issuer check: a DID-type listing, or the local trust list.
-
-    `trusted_issuers` are EIP-55 addresses. An `issuerType: ROLE` issuer that is not
-    locally trusted is refused here: proving the role needs peers, which
-    `evops.protocol.verification.verify_issued_credential` consults.
-    """
-    spec = issuer_spec(role_definition)
-    if spec is None:
-        return RejectedCredential(RejectionReason.ISSUER_NOT_ALLOWED, DETAIL_NO_ROLE)
-    issuer_type = spec.get("issuerType")
-    if issuer_type == "ROLE":
-        if issuer.address in trusted_issuers:
-            return None
-        role = spec.get("roleName")
-        return RejectedCredential(
-            RejectionReason.ISSUER_ROLE_UNPROVEN,
-            DETAIL_ROLE_UNPROVEN.format(issuer=issuer, role=str(role)[:200]),
-        )
-    if issuer_type == "DID":
-        if not listed_issuer(issuer, spec):
-            return RejectedCredential(
-                RejectionReason.ISSUER_NOT_ALLOWED, DETAIL_ISSUER.format(issuer=issuer)
-            )
-        if trusted_issuers and issuer.address not in trusted_issuers:
-            return RejectedCredential(
-                RejectionReason.ISSUER_NOT_TRUSTED,
-                DETAIL_NOT_TRUSTED.format(issuer=issuer),
-            )
-        return None
-    return RejectedCredential(
-        RejectionReason.ISSUER_NOT_ALLOWED,
-        DETAIL_ISSUER_TYPE.format(issuer_type=str(issuer_type)[:40]),
-    )
-
-
 @dataclass(frozen=True)
 class CheckedToken:
     """A token that passed every check needing no peer; the issuer is still open."""
@@ -381,17 +341,6 @@ def check_token(
     )
 
 
-def trusted_addresses(trusted_issuers: Collection[str]) -> frozenset[str]:
-    """EIP-55 addresses of DIDs (any form) or addresses; malformed entries raise."""
-    addresses = set()
-    for entry in trusted_issuers:
-        if entry.startswith("did:"):
-            addresses.add(DID.parse(entry).address)
-        else:
-            addresses.add(DID.for_address(entry).address)
-    return frozenset(addresses)
-
-
 def check_issued_credential(
     token: str,
     *,
@@ -424,9 +373,16 @@ def check_issued_credential(
     )
     if isinstance(checked, RejectedCredential):
         return checked
-    rejected = _issuer_allowed(
-        checked.issuer, role_definition, trusted_addresses(trusted_issuers)
+    # Imported here: the policy module builds on this one.
+    from evops.protocol.policy import TrustPolicy, decide_offline, effective_role
+
+    policy = TrustPolicy.build(
+        allowed_claim_types=allowed_claim_types, trusted_issuers=trusted_issuers
     )
+    role = effective_role(role_definition, claim_type=checked.claim_type, policy=policy)
+    if isinstance(role, RejectedCredential):
+        return role
+    rejected = decide_offline(checked.issuer, role)
     if rejected is not None:
         return rejected
     return checked.accept()

@@ -104,10 +104,11 @@ def test_role_issuer_type_is_refused_offline_unless_locally_trusted():
         check(make(), role_definition=ROLE_BY_ROLE, trusted_issuers=trusted),
         AcceptedCredential,
     )
+    # a pinned list that does not name the issuer: refused as not trusted
     other = [LocalKeySigner.generate().address]
     rejected(
         check(make(), role_definition=ROLE_BY_ROLE, trusted_issuers=other),
-        RejectionReason.ISSUER_ROLE_UNPROVEN,
+        RejectionReason.ISSUER_NOT_TRUSTED,
     )
 
 
@@ -117,9 +118,7 @@ def test_pinned_trust_list_narrows_a_did_listing_never_widens_it():
     result = rejected(
         check(make(), trusted_issuers=[other]), RejectionReason.ISSUER_NOT_TRUSTED
     )
-    assert result.detail == credentials.DETAIL_NOT_TRUSTED.format(
-        issuer=ISSUER["did"]
-    )
+    assert result.detail == credentials.DETAIL_NOT_TRUSTED.format(issuer=ISSUER["did"])
     # pinned locally but not listed by the hub: refused too
     role = {"definition": {"issuer": {"issuerType": "DID", "did": [other]}}}
     rejected(
