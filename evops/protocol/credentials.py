@@ -91,6 +91,8 @@ class AcceptedCredential:
     token: str
     expires_at: int | None = None
     claim_data: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # How the issuer was allowed, one line per step (listing, trust, role chain).
+    issuer_proof: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def accepted(self) -> bool:
@@ -248,7 +250,7 @@ class CheckedToken:
     claim_data: Mapping[str, Any]
     token: str
 
-    def accept(self) -> AcceptedCredential:
+    def accept(self, *, issuer_proof: tuple[str, ...] = ()) -> AcceptedCredential:
         """The accepted credential, once the issuer has been allowed."""
         return AcceptedCredential(
             subject=self.subject.canonical,
@@ -259,6 +261,7 @@ class CheckedToken:
             token=self.token,
             expires_at=self.expires_at,
             claim_data=self.claim_data,
+            issuer_proof=issuer_proof,
         )
 
 

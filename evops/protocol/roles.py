@@ -146,16 +146,17 @@ def _parse_did(value: Any, default_chain: str) -> DID | None:
 class RoleChainVerifier:
     """Decides whether a role definition allows an issuer, following role chains.
 
-    One per process (it owns the caches). `max_depth` is the most role credentials
-    a chain may take (1: the issuer's own role credential must come from a
-    DID-listed issuer); `max_services` bounds the service entries read from one DID
-    document, so a document with thousands of entries cannot make one check fetch
-    thousands of CIDs. `now` returns Unix seconds (tests pin it).
+    One per process (it owns the caches); the lookups (`RoleSources`) are passed
+    per call, because reading the hub takes some asset's session. `max_depth` is
+    the most role credentials a chain may take (1: the issuer's own role
+    credential must come from a DID-listed issuer); `max_services` bounds the
+    service entries read from one DID document, so a document with thousands of
+    entries cannot make one check fetch thousands of CIDs. `now` returns Unix
+    seconds (tests pin it).
     """
 
     def __init__(
         self,
-        sources: RoleSources,
         *,
         max_depth: int = DEFAULT_MAX_DEPTH,
         max_services: int = DEFAULT_MAX_SERVICES,
@@ -166,7 +167,6 @@ class RoleChainVerifier:
     ) -> None:
         if max_depth < 1 or max_services < 1 or cache_size < 1 or cache_ttl < 0:
             raise ValueError("max_depth, max_services and cache_size must be positive")
-        self._sources = sources
         self.max_depth = max_depth
         self.max_services = max_services
         self.clock_skew = clock_skew
@@ -188,12 +188,14 @@ class RoleChainVerifier:
 
     # --- lookups -----------------------------------------------------------------
 
-    async def role_definition(self, namespace: str) -> Mapping[str, Any] | None:
+    async def role_definition(
+        self, namespace: str, *, sources: RoleSources
+    ) -> Mapping[str, Any] | None:
         """The hub's definition of `namespace` (cached); None for an unknown role."""
         if self._cache_enabled and namespace in self._definitions:
             return self._definitions[namespace]
         try:
-            definition = await self._sources.fetch_role(namespace)
+            definition = await sources.fetch_role(namespace)
         except Exception as exc:
             raise VerificationUnavailable(
                 f"{ERR_ROLE.format(role=namespace[:200])}: {exc}"
@@ -204,9 +206,11 @@ class RoleChainVerifier:
             self._definitions[namespace] = definition
         return definition
 
-    async def _resolve(self, did: DID) -> Mapping[str, Any]:
+    @staticmethod
+    async def resolve(did: DID, *, sources: RoleSources) -> Mapping[str, Any]:
+        """`did`'s document via `sources`; a failure is `VerificationUnavailable`."""
         try:
-            document = await self._sources.resolve_document(did)
+            document = await sources.resolve_document(did)
         except Exception as exc:
             raise VerificationUnavailable(
                 f"{ERR_RESOLVE.format(did=did)}: {exc}"
@@ -215,7 +219,9 @@ class RoleChainVerifier:
 
     # --- the decision ------------------------------------------------------------
 
-    async def check(self, issuer: DID | str, role: EffectiveRole) -> IssuerDecision:
+    async def check(
+        self, issuer: DID | str, role: EffectiveRole, *, sources: RoleSources
+    ) -> IssuerDecision:
         """Whether the (policy-narrowed) role allows `issuer` (protocol.md §8).
 
         DID type and pinned ROLE type are decided by `policy.decide_offline`; a
@@ -224,7 +230,7 @@ class RoleChainVerifier:
         """
         subject = DID.coerce(issuer)
         if role.issuer_type == "ROLE" and role.allowed is None and role.role_name:
-            return await self.holds(subject, role.role_name)
+            return await self.holds(subject, role.role_name, sources=sources)
         refused = decide_offline(subject, role)
         if refused is not None:
             return IssuerDecision.refuse(refused.reason, refused.detail)
@@ -238,6 +244,7 @@ class RoleChainVerifier:
         *,
         depth: int,
         trail: frozenset[tuple[str, str]],
+        sources: RoleSources,
     ) -> IssuerDecision:
         issuer_type = spec.get("issuerType")
         if issuer_type == "DID":
@@ -253,7 +260,9 @@ class RoleChainVerifier:
                 return IssuerDecision.refuse(
                     RejectionReason.ISSUER_ROLE_UNPROVEN, DETAIL_NO_ROLE_NAME
                 )
-            return await self.holds(issuer, role, _depth=depth + 1, _trail=trail)
+            return await self.holds(
+                issuer, role, sources=sources, _depth=depth + 1, _trail=trail
+            )
         return IssuerDecision.refuse(
             RejectionReason.ISSUER_NOT_ALLOWED,
             DETAIL_BAD_TYPE.format(issuer_type=str(issuer_type)[:40]),
@@ -264,6 +273,7 @@ class RoleChainVerifier:
         holder: DID | str,
         role: str,
         *,
+        sources: RoleSources,
         _depth: int = 1,
         _trail: frozenset[tuple[str, str]] = frozenset(),
     ) -> IssuerDecision:
@@ -286,7 +296,7 @@ class RoleChainVerifier:
             cached = self._proofs.get(key)
             if cached is not None:
                 return cached
-        document = await self._resolve(subject)
+        document = await self.resolve(subject, sources=sources)
         candidates = _services(document)
         # Newest entries last (the resolver's order): a renewed credential is tried
         # before the one it replaced.
@@ -300,13 +310,15 @@ class RoleChainVerifier:
         )
         for service in candidates:
             try:
-                credential_issuer = await self._role_credential(service, subject, role)
+                credential_issuer = await self._role_credential(
+                    service, subject, role, sources=sources
+                )
             except VerificationUnavailable as exc:
                 unavailable = exc
                 continue
             if credential_issuer is None:
                 continue
-            definition = await self.role_definition(role)
+            definition = await self.role_definition(role, sources=sources)
             spec = issuer_spec(definition)
             if spec is None:
                 decision = IssuerDecision.refuse(
@@ -315,7 +327,11 @@ class RoleChainVerifier:
                 )
             else:
                 decision = await self._allowed_by(
-                    credential_issuer, spec, depth=_depth, trail=_trail | {key}
+                    credential_issuer,
+                    spec,
+                    depth=_depth,
+                    trail=_trail | {key},
+                    sources=sources,
                 )
             if decision.allowed:
                 step = DETAIL_HOLDS.format(
@@ -334,7 +350,12 @@ class RoleChainVerifier:
         return best
 
     async def _role_credential(
-        self, service: Mapping[str, Any], holder: DID, role: str
+        self,
+        service: Mapping[str, Any],
+        holder: DID,
+        role: str,
+        *,
+        sources: RoleSources,
     ) -> DID | None:
         """The issuer of the credential this service entry points at, if it is one.
 
@@ -357,7 +378,7 @@ class RoleChainVerifier:
             return None
         self.fetches += 1
         try:
-            content = await self._sources.fetch_content(cid)
+            content = await sources.fetch_content(cid)
         except Exception as exc:
             if _permanent(exc):
                 return None  # the store does not hold it: not a proof
@@ -368,10 +389,12 @@ class RoleChainVerifier:
             return None
         if sha256_hex(content) != digest.lower().removeprefix("0x"):
             return None
-        return await self._credential_issuer(content.strip(), holder, role)
+        return await self._credential_issuer(
+            content.strip(), holder, role, sources=sources
+        )
 
     async def _credential_issuer(
-        self, token: str, holder: DID, role: str
+        self, token: str, holder: DID, role: str, *, sources: RoleSources
     ) -> DID | None:
         try:
             payload = decode_token(token).payload
@@ -397,7 +420,7 @@ class RoleChainVerifier:
             verify_token(token, issuer)
         except SignatureError:
             # Signed by a veriKey delegate of the issuer? Only its document says.
-            document = await self._resolve(issuer)
+            document = await self.resolve(issuer, sources=sources)
             try:
                 verify_token(token, issuer, did_document=document)
             except (SignatureError, TokenError):
