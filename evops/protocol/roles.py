@@ -337,7 +337,9 @@ class RoleChainVerifier:
                 step = DETAIL_HOLDS.format(
                     holder=subject, role=role[:200], issuer=credential_issuer
                 )
-                proven = IssuerDecision.allow(step, (step, *decision.via))
+                proven = IssuerDecision.allow(
+                    step, (step, *(decision.via or (decision.detail,)))
+                )
                 if self._cache_enabled:
                     self._proofs[key] = proven
                 return proven
