@@ -6,7 +6,9 @@ a combination of them is checked here, so `manage.py check` reports them all at 
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, register
@@ -24,3 +26,60 @@ def check_key_encryption(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             )
         )
     return errors
+
+
+ERR_PLAIN_PEER = (
+    "{name} is {scheme}:// to {host}: in production every peer must be reached over "
+    "TLS (https://, tls:// or wss://, or NATS_TLS_CA with nats://), unless it is on "
+    "this host (loopback)."
+)
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and the names that always mean this host."""
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _plain_peers() -> list[tuple[str, str, str]]:
+    """(setting, scheme, host) of every peer URL that would travel unencrypted."""
+    found: list[tuple[str, str, str]] = []
+    urls: list[tuple[str, str, frozenset[str]]] = [
+        ("CACHE_SERVER_URL", settings.CACHE_SERVER_URL, frozenset({"http"})),
+        ("CHAIN_RPC_URL", settings.CHAIN_RPC_URL, frozenset({"http"})),
+    ]
+    if settings.CREDENTIAL_STORE == "ipfs":
+        urls.append(("IPFS_API_URL", settings.IPFS_API_URL, frozenset({"http"})))
+    # nats-py upgrades a nats:// connection to TLS when given a CA (NATS_TLS_CA).
+    nats_plain = {"ws"} if settings.NATS_TLS_CA else {"nats", "ws"}
+    for url in str(settings.NATS_URL).split(","):
+        urls.append(("NATS_URL", url.strip(), frozenset(nats_plain)))
+    for name, url, plain in urls:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme in plain and not is_loopback(parts.hostname or ""):
+            found.append((name, scheme, parts.hostname or "?"))
+    return found
+
+
+@register(Tags.security, deploy=True)
+def check_peer_transport(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Peers on another host must be reached over TLS in production (`--deploy`).
+
+    A plain-http cache server sees every asset's login token in the clear, and a
+    plain RPC or store can be answered by anyone on the path: the check refuses
+    them, except on loopback (a sidecar or an SSH tunnel).
+    """
+    return [
+        Error(
+            ERR_PLAIN_PEER.format(name=name, scheme=scheme, host=host),
+            id="evops.E010",
+        )
+        for name, scheme, host in _plain_peers()
+    ]
