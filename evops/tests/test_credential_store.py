@@ -197,11 +197,12 @@ async def test_ipfs_add_request_shape_and_ndjson_answer():
         # With progress on, the node streams one JSON object per line; the file's
         # own line comes last.
         return httpx.Response(
-            200, content=b'{"Bytes":10}\n{"Name":"credential","Hash":"QmAbc"}\n'
+            200,
+            content=b'{"Bytes":10}\n{"Name":"credential","Hash":"QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"}\n',
         )
 
     store = IpfsStore("http://ipfs.test:5001/", client=_mock_client(handler))
-    assert await store.put(TOKEN) == "QmAbc"
+    assert await store.put(TOKEN) == "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"
     request = seen[0]
     assert request.method == "POST"
     assert request.url.path == "/api/v0/add"
@@ -218,8 +219,8 @@ async def test_ipfs_cat_always_sends_a_node_side_timeout_below_ours():
         return httpx.Response(200, content=TOKEN.encode("utf-8"))
 
     store = IpfsStore("http://ipfs.test", timeout=3, client=_mock_client(handler))
-    assert await store.get("QmAbc") == TOKEN
-    assert seen[0].url.params["arg"] == "QmAbc"
+    assert await store.get("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG") == TOKEN
+    assert seen[0].url.params["arg"] == "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"
     assert seen[0].url.params["timeout"] == "1.5s"
 
 
@@ -229,7 +230,7 @@ async def test_ipfs_cat_answer_that_is_not_utf8_is_permanent():
 
     store = IpfsStore("http://ipfs.test", client=_mock_client(handler))
     with pytest.raises(CredentialStoreError) as info:
-        await store.get("QmAbc")
+        await store.get("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
     assert info.value.permanent is True
     assert "not UTF-8" in str(info.value)
 
@@ -241,7 +242,7 @@ async def test_a_server_that_never_answers_is_a_transient_timeout():
 
     store = IpfsStore("http://ipfs.test", timeout=0.2, client=_mock_client(handler))
     with pytest.raises(CredentialStoreError) as info:
-        await store.get("QmAbc")
+        await store.get("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
     assert info.value.permanent is False
     assert ERR_TIMEOUT in str(info.value)
 
@@ -336,8 +337,13 @@ async def test_cache_server_store_with_an_httpx_client():
                     "POST", "http://x", json={"data": TOKEN, "type": "S3"}
                 ).read()
             )
-            return httpx.Response(201, text="bafkreiabc")
-        assert request.url.path == "/v1/store/bafkreiabc"
+            return httpx.Response(
+                201, text="bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+            )
+        assert (
+            request.url.path
+            == "/v1/store/bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        )
         # NestJS may send a string as JSON: unwrap it.
         return httpx.Response(200, json=TOKEN)
 
@@ -345,15 +351,24 @@ async def test_cache_server_store_with_an_httpx_client():
         base_url="http://cache.test", transport=httpx.MockTransport(handler)
     ) as http:
         store = CacheServerStore(http)
-        assert await store.put(TOKEN) == "bafkreiabc"
-        assert await store.get("bafkreiabc") == TOKEN
+        assert (
+            await store.put(TOKEN)
+            == "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        )
+        assert (
+            await store.get(
+                "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+            )
+            == TOKEN
+        )
 
 
 @pytest.mark.parametrize(
     ("response", "permanent"),
     [
         (httpx.Response(200, content=b""), True),  # empty: no such entry
-        (httpx.Response(201, text="not a cid"), True),
+        # a bogus CID is the store misbehaving for now: transient (issue 11)
+        (httpx.Response(201, text="not a cid"), False),
         (httpx.Response(503), False),
         (httpx.Response(400, json={"message": ["data must be a string"]}), True),
     ],
@@ -368,7 +383,9 @@ async def test_cache_server_unusable_answers(response: httpx.Response, permanent
         store = CacheServerStore(http)
         with pytest.raises(CredentialStoreError) as info:
             if response.status_code == 200:
-                await store.get("bafkreiabc")
+                await store.get(
+                    "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+                )
             else:
                 await store.put(TOKEN)
     assert info.value.permanent is permanent
