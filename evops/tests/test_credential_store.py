@@ -19,6 +19,7 @@ from django.test import override_settings
 from evops.integrations.cache_server import CacheServerClient
 from evops.integrations.credential_store import (
     ERR_BAD_RESPONSE,
+    ERR_CONTENT_MISMATCH,
     ERR_HTTP,
     ERR_TIMEOUT,
     ERR_UNREACHABLE,
@@ -26,6 +27,7 @@ from evops.integrations.credential_store import (
     CredentialStore,
     CredentialStoreError,
     IpfsStore,
+    confirm_stored,
     credential_store_from_settings,
 )
 from evops.protocol.dids import DID
@@ -67,6 +69,17 @@ async def test_ipfs_round_trip_returns_the_exact_token(ipfs):
     got = await ipfs.get(cid)
     assert got == TOKEN
     assert got.encode("utf-8") == TOKEN.encode("utf-8")
+
+
+@pytest.mark.peers
+async def test_confirm_stored_against_ipfs(ipfs):
+    cid = await ipfs.put(TOKEN)
+    await confirm_stored(ipfs, cid, TOKEN)
+    other = await ipfs.put(TOKEN + ".")
+    with pytest.raises(CredentialStoreError) as info:
+        await confirm_stored(ipfs, other, TOKEN)
+    assert info.value.permanent is False
+    assert str(info.value).startswith(ERR_CONTENT_MISMATCH)
 
 
 @pytest.mark.peers
@@ -286,6 +299,16 @@ async def test_cache_server_round_trip_returns_the_exact_token(cache_store, stan
     assert stand_in.store[cid] == TOKEN
     assert await cache_store.get(cid) == TOKEN
     assert await cache_store.put(TOKEN) == cid
+
+
+async def test_confirm_stored_against_the_stand_in(cache_store, stand_in):
+    cid = await cache_store.put(TOKEN)
+    await confirm_stored(cache_store, cid, TOKEN)
+    stand_in.store[cid] = TOKEN + " "  # the store now serves other bytes
+    with pytest.raises(CredentialStoreError) as info:
+        await confirm_stored(cache_store, cid, TOKEN)
+    assert info.value.permanent is False
+    assert str(info.value).startswith(ERR_CONTENT_MISMATCH)
 
 
 async def test_cache_server_store_survives_a_revoked_session(cache_store, stand_in):
