@@ -113,10 +113,15 @@ class IssuerDecision:
     reason: RejectionReason | None
     detail: str
     via: tuple[str, ...] = field(default=())
+    # Unix seconds after which a credential in the proof has expired (None: never);
+    # a cached proof is not reused past it.
+    valid_until: float | None = field(default=None, compare=False)
 
     @classmethod
-    def allow(cls, detail: str, via: tuple[str, ...] = ()) -> IssuerDecision:
-        return cls(True, None, detail, via)
+    def allow(
+        cls, detail: str, via: tuple[str, ...] = (), valid_until: float | None = None
+    ) -> IssuerDecision:
+        return cls(True, None, detail, via, valid_until)
 
     @classmethod
     def refuse(cls, reason: RejectionReason, detail: str) -> IssuerDecision:
@@ -294,7 +299,9 @@ class RoleChainVerifier:
             )
         if self._cache_enabled:
             cached = self._proofs.get(key)
-            if cached is not None:
+            if cached is not None and (
+                cached.valid_until is None or cached.valid_until > self._now()
+            ):
                 return cached
         document = await self.resolve(subject, sources=sources)
         candidates = _services(document)
@@ -310,14 +317,15 @@ class RoleChainVerifier:
         )
         for service in candidates:
             try:
-                credential_issuer = await self._role_credential(
+                found = await self._role_credential(
                     service, subject, role, sources=sources
                 )
             except VerificationUnavailable as exc:
                 unavailable = exc
                 continue
-            if credential_issuer is None:
+            if found is None:
                 continue
+            credential_issuer, expires_at = found
             definition = await self.role_definition(role, sources=sources)
             spec = issuer_spec(definition)
             if spec is None:
@@ -337,8 +345,11 @@ class RoleChainVerifier:
                 step = DETAIL_HOLDS.format(
                     holder=subject, role=role[:200], issuer=credential_issuer
                 )
+                limits = [t for t in (expires_at, decision.valid_until) if t]
                 proven = IssuerDecision.allow(
-                    step, (step, *(decision.via or (decision.detail,)))
+                    step,
+                    (step, *(decision.via or (decision.detail,))),
+                    valid_until=min(limits) if limits else None,
                 )
                 if self._cache_enabled:
                     self._proofs[key] = proven
@@ -358,8 +369,8 @@ class RoleChainVerifier:
         role: str,
         *,
         sources: RoleSources,
-    ) -> DID | None:
-        """The issuer of the credential this service entry points at, if it is one.
+    ) -> tuple[DID, int | None] | None:
+        """The issuer (and expiry) of the credential this entry points at, if one.
 
         None when the entry is not a valid credential of `holder` for `role` (bad
         CID, hash mismatch, bad signature, other subject or type, expired, not yet
@@ -397,7 +408,7 @@ class RoleChainVerifier:
 
     async def _credential_issuer(
         self, token: str, holder: DID, role: str, *, sources: RoleSources
-    ) -> DID | None:
+    ) -> tuple[DID, int | None] | None:
         try:
             payload = decode_token(token).payload
         except TokenError:
@@ -415,7 +426,9 @@ class RoleChainVerifier:
             signer = _parse_did(payload["signer"], holder.chain)
             if signer is None or not signer.same_identity(issuer):
                 return None
-        _, refused = check_times(payload, now=self._now(), clock_skew=self.clock_skew)
+        expires_at, refused = check_times(
+            payload, now=self._now(), clock_skew=self.clock_skew
+        )
         if refused is not None:
             return None
         try:
@@ -429,7 +442,7 @@ class RoleChainVerifier:
                 return None
         except TokenError:
             return None
-        return issuer
+        return issuer, expires_at
 
 
 def _namespace(role_definition: Any) -> str:

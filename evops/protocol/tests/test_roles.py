@@ -566,3 +566,21 @@ async def test_publication_check_unknown_role_is_refused(world):
 
 def test_detail_constants_are_formatted_without_key_material():
     assert "{claim_id!r}" in verification.DETAIL_CLAIM_UNKNOWN
+
+
+async def test_a_cached_proof_is_not_reused_past_its_credentials_expiry(world):
+    peers: Peers = world["peers"]
+    holder = LocalKeySigner.generate()
+    clock = {"now": NOW.timestamp()}
+    expires = int(NOW.timestamp()) + 60
+    peers.publish(
+        did_of(holder),
+        role_credential(world["root"], did_of(holder), TSO, exp=expires),
+    )
+    v = RoleChainVerifier(cache_ttl=3600, now=lambda: clock["now"])
+    decision = await decide(world, holder, v=v)
+    assert decision.allowed
+    assert decision.valid_until == expires
+    clock["now"] = expires + 1  # within the cache TTL, past the credential
+    decision = await decide(world, holder, v=v)
+    assert decision.reason is R.ISSUER_ROLE_UNPROVEN
