@@ -18,14 +18,11 @@ from evops.startup import NOT_SET, missing_settings
 E002 = "evops.E002"
 E003 = "evops.E003"
 E004 = "evops.E004"
-PLAIN_HTTP_PEER = (
-    "{name} is plain http:// to {host}: credentials, tokens and signed messages "
-    "would cross the network unencrypted."
-)
 PLAIN_HTTP_PEER_HINT = (
-    "Use https://, or a loopback address when the peer runs on this machine (an "
-    "IPFS node behind a local proxy, say). To accept it on a private network you "
-    "trust, add evops.E004 to SILENCED_SYSTEM_CHECKS."
+    "Use https:// (tls:// or wss://, or NATS_TLS_CA with nats://), or a loopback "
+    "address when the peer runs on this machine (an IPFS node behind a local proxy, "
+    "say). To accept it on a private network you trust, add evops.E004 to "
+    "SILENCED_SYSTEM_CHECKS."
 )
 _MISSING_IDS = {"SECRET_KEY": E002, "EVOPS_KEY_ENCRYPTION_KEYS": E003}
 
@@ -40,44 +37,6 @@ def check_required_settings(app_configs: Any, **kwargs: Any) -> list[CheckMessag
     ]
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _peer_urls() -> list[tuple[str, str]]:
-    urls = [
-        ("CACHE_SERVER_URL", settings.CACHE_SERVER_URL),
-        ("CHAIN_RPC_URL", settings.CHAIN_RPC_URL),
-    ]
-    if settings.CREDENTIAL_STORE == "ipfs":
-        urls.append(("IPFS_API_URL", settings.IPFS_API_URL))
-    return urls
-
-
-@register(Tags.security, deploy=True)
-def check_peer_urls(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
-    """Under `check --deploy`: the peers evops logs in to, stores tokens on and sends
-    signed transactions through are reached over TLS unless they are on loopback."""
-    errors: list[CheckMessage] = []
-    for name, url in _peer_urls():
-        parts = urlsplit(str(url))
-        host = parts.hostname or ""
-        if parts.scheme == "http" and not _is_loopback(host):
-            errors.append(
-                Error(
-                    PLAIN_HTTP_PEER.format(name=name, host=host),
-                    hint=PLAIN_HTTP_PEER_HINT,
-                    id=E004,
-                )
-            )
-    return errors
-
-
 @register(Tags.security, deploy=True)
 def check_key_encryption(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
@@ -90,3 +49,61 @@ def check_key_encryption(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             )
         )
     return errors
+
+
+ERR_PLAIN_PEER = (
+    "{name} is plain {scheme}:// to {host}: credentials, tokens and signed messages "
+    "would cross the network unencrypted; in production every peer is reached over "
+    "TLS unless it is on this host (loopback)."
+)
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and the names that always mean this host."""
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _plain_peers() -> list[tuple[str, str, str]]:
+    """(setting, scheme, host) of every peer URL that would travel unencrypted."""
+    found: list[tuple[str, str, str]] = []
+    urls: list[tuple[str, str, frozenset[str]]] = [
+        ("CACHE_SERVER_URL", settings.CACHE_SERVER_URL, frozenset({"http"})),
+        ("CHAIN_RPC_URL", settings.CHAIN_RPC_URL, frozenset({"http"})),
+    ]
+    if settings.CREDENTIAL_STORE == "ipfs":
+        urls.append(("IPFS_API_URL", settings.IPFS_API_URL, frozenset({"http"})))
+    # nats-py upgrades a nats:// connection to TLS when given a CA (NATS_TLS_CA).
+    nats_plain = {"ws"} if settings.NATS_TLS_CA else {"nats", "ws"}
+    for url in str(settings.NATS_URL).split(","):
+        urls.append(("NATS_URL", url.strip(), frozenset(nats_plain)))
+    for name, url, plain in urls:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme in plain and not is_loopback(parts.hostname or ""):
+            found.append((name, scheme, parts.hostname or "?"))
+    return found
+
+
+@register(Tags.security, deploy=True)
+def check_peer_transport(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Peers on another host must be reached over TLS in production (`--deploy`).
+
+    A plain-http cache server sees every asset's login token in the clear, and a
+    plain RPC or store can be answered by anyone on the path: the check refuses
+    them, except on loopback (a sidecar or an SSH tunnel).
+    """
+    return [
+        Error(
+            ERR_PLAIN_PEER.format(name=name, scheme=scheme, host=host),
+            hint=PLAIN_HTTP_PEER_HINT,
+            id=E004,
+        )
+        for name, scheme, host in _plain_peers()
+    ]

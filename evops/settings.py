@@ -339,6 +339,31 @@ ALLOWED_CLAIM_TYPES = [
 ]
 if PREQUALIFICATION_ROLE not in ALLOWED_CLAIM_TYPES:
     ALLOWED_CLAIM_TYPES.insert(0, PREQUALIFICATION_ROLE)
+# Issuers evops accepts, pinned locally (DIDs in any form, or addresses). Empty: the
+# hub's role definitions decide (a DID listing, or the issuer's role chain). Set:
+# only these issuers pass, and a hub listing can narrow the list, never widen it.
+TRUSTED_ISSUERS = [
+    item.strip() for item in env.list("TRUSTED_ISSUERS", default=[]) if item.strip()
+]
+for _issuer in TRUSTED_ISSUERS:
+    if not re.match(r"^(did:ethr:([a-z0-9_-]+:)?)?0x[0-9a-fA-F]{40}$", _issuer):
+        raise ImproperlyConfigured(
+            f"TRUSTED_ISSUERS: {_issuer[:80]!r} is not a did:ethr DID or an address."
+        )
+# Most role credentials a role chain may take (issuerType ROLE, protocol.md §8).
+ROLE_CHAIN_MAX_DEPTH = _int("ROLE_CHAIN_MAX_DEPTH", 3, minimum=1)
+# Service entries of one DID document examined when looking for a role credential.
+ROLE_PROOF_MAX_SERVICES = _int("ROLE_PROOF_MAX_SERVICES", 50, minimum=1)
+# Seconds a fetched role definition or a proven role holding is reused.
+ROLE_CACHE_SECONDS = _int("ROLE_CACHE_SECONDS", 300)
+# Seconds of clock difference tolerated for a credential's `nbf` and `iat`.
+CLOCK_SKEW_SECONDS = _int("CLOCK_SKEW_SECONDS", 60)
+# Largest cache-server answer read (bytes), and seconds one cache-server call may
+# take in all, its retries included (CACHE_SERVER_TIMEOUT bounds each attempt).
+CACHE_SERVER_MAX_RESPONSE_BYTES = _int(
+    "CACHE_SERVER_MAX_RESPONSE_BYTES", 8 * 1024 * 1024, minimum=1024
+)
+CACHE_SERVER_DEADLINE = _float("CACHE_SERVER_DEADLINE", 30.0)
 
 # --- Chain (ERC-1056 DID registry) ------------------------------------------------
 
@@ -386,6 +411,11 @@ if CHAIN_WRITE_MODE not in {"asset", "relay"}:
 CHAIN_MAX_FEE_GWEI = _chain_decimal("CHAIN_MAX_FEE_GWEI", "50")
 CHAIN_CONFIRMATIONS = _int("CHAIN_CONFIRMATIONS", 0)
 CHAIN_RECEIPT_TIMEOUT = _int("CHAIN_RECEIPT_TIMEOUT", 120, minimum=1)
+# Seconds one JSON-RPC call may take in all, and the largest answer read (bytes).
+CHAIN_RPC_TIMEOUT = _float("CHAIN_RPC_TIMEOUT", 10.0)
+CHAIN_RPC_MAX_RESPONSE_BYTES = _int(
+    "CHAIN_RPC_MAX_RESPONSE_BYTES", 8 * 1024 * 1024, minimum=1024
+)
 # Fraction added to every gas estimate (estimates can be short; see test-stack.md).
 CHAIN_GAS_MARGIN = float(_chain_decimal("CHAIN_GAS_MARGIN", "0.25"))
 
@@ -465,6 +495,10 @@ if not re.match(r"^https?://[^/\s]+(/\S*)?$", IPFS_API_URL):
     )
 # Seconds one store call may take in all before it counts as a (transient) timeout.
 CREDENTIAL_STORE_TIMEOUT = _float("CREDENTIAL_STORE_TIMEOUT", 10.0)
+# Largest answer read from the store (bytes); a token is at most 64 KiB.
+CREDENTIAL_STORE_MAX_RESPONSE_BYTES = _int(
+    "CREDENTIAL_STORE_MAX_RESPONSE_BYTES", 1024 * 1024, minimum=1024
+)
 
 # --- Operator console (admin, live updates) ------------------------------------------
 

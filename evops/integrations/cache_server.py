@@ -37,7 +37,11 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from evops.integrations.http import AiohttpTransport
+from evops.integrations.http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    AiohttpTransport,
+    ResponseTooLarge,
+)
 from evops.protocol import siwe
 from evops.protocol.dids import DID
 from evops.protocol.jwt import (
@@ -67,6 +71,8 @@ ERR_TRANSIENT = "the cache server is unavailable"
 ERR_BAD_RESPONSE = "the cache server sent an unexpected response"
 ERR_CLAIM_REJECTED = "the cache server rejected the claim request"
 ERR_PERMANENT = "the cache server refused the request"
+ERR_TOO_LARGE = "the cache server sent an answer larger than the limit"
+ERR_DEADLINE = "the cache server did not answer within the deadline"
 
 # Renew the access token this long before it expires (the server's default lifetime
 # is 15 minutes), so a call never starts with a token about to lapse in flight.
@@ -393,6 +399,8 @@ class CacheServerClient:
         refresh_margin: float = _REFRESH_MARGIN_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
         block_max_age: float = _BLOCK_MAX_AGE_SECONDS,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        deadline: float | None = None,
     ) -> None:
         if login_mode not in LOGIN_MODES:
             raise ValueError(f"login_mode must be one of {LOGIN_MODES}")
@@ -405,6 +413,11 @@ class CacheServerClient:
         self._block = _RecentBlock(block_number, block_max_age)
         self._max_retries = max_retries
         self._backoff_base = backoff_base
+        # One call, its retries included, ends by `deadline` (default: room for a
+        # few full attempts); each attempt ends by `timeout` however slowly the
+        # server drips its answer.
+        self._deadline = deadline if deadline is not None else 3 * timeout + 5
+        self.max_response_bytes = max_response_bytes
         self._login_mode = login_mode
         self._identity_login_missing = False
         self._chain_id = chain_id
@@ -419,7 +432,12 @@ class CacheServerClient:
             # which would drop the policy.
             cookies=CookieJar(policy=_NoCookies()),
             headers={"Accept": "application/json, text/plain, */*"},
-            transport=transport or AiohttpTransport(limit=max_concurrency),
+            transport=transport
+            or AiohttpTransport(
+                limit=max_concurrency,
+                max_response_bytes=max_response_bytes,
+                deadline=timeout,
+            ),
             follow_redirects=False,
         )
         self.logins = 0
@@ -469,6 +487,37 @@ class CacheServerClient:
         `retry_statuses` False, 5xx and 429 answers are returned for the caller to
         interpret.
         """
+        deadline = asyncio.timeout(self._deadline)
+        try:
+            async with deadline:
+                return await self._send_with_retries(
+                    method,
+                    path,
+                    token=token,
+                    json_body=json_body,
+                    params=params,
+                    retry_statuses=retry_statuses,
+                    retries=retries,
+                )
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise CacheServerError(
+                f"{ERR_DEADLINE}: {method} {path}: {self._deadline:g} s",
+                permanent=False,
+            ) from None
+
+    async def _send_with_retries(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None,
+        json_body: Any,
+        params: Mapping[str, str] | None,
+        retry_statuses: bool,
+        retries: int | None,
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         last: str = ""
         last_status: int | None = None
@@ -480,6 +529,11 @@ class CacheServerClient:
                     response = await self._http.request(
                         method, path, json=json_body, params=params, headers=headers
                     )
+            except ResponseTooLarge as exc:
+                # Not retried: the same request would bring the same flood.
+                raise CacheServerError(
+                    f"{ERR_TOO_LARGE}: {method} {path}: {exc}", permanent=False
+                ) from None
             except httpx.TimeoutException as exc:
                 last, last_status = f"timeout ({type(exc).__name__})", None
             except httpx.TransportError as exc:
@@ -964,4 +1018,6 @@ def cache_server_client_from_settings(
         timeout=settings.CACHE_SERVER_TIMEOUT,
         max_concurrency=settings.CACHE_SERVER_MAX_CONCURRENCY,
         login_mode=settings.CACHE_SERVER_LOGIN,
+        max_response_bytes=settings.CACHE_SERVER_MAX_RESPONSE_BYTES,
+        deadline=settings.CACHE_SERVER_DEADLINE,
     )

@@ -23,9 +23,12 @@ Ordering rules this module enforces (not the caller):
   until the receipt), and never two changes for one identity in one block: the reference
   reader only reads the first log of each block.
 
-JSON-RPC goes straight through web3's `AsyncHTTPProvider.make_request`: web3's
-method formatters and middleware cost about a millisecond of CPU per call, which made
-them, not the chain, the limit of the relay benchmark (`bench/chain.py`).
+JSON-RPC is encoded and decoded by web3's `AsyncHTTPProvider` but sent here, on the
+provider's pooled aiohttp session: web3's method formatters and middleware cost about
+a millisecond of CPU per call, which made them, not the chain, the limit of the relay
+benchmark (`bench/chain.py`); and web3 reads a whole answer into memory, where this
+module reads at most `max_response_bytes` within `request_timeout` in all (a node that
+floods or drips is cut off with a transient error).
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ from web3.providers.rpc import AsyncHTTPProvider
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import RPCEndpoint
 
+from evops.integrations.http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    BodyTooLarge,
+    read_limited,
+)
 from evops.integrations.registry import REGISTRY_ADDRESSES
 from evops.protocol import erc1056
 from evops.protocol.dids import DID
@@ -70,6 +78,8 @@ GAS_MARGIN_FLOOR = 2_000
 RPC_UNREACHABLE = "chain RPC unreachable"
 RPC_TIMEOUT = "chain RPC timed out"
 RPC_ERROR = "chain RPC returned an error"
+RPC_TOO_LARGE = "chain RPC sent an answer larger than the limit"
+RPC_BAD_ANSWER = "chain RPC sent an answer that is not JSON-RPC"
 REVERTED = "transaction reverted"
 REVERTED_ON_CHAIN = "transaction mined with status 0"
 OUT_OF_GAS = "transaction ran out of gas"
@@ -227,6 +237,7 @@ class Chain:
         request_timeout: float = 10.0,
         poll_interval: float = 0.25,
         max_connections: int = 50,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -245,6 +256,9 @@ class Chain:
         self.gas_margin = gas_margin
         self.poll_interval = poll_interval
         self.request_timeout = request_timeout
+        self.max_response_bytes = max_response_bytes
+        self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[str, str] = {}
         # No automatic retries inside web3: a dead RPC must become a transient
         # ChainError promptly, and retry policy belongs to the caller.
         self._provider = AsyncHTTPProvider(
@@ -278,13 +292,42 @@ class Chain:
     async def _raw(
         self, method: str, params: list[Any], *, tx_hash: str | None = None
     ) -> Mapping[str, Any]:
-        """One JSON-RPC exchange; transport failures become transient ChainErrors."""
+        """One JSON-RPC exchange; transport failures become transient ChainErrors.
+
+        The whole exchange ends within `request_timeout` and reads at most
+        `max_response_bytes`, whatever the node sends.
+        """
         await self._ensure_session()
+        assert self._session is not None
+        body = self._provider.encode_rpc_request(RPCEndpoint(method), params)
         try:
-            response = await self._provider.make_request(RPCEndpoint(method), params)
+            async with (
+                asyncio.timeout(self.request_timeout),
+                self._session.post(
+                    self.rpc_url,
+                    data=body,
+                    headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+                ) as answer,
+            ):
+                raw = await read_limited(answer, self.max_response_bytes)
+        except BodyTooLarge as exc:
+            raise ChainError(
+                f"{RPC_TOO_LARGE}: {method}: {exc}", permanent=False, tx_hash=tx_hash
+            ) from exc
         except _TRANSPORT_ERRORS as exc:
             reason, permanent = _classify_rpc_error(exc)
             raise ChainError(reason, permanent=permanent, tx_hash=tx_hash) from exc
+        try:
+            response = self._provider.decode_rpc_response(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ChainError(
+                f"{RPC_BAD_ANSWER}: {method}", permanent=False, tx_hash=tx_hash
+            ) from exc
+        if not isinstance(response, Mapping):
+            raise ChainError(
+                f"{RPC_BAD_ANSWER}: {method}", permanent=False, tx_hash=tx_hash
+            )
         return cast(Mapping[str, Any], response)
 
     async def _request(
@@ -324,6 +367,12 @@ class Chain:
             raise_for_status=True,
             connector=aiohttp.TCPConnector(limit=self._max_connections),
         )
+        # Set before the await below: a concurrent call on this loop returns at once
+        # and must find the session.
+        self._session = session
+        self._headers = dict(self._provider.get_request_headers())
+        # Cached in the provider too: its `disconnect()` closes it, and `self.w3`
+        # (tests, tools) shares the pool.
         await self._provider.cache_async_session(session)
 
     async def _ensure_chain(self) -> None:
@@ -804,7 +853,10 @@ def chain_from_settings(
     """
     from django.conf import settings
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {
+        "request_timeout": settings.CHAIN_RPC_TIMEOUT,
+        "max_response_bytes": settings.CHAIN_RPC_MAX_RESPONSE_BYTES,
+    }
     if request_timeout is not None:
         extra["request_timeout"] = request_timeout
     return Chain(

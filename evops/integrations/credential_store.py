@@ -27,7 +27,8 @@ from urllib.parse import quote
 
 import httpx
 
-from evops.integrations.http import AiohttpTransport
+from evops.integrations.http import AiohttpTransport, ResponseTooLarge
+from evops.protocol.cids import CIDError, sha256_hex, validate_cid
 
 DEFAULT_TIMEOUT = 10.0
 # The IPFS node gives up on a CID it cannot find after this long; must stay below the
@@ -42,6 +43,12 @@ ERR_TIMEOUT = "credential store timed out"
 ERR_HTTP = "credential store refused the request"
 ERR_BAD_RESPONSE = "credential store sent an unusable response"
 ERR_MISCONFIGURED = "credential store is misconfigured"
+ERR_TOO_LARGE = "credential store sent an answer larger than the limit"
+ERR_BAD_CID = "credential store returned an invalid CID"
+ERR_CONTENT_MISMATCH = (
+    "credential store returns other content for the CID than the token stored"
+)
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 
 
 class CredentialStoreError(Exception):
@@ -123,6 +130,10 @@ async def _guarded(
             return await call()
     except CredentialStoreError:
         raise
+    except ResponseTooLarge as exc:
+        raise CredentialStoreError(
+            f"{ERR_TOO_LARGE}: {what}: {exc}", permanent=False
+        ) from None
     except (TimeoutError, httpx.TimeoutException):
         raise CredentialStoreError(
             f"{ERR_TIMEOUT}: {what}: no answer within {deadline:g} s", permanent=False
@@ -150,6 +161,36 @@ async def _guarded(
         raise
 
 
+def _valid_cid(cid: str, what: str) -> str:
+    """The CID a store returned, if it is one; else a transient error.
+
+    Transient: a store answering garbage is broken or hijacked for now, and the
+    claim must wait for it rather than fail for good (or, worse, be published with
+    a pointer nobody can follow).
+    """
+    try:
+        return validate_cid(cid)
+    except CIDError as exc:
+        raise CredentialStoreError(
+            f"{ERR_BAD_CID}: {what}: {exc}", permanent=False
+        ) from None
+
+
+async def confirm_stored(store: CredentialStore, cid: str, token: str) -> None:
+    """Read `cid` back through `store` and check it is `token`, before the chain write.
+
+    The CID goes on chain for every reader to fetch; if what the store serves for
+    it is not the token (a store that lies, a truncated write, a CID of something
+    else), the service entry's `hash` would point nowhere. Compared by sha256, the
+    hash the service entry carries. Every failure is transient (`permanent=False`):
+    storing again may fix it, and nothing was written on chain yet.
+    """
+    valid = _valid_cid(cid, "confirm")
+    content = await store.get(valid)
+    if sha256_hex(content) != sha256_hex(token):
+        raise CredentialStoreError(f"{ERR_CONTENT_MISMATCH}: {valid}", permanent=False)
+
+
 # --- IPFS ----------------------------------------------------------------------------
 
 
@@ -170,6 +211,7 @@ class IpfsStore:
         cid_version: Literal[0, 1] = 0,
         cat_timeout: float = DEFAULT_CAT_TIMEOUT,
         client: httpx.AsyncClient | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if cid_version not in (0, 1):
             raise ValueError(f"cid_version must be 0 or 1, not {cid_version!r}")
@@ -185,7 +227,11 @@ class IpfsStore:
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
-            transport=AiohttpTransport(limit=_IPFS_CONNECTIONS),
+            transport=AiohttpTransport(
+                limit=_IPFS_CONNECTIONS,
+                max_response_bytes=max_response_bytes,
+                deadline=timeout,
+            ),
         )
 
     def __repr__(self) -> str:
@@ -237,7 +283,7 @@ class IpfsStore:
             raise CredentialStoreError(
                 f"{ERR_BAD_RESPONSE}: ipfs add: no Hash in the answer", permanent=True
             )
-        return cid
+        return _valid_cid(cid, "ipfs add")
 
     async def get(self, cid: str) -> str:
         what = f"ipfs cat {cid}"
@@ -303,12 +349,12 @@ class CacheServerStore:
         )
         _check_status(response, "cache-server store")
         cid = self._text(response, "cache-server store").strip()
-        if not cid or any(c.isspace() for c in cid):
+        if not cid:
             raise CredentialStoreError(
                 f"{ERR_BAD_RESPONSE}: cache-server store: no CID in the answer",
                 permanent=True,
             )
-        return cid
+        return _valid_cid(cid, "cache-server store")
 
     async def get(self, cid: str) -> str:
         what = f"cache-server store {cid}"
@@ -356,7 +402,11 @@ def credential_store_from_settings(
     timeout = float(settings.CREDENTIAL_STORE_TIMEOUT)
     kind = settings.CREDENTIAL_STORE
     if kind == "ipfs":
-        return IpfsStore(settings.IPFS_API_URL, timeout=timeout)
+        return IpfsStore(
+            settings.IPFS_API_URL,
+            timeout=timeout,
+            max_response_bytes=settings.CREDENTIAL_STORE_MAX_RESPONSE_BYTES,
+        )
     if kind == "cache-server":
         if cache_server is None:
             raise ValueError(

@@ -1,12 +1,63 @@
-"""`AiohttpTransport`: httpx's API over aiohttp's connection pool.
+"""`AiohttpTransport`: httpx's API over aiohttp's connection pool, with limits.
 
 Used by the cache-server client and the IPFS credential store (see the class for why).
+Every answer is read as a stream with a size limit and within an overall deadline
+(`read_limited`, also used by the chain's JSON-RPC): a peer that sends a huge body
+is cut off at the limit, one that drips a byte a second at the deadline, and memory
+stays bounded either way.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import httpx
+
+# Ample for every answer evops expects (tokens are at most 64 KiB, claim lists of an
+# asset a few hundred KiB); the settings set each peer's own limit.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+ERR_TOO_LARGE = "answer larger than {limit} bytes"
+ERR_DEADLINE = "no complete answer within {deadline:g} s"
+
+
+class BodyTooLarge(Exception):
+    """An answer exceeded the size limit; reading stopped at the limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(ERR_TOO_LARGE.format(limit=limit))
+        self.limit = limit
+
+
+class ResponseTooLarge(httpx.ReadError):
+    """httpx-family form of `BodyTooLarge`, raised by `AiohttpTransport`."""
+
+
+class DeadlineExceeded(httpx.ReadTimeout):
+    """The whole exchange (connect, send, every read) outlived its deadline."""
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of `response`, refusing more than `limit` bytes (after decoding).
+
+    A declared Content-Length above the limit is refused before reading; otherwise
+    the body is read in chunks and the read stops as soon as the total passes the
+    limit, so at most `limit` plus one chunk is ever held.
+    """
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
 
 # Hop-by-hop and encoding headers the aiohttp session sets (or has undone) itself.
 _DROP_REQUEST_HEADERS = frozenset(
@@ -27,11 +78,24 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     Errors are mapped to httpx's exception types so retry logic sees one family.
     Of httpx's timeouts, `connect` bounds pool acquisition plus connecting and
     `read` each socket read; `write` is not applied (request bodies are small).
-    The session is created on first use and belongs to that event loop.
+    `deadline` (seconds, None for none) bounds the whole exchange, so a peer that
+    answers one byte per read timeout cannot hold the call; `max_response_bytes`
+    bounds the body (`ResponseTooLarge`). The session is created on first use and
+    belongs to that event loop.
     """
 
-    def __init__(self, *, limit: int) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        deadline: float | None = None,
+    ) -> None:
+        if max_response_bytes < 1 or (deadline is not None and deadline <= 0):
+            raise ValueError("max_response_bytes and deadline must be positive")
         self._limit = limit
+        self.max_response_bytes = max_response_bytes
+        self.deadline = deadline
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -56,29 +120,43 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if name.lower() not in _DROP_REQUEST_HEADERS
         ]
         body = await request.aread()
+        deadline = asyncio.timeout(self.deadline)
         try:
-            async with self._client().request(
-                request.method,
-                str(request.url),
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=connect, sock_connect=connect, sock_read=read
-                ),
-            ) as response:
-                content = await response.read()
+            async with (
+                deadline,
+                self._client().request(
+                    request.method,
+                    str(request.url),
+                    headers=headers,
+                    data=body or None,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(
+                        total=None,
+                        connect=connect,
+                        sock_connect=connect,
+                        sock_read=read,
+                    ),
+                ) as response,
+            ):
+                content = await read_limited(response, self.max_response_bytes)
                 status = response.status
                 raw_headers = [
                     (name, value)
                     for name, value in response.raw_headers
                     if name.lower() not in _DROP_RESPONSE_HEADERS
                 ]
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise httpx.ConnectTimeout(
-                str(exc) or "connect timeout", request=request
-            ) from exc
+        except BodyTooLarge as exc:
+            raise ResponseTooLarge(str(exc), request=request) from exc
         except TimeoutError as exc:
+            if deadline.expired():
+                assert self.deadline is not None
+                raise DeadlineExceeded(
+                    ERR_DEADLINE.format(deadline=self.deadline), request=request
+                ) from exc
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                raise httpx.ConnectTimeout(
+                    str(exc) or "connect timeout", request=request
+                ) from exc
             raise httpx.ReadTimeout(
                 str(exc) or "read timeout", request=request
             ) from exc

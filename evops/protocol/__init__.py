@@ -1,7 +1,9 @@
 """The protocol core: byte-exact with the Energy Web peers, no Django, no I/O.
 
 See ../shared/docs/protocol.md §2, §3, §7, §8. Submodules: `dids`, `jwt`, `keys`,
-`credentials`, `erc1056`, `resolver`, `signer`, `errors`, `hashing`.
+`credentials`, `erc1056`, `resolver`, `signer`, `errors`, `hashing`, and for the
+publication check: `policy` (local trust policy), `roles` (issuerType ROLE chains,
+I/O injected), `verification` (the one check every path ends in), `cids`, `dedupe`.
 """
 
 from __future__ import annotations

@@ -26,3 +26,13 @@ class SignatureError(ProtocolError):
 
 class EncodingError(ProtocolError):
     """A value cannot be encoded or decoded (JSON, ABI, ERC-1056 attribute, log)."""
+
+
+class VerificationUnavailable(ProtocolError):
+    """A lookup a verification needs failed (peer down, timeout): retry later.
+
+    Never read as "allowed" nor as "refused": the claim stays where it is and the
+    check runs again. `permanent` is always False, like the integration errors.
+    """
+
+    permanent = False

@@ -336,6 +336,55 @@ class CacheServerStandIn:
             raise ValueError("role needs a namespace")
         self.roles[namespace] = dict(role)
 
+    def put_content(self, data: str) -> str:
+        """Put `data` in the store (as `POST /v1/store` does) and return its CID.
+
+        For seeding what a role-chain proof fetches: an issuer's role credential,
+        which the issuer's DID document on chain points at by this CID.
+        """
+        cid = cid_of(data.encode("utf-8"))
+        self.store[cid] = data
+        return cid
+
+    def add_accepted_claim(
+        self,
+        *,
+        subject: str,
+        claim_type: str,
+        issued_token: str,
+        accepted_by: str,
+        version: int = 1,
+        claim_id: str | None = None,
+    ) -> str:
+        """Record a claim as issued and accepted, without the NATS notice.
+
+        What the server holds after an issuer issued `claim_type` to `subject` (an
+        issuer's own role claim, say, granted long before a test starts): it makes
+        `subject` an allowed issuer of every role whose issuer is `issuerType: ROLE`
+        with that `roleName`. Returns the claim id.
+        """
+        claim_id = claim_id or str(uuid.uuid4())
+        self.claims[claim_id] = {
+            "id": claim_id,
+            "requester": subject,
+            "subject": subject,
+            "claimType": claim_type,
+            "claimTypeVersion": str(version),
+            "registrationTypes": [OFF_CHAIN],
+            "token": None,
+            "subjectAgreement": None,
+            "createdAt": _now_iso(),
+            "isRejected": False,
+            "rejectionReason": None,
+            "namespace": ".".join(claim_type.split(".")[2:]),
+            "redirectUri": None,
+            "issuedToken": issued_token,
+            "onChainProof": None,
+            "acceptedBy": accepted_by,
+            "isAccepted": True,
+        }
+        return claim_id
+
     def revoke_access_tokens(self) -> None:
         """Invalidate every access token issued so far; refresh tokens stay valid.
 

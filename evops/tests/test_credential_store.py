@@ -19,6 +19,7 @@ from django.test import override_settings
 from evops.integrations.cache_server import CacheServerClient
 from evops.integrations.credential_store import (
     ERR_BAD_RESPONSE,
+    ERR_CONTENT_MISMATCH,
     ERR_HTTP,
     ERR_TIMEOUT,
     ERR_UNREACHABLE,
@@ -26,6 +27,7 @@ from evops.integrations.credential_store import (
     CredentialStore,
     CredentialStoreError,
     IpfsStore,
+    confirm_stored,
     credential_store_from_settings,
 )
 from evops.protocol.dids import DID
@@ -67,6 +69,17 @@ async def test_ipfs_round_trip_returns_the_exact_token(ipfs):
     got = await ipfs.get(cid)
     assert got == TOKEN
     assert got.encode("utf-8") == TOKEN.encode("utf-8")
+
+
+@pytest.mark.peers
+async def test_confirm_stored_against_ipfs(ipfs):
+    cid = await ipfs.put(TOKEN)
+    await confirm_stored(ipfs, cid, TOKEN)
+    other = await ipfs.put(TOKEN + ".")
+    with pytest.raises(CredentialStoreError) as info:
+        await confirm_stored(ipfs, other, TOKEN)
+    assert info.value.permanent is False
+    assert str(info.value).startswith(ERR_CONTENT_MISMATCH)
 
 
 @pytest.mark.peers
@@ -197,11 +210,12 @@ async def test_ipfs_add_request_shape_and_ndjson_answer():
         # With progress on, the node streams one JSON object per line; the file's
         # own line comes last.
         return httpx.Response(
-            200, content=b'{"Bytes":10}\n{"Name":"credential","Hash":"QmAbc"}\n'
+            200,
+            content=b'{"Bytes":10}\n{"Name":"credential","Hash":"QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"}\n',
         )
 
     store = IpfsStore("http://ipfs.test:5001/", client=_mock_client(handler))
-    assert await store.put(TOKEN) == "QmAbc"
+    assert await store.put(TOKEN) == "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"
     request = seen[0]
     assert request.method == "POST"
     assert request.url.path == "/api/v0/add"
@@ -218,8 +232,8 @@ async def test_ipfs_cat_always_sends_a_node_side_timeout_below_ours():
         return httpx.Response(200, content=TOKEN.encode("utf-8"))
 
     store = IpfsStore("http://ipfs.test", timeout=3, client=_mock_client(handler))
-    assert await store.get("QmAbc") == TOKEN
-    assert seen[0].url.params["arg"] == "QmAbc"
+    assert await store.get("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG") == TOKEN
+    assert seen[0].url.params["arg"] == "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"
     assert seen[0].url.params["timeout"] == "1.5s"
 
 
@@ -229,7 +243,7 @@ async def test_ipfs_cat_answer_that_is_not_utf8_is_permanent():
 
     store = IpfsStore("http://ipfs.test", client=_mock_client(handler))
     with pytest.raises(CredentialStoreError) as info:
-        await store.get("QmAbc")
+        await store.get("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
     assert info.value.permanent is True
     assert "not UTF-8" in str(info.value)
 
@@ -241,7 +255,7 @@ async def test_a_server_that_never_answers_is_a_transient_timeout():
 
     store = IpfsStore("http://ipfs.test", timeout=0.2, client=_mock_client(handler))
     with pytest.raises(CredentialStoreError) as info:
-        await store.get("QmAbc")
+        await store.get("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
     assert info.value.permanent is False
     assert ERR_TIMEOUT in str(info.value)
 
@@ -285,6 +299,16 @@ async def test_cache_server_round_trip_returns_the_exact_token(cache_store, stan
     assert stand_in.store[cid] == TOKEN
     assert await cache_store.get(cid) == TOKEN
     assert await cache_store.put(TOKEN) == cid
+
+
+async def test_confirm_stored_against_the_stand_in(cache_store, stand_in):
+    cid = await cache_store.put(TOKEN)
+    await confirm_stored(cache_store, cid, TOKEN)
+    stand_in.store[cid] = TOKEN + " "  # the store now serves other bytes
+    with pytest.raises(CredentialStoreError) as info:
+        await confirm_stored(cache_store, cid, TOKEN)
+    assert info.value.permanent is False
+    assert str(info.value).startswith(ERR_CONTENT_MISMATCH)
 
 
 async def test_cache_server_store_survives_a_revoked_session(cache_store, stand_in):
@@ -336,8 +360,13 @@ async def test_cache_server_store_with_an_httpx_client():
                     "POST", "http://x", json={"data": TOKEN, "type": "S3"}
                 ).read()
             )
-            return httpx.Response(201, text="bafkreiabc")
-        assert request.url.path == "/v1/store/bafkreiabc"
+            return httpx.Response(
+                201, text="bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+            )
+        assert (
+            request.url.path
+            == "/v1/store/bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        )
         # NestJS may send a string as JSON: unwrap it.
         return httpx.Response(200, json=TOKEN)
 
@@ -345,15 +374,24 @@ async def test_cache_server_store_with_an_httpx_client():
         base_url="http://cache.test", transport=httpx.MockTransport(handler)
     ) as http:
         store = CacheServerStore(http)
-        assert await store.put(TOKEN) == "bafkreiabc"
-        assert await store.get("bafkreiabc") == TOKEN
+        assert (
+            await store.put(TOKEN)
+            == "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        )
+        assert (
+            await store.get(
+                "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+            )
+            == TOKEN
+        )
 
 
 @pytest.mark.parametrize(
     ("response", "permanent"),
     [
         (httpx.Response(200, content=b""), True),  # empty: no such entry
-        (httpx.Response(201, text="not a cid"), True),
+        # a bogus CID is the store misbehaving for now: transient (issue 11)
+        (httpx.Response(201, text="not a cid"), False),
         (httpx.Response(503), False),
         (httpx.Response(400, json={"message": ["data must be a string"]}), True),
     ],
@@ -368,7 +406,9 @@ async def test_cache_server_unusable_answers(response: httpx.Response, permanent
         store = CacheServerStore(http)
         with pytest.raises(CredentialStoreError) as info:
             if response.status_code == 200:
-                await store.get("bafkreiabc")
+                await store.get(
+                    "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+                )
             else:
                 await store.put(TOKEN)
     assert info.value.permanent is permanent

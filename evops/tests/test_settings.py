@@ -216,3 +216,97 @@ def test_duplicate_key_material_is_a_system_error():
     )
     assert result.returncode != 0
     assert "evops.E001" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CACHE_SERVER_URL", "http://identitycache.example.org"),
+        ("CHAIN_RPC_URL", "http://10.0.0.5:8545"),
+        ("IPFS_API_URL", "http://ipfs.internal:5001"),
+        ("NATS_URL", "nats://nats.example.org:4222"),
+        ("NATS_URL", "nats://127.0.0.1:4222,nats://nats2.example.org:4222"),
+        ("NATS_URL", "ws://nats.example.org:8080"),
+        ("CHAIN_RPC_URL", "http://[2001:db8::1]:8545"),
+        ("CACHE_SERVER_URL", "http://127.0.0.1.nip.io"),
+    ],
+)
+def test_check_deploy_refuses_a_plain_peer_off_this_host(variable, value):
+    result = _check(
+        {**GOOD, "ALLOWED_HOSTS": "evops.example.org", variable: value}, "--deploy"
+    )
+    output = result.stderr + result.stdout
+    assert result.returncode != 0, output
+    assert "evops.E004" in output
+    assert f"{variable} is " in output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CACHE_SERVER_URL", "http://127.0.0.1:3000"),
+        ("CACHE_SERVER_URL", "http://localhost:3000"),
+        ("CHAIN_RPC_URL", "http://[::1]:8545"),
+        ("CHAIN_RPC_URL", "http://127.8.0.1:8545"),
+        ("NATS_URL", "tls://nats.example.org:4222"),
+        ("NATS_URL", "wss://nats.example.org:443"),
+        ("NATS_URL", "nats://nats.example.org:4222"),  # with NATS_TLS_CA, below
+    ],
+)
+def test_check_deploy_accepts_tls_and_loopback_peers(variable, value):
+    env = {**GOOD, "ALLOWED_HOSTS": "evops.example.org", variable: value}
+    if value.startswith("nats://nats."):
+        env["NATS_TLS_CA"] = "/etc/ssl/certs/ca-certificates.crt"
+    result = _check(env, "--deploy", "--fail-level", "WARNING")
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_plain_ipfs_is_ignored_when_the_store_is_the_cache_server():
+    result = _check(
+        {
+            **GOOD,
+            "ALLOWED_HOSTS": "evops.example.org",
+            "CREDENTIAL_STORE": "cache-server",
+            "IPFS_API_URL": "http://ipfs.internal:5001",
+        },
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_plain_peer_is_fine_without_deploy():
+    result = _check({**GOOD, "CACHE_SERVER_URL": "http://hub.example.org"})
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        (
+            "TRUSTED_ISSUERS",
+            "did:web:example.org",
+            "TRUSTED_ISSUERS: 'did:web:example.org'",
+        ),
+        ("TRUSTED_ISSUERS", "0x1234", "TRUSTED_ISSUERS: '0x1234'"),
+        ("ROLE_CHAIN_MAX_DEPTH", "0", "ROLE_CHAIN_MAX_DEPTH must be at least 1"),
+        ("ROLE_CACHE_SECONDS", "soon", "ROLE_CACHE_SECONDS must be an integer"),
+        ("CACHE_SERVER_MAX_RESPONSE_BYTES", "10", "CACHE_SERVER_MAX_RESPONSE_BYTES"),
+        ("CACHE_SERVER_DEADLINE", "0", "CACHE_SERVER_DEADLINE must be more than 0"),
+        ("CHAIN_RPC_MAX_RESPONSE_BYTES", "x", "CHAIN_RPC_MAX_RESPONSE_BYTES"),
+        ("CREDENTIAL_STORE_MAX_RESPONSE_BYTES", "-1", "CREDENTIAL_STORE_MAX"),
+    ],
+)
+def test_malformed_trust_and_limit_settings_are_named(variable, value, fragment):
+    result = _check({**GOOD, variable: value})
+    assert result.returncode != 0
+    assert fragment in result.stderr
+
+
+def test_trusted_issuers_accepts_every_did_form():
+    address = "0x" + "ab" * 20
+    upper = "0x" + address[2:].upper()
+    value = f"did:ethr:volta:{address}, did:ethr:{address},{upper}"
+    result = _check({**GOOD, "TRUSTED_ISSUERS": value})
+    assert result.returncode == 0, result.stderr

@@ -83,11 +83,61 @@ def test_vector_token_is_accepted():
     assert result.accepted
 
 
-def test_role_issuer_type_and_bare_definition_are_accepted():
-    assert isinstance(check(make(), role_definition=ROLE_BY_ROLE), AcceptedCredential)
+def test_bare_definition_is_accepted():
     assert isinstance(
         check(make(), role_definition=ROLE_BY_DID["definition"]), AcceptedCredential
     )
+
+
+def test_role_issuer_type_is_refused_offline_unless_locally_trusted():
+    # The old behaviour (every ROLE-type issuer allowed) let a self-signed token
+    # through; offline, only the local trust list can vouch for such an issuer.
+    result = rejected(
+        check(make(), role_definition=ROLE_BY_ROLE),
+        RejectionReason.ISSUER_ROLE_UNPROVEN,
+    )
+    assert "'tso'" in result.detail
+    forged = make(signer=LocalKeySigner.generate())
+    rejected(check(forged, role_definition=ROLE_BY_ROLE), RejectionReason.BAD_SIGNATURE)
+    trusted = ["did:ethr:" + ISSUER["address"].lower()]
+    assert isinstance(
+        check(make(), role_definition=ROLE_BY_ROLE, trusted_issuers=trusted),
+        AcceptedCredential,
+    )
+    # a pinned list that does not name the issuer: refused as not trusted
+    other = [LocalKeySigner.generate().address]
+    rejected(
+        check(make(), role_definition=ROLE_BY_ROLE, trusted_issuers=other),
+        RejectionReason.ISSUER_NOT_TRUSTED,
+    )
+
+
+def test_pinned_trust_list_narrows_a_did_listing_never_widens_it():
+    other = LocalKeySigner.generate().address
+    # listed by the hub but not pinned locally: refused
+    result = rejected(
+        check(make(), trusted_issuers=[other]), RejectionReason.ISSUER_NOT_TRUSTED
+    )
+    assert result.detail == credentials.DETAIL_NOT_TRUSTED.format(issuer=ISSUER["did"])
+    # pinned locally but not listed by the hub: refused too
+    role = {"definition": {"issuer": {"issuerType": "DID", "did": [other]}}}
+    rejected(
+        check(make(), role_definition=role, trusted_issuers=[ISSUER["did"]]),
+        RejectionReason.ISSUER_NOT_ALLOWED,
+    )
+    assert isinstance(
+        check(make(), trusted_issuers=[ISSUER["address"], other]), AcceptedCredential
+    )
+
+
+def test_issuer_listed_in_any_did_form_and_case():
+    for form in (
+        ISSUER["did"],
+        "did:ethr:" + ISSUER["address"].upper().replace("0X", "0x"),
+        "did:ethr:0x12047:" + ISSUER["address"].lower(),
+    ):
+        role = {"definition": {"issuer": {"issuerType": "DID", "did": [form]}}}
+        assert isinstance(check(make(), role_definition=role), AcceptedCredential)
 
 
 def test_legacy_subject_form_and_string_version_are_accepted():
@@ -249,6 +299,88 @@ def test_expired():
     rejected(check(make(exp=exp - 3600)), RejectionReason.EXPIRED)
 
 
+NOW_S = int(NOW.timestamp())
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"nbf": NOW_S + 3600}, RejectionReason.NOT_YET_VALID),
+        ({"nbf": (NOW_S + 3600) * 1000}, RejectionReason.NOT_YET_VALID),
+        ({"iat": NOW_S + 3600}, RejectionReason.ISSUED_IN_FUTURE),
+        ({"iat": (NOW_S + 3600) * 1000}, RejectionReason.ISSUED_IN_FUTURE),
+        ({"exp": NOW_S * 1000}, RejectionReason.EXPIRED),
+        ({"exp": NOW_S - 1.5}, RejectionReason.EXPIRED),
+        ({"nbf": "now"}, RejectionReason.MALFORMED),
+        ({"nbf": True}, RejectionReason.MALFORMED),
+        ({"iat": None}, RejectionReason.MALFORMED),
+        ({"iat": -5}, RejectionReason.MALFORMED),
+        ({"exp": -1}, RejectionReason.MALFORMED),
+        ({"exp": [NOW_S + 10]}, RejectionReason.MALFORMED),
+    ],
+)
+def test_time_claims_refused(claims, reason):
+    payload = {
+        "claimData": CLAIM_DATA,
+        "did": ASSET["did"],
+        "signer": ISSUER["did"],
+        "iss": ISSUER["did"],
+        "sub": ASSET["did"],
+        **claims,
+    }
+    token = sign_token({"alg": "ES256K", "typ": "JWT"}, payload, ISSUER_SIGNER)
+    result = rejected(check(token), reason)
+    if reason is RejectionReason.NOT_YET_VALID:
+        assert str(NOW_S + 3600) in result.detail
+
+
+@pytest.mark.parametrize(
+    ("claims", "expires_at"),
+    [
+        ({"nbf": NOW_S - 10, "iat": NOW_S - 10}, None),
+        ({"nbf": NOW_S + 30, "iat": NOW_S + 30}, None),  # within the clock skew
+        ({"nbf": (NOW_S - 10) * 1000, "iat": (NOW_S - 10) * 1000}, None),
+        ({"exp": (NOW_S + 60) * 1000}, NOW_S + 60),  # milliseconds by mistake
+        ({"exp": float(NOW_S + 60)}, NOW_S + 60),
+        ({"exp": credentials.NEVER_EXPIRES}, None),
+        ({"exp": 2**64}, None),
+    ],
+)
+def test_time_claims_accepted(claims, expires_at):
+    payload = {
+        "claimData": CLAIM_DATA,
+        "did": ASSET["did"],
+        "signer": ISSUER["did"],
+        "iss": ISSUER["did"],
+        "sub": ASSET["did"],
+        **claims,
+    }
+    token = sign_token({"alg": "ES256K", "typ": "JWT"}, payload, ISSUER_SIGNER)
+    result = check(token)
+    assert isinstance(result, AcceptedCredential), result
+    assert result.expires_at == expires_at
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), -float("inf"), True, "1", None, -1]
+)
+def test_parse_time_refuses_ambiguous_values(value):
+    assert credentials.parse_time(value) is None
+
+
+def test_clock_skew_is_a_parameter():
+    token = make(exp=NOW_S + 3600)  # issued tokens may carry exp; nbf via payload
+    payload = {
+        "claimData": CLAIM_DATA,
+        "iss": ISSUER["did"],
+        "sub": ASSET["did"],
+        "nbf": NOW_S + 30,
+    }
+    early = sign_token({"alg": "ES256K", "typ": "JWT"}, payload, ISSUER_SIGNER)
+    rejected(check(early, clock_skew=0), RejectionReason.NOT_YET_VALID)
+    assert isinstance(check(token, clock_skew=0), AcceptedCredential)
+
+
 def test_naive_now_is_a_programming_error():
     with pytest.raises(ValueError):
         check(make(), now=datetime(2026, 1, 1))
@@ -262,6 +394,19 @@ def test_rejection_reasons_are_stable_strings():
         "unexpected_claim_type",
         "issuer_not_allowed",
         "expired",
+        "not_yet_valid",
+        "issued_in_future",
+        "issuer_role_unproven",
+        "role_chain_too_deep",
+        "role_chain_cycle",
+        "issuer_not_trusted",
+        "role_mismatch",
+        "claim_unknown",
+        "claim_not_accepted",
+        "claim_rejected",
+        "claim_subject_mismatch",
+        "claim_type_mismatch",
+        "token_mismatch",
     }
     assert isinstance(RejectionReason.EXPIRED, str)
     assert str(RejectionReason.EXPIRED) == "expired"
