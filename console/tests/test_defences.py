@@ -20,8 +20,7 @@ from django.test import Client
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from console import groups
-from console import live
+from console import groups, live
 from console.consumers import CLOSE_SESSION_ENDED
 from console.routing import websocket_urlpatterns
 from console.tests.support import PASSWORD, make_user
