@@ -292,10 +292,12 @@ async def ensure_stream(js: Any, spec: StreamSpec, *, create: bool = True) -> li
         return [f"created stream {spec.name} on {', '.join(spec.subjects)}"]
     config = info.config
     problems = []
-    if config.retention not in (None, api.RetentionPolicy.LIMITS):
-        problems.append(f"retention {config.retention.value}, needs limits")
-    if config.storage not in (None, api.StorageType.FILE):
-        problems.append(f"storage {config.storage.value}, needs file")
+    retention = _value(config.retention)
+    storage = _value(config.storage)
+    if retention not in (None, api.RetentionPolicy.LIMITS.value):
+        problems.append(f"retention {retention}, needs limits")
+    if storage not in (None, api.StorageType.FILE.value):
+        problems.append(f"storage {storage}, needs file")
     if problems:
         raise RuntimeError(
             ERR_STREAM_CONFLICT.format(stream=spec.name, what="; ".join(problems))
@@ -315,6 +317,11 @@ async def ensure_stream(js: Any, spec: StreamSpec, *, create: bool = True) -> li
     if changes:
         await js.update_stream(config=config)
     return changes
+
+
+def _value(option: Any) -> Any:
+    """nats-py gives stream options as enums or, depending on the path, strings."""
+    return getattr(option, "value", option)
 
 
 async def bind_jetstream(
