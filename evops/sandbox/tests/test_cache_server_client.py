@@ -250,6 +250,22 @@ async def test_login_refused_for_an_aged_block_retries_with_a_fresh_read(
     assert stand_in.login_count == 1
 
 
+async def test_a_block_that_ages_again_on_the_resign_is_transient(
+    stand_in, rpc_url, asset, asset_did
+):
+    """'Claim outdated' twice (a race with the chain): retry later, never give up."""
+
+    async def always_aged() -> int:
+        return await eth_block_number(rpc_url) - 20
+
+    async with make_client(stand_in, always_aged, block_max_age=60) as client:
+        with pytest.raises(CacheServerError) as raised:
+            await client.auth_status(asset, asset_did)
+    assert raised.value.permanent is False
+    assert "Claim outdated" in str(raised.value)
+    assert stand_in.login_count == 0
+
+
 async def test_wrong_signer_for_did_is_refused_locally(client, asset_did):
     with pytest.raises(ValueError):
         await client.auth_status(LocalKeySigner.generate(), asset_did)
