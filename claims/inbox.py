@@ -544,3 +544,23 @@ def inbound_requeue(*, message_ids: Iterable[int] | None = None) -> int:
         next_attempt_at=timezone.now(),
         processed_at=None,
     )
+
+
+def inbound_requeue_requests(*, asset_dids: Iterable[str] = ()) -> int:
+    """Hand failed prequalification requests back to the listener (staff retry).
+
+    A request that gave up (the cache server or the chain down past
+    `MAX_ATTEMPTS`) has no claim to retry yet: the message itself is retried.
+    """
+    query = InboundMessage.objects.filter(
+        outcome=MessageOutcome.FAILED, kind=MessageKind.PREQUALIFICATION
+    )
+    dids = [DID.parse(did).canonical for did in asset_dids]
+    if dids:
+        query = query.filter(asset_did__in=dids)
+    return query.update(
+        outcome=MessageOutcome.PENDING,
+        attempts=0,
+        next_attempt_at=timezone.now(),
+        processed_at=None,
+    )

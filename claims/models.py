@@ -41,8 +41,15 @@ class ClaimStatus(models.TextChoices):
 # the pipeline, back one step for a retry, to rejected or failed, found published by
 # the reconciler, and a failed claim sent back to the step it failed at by staff.
 ALLOWED_TRANSITIONS: dict[ClaimStatus, frozenset[ClaimStatus]] = {
+    # requested → failed: a notice about it gave up (the claim shows the reason,
+    # and a staff retry reads it again from the cache server).
     ClaimStatus.REQUESTED: frozenset(
-        {ClaimStatus.ISSUED, ClaimStatus.REJECTED, ClaimStatus.PUBLISHED}
+        {
+            ClaimStatus.ISSUED,
+            ClaimStatus.REJECTED,
+            ClaimStatus.PUBLISHED,
+            ClaimStatus.FAILED,
+        }
     ),
     ClaimStatus.ISSUED: frozenset(
         {
@@ -54,7 +61,12 @@ ALLOWED_TRANSITIONS: dict[ClaimStatus, frozenset[ClaimStatus]] = {
         }
     ),
     ClaimStatus.STORED: frozenset(
-        {ClaimStatus.PUBLISHING, ClaimStatus.REJECTED, ClaimStatus.PUBLISHED}
+        {
+            ClaimStatus.PUBLISHING,
+            ClaimStatus.REJECTED,
+            ClaimStatus.PUBLISHED,
+            ClaimStatus.FAILED,
+        }
     ),
     ClaimStatus.PUBLISHING: frozenset(
         {ClaimStatus.PUBLISHED, ClaimStatus.STORED, ClaimStatus.FAILED}
@@ -105,6 +117,8 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
         with transaction.atomic():
             query = self.filter(
                 status__in=[
+                    # requested: only after a staff retry (it sets the time)
+                    ClaimStatus.REQUESTED,
                     ClaimStatus.ISSUED,
                     ClaimStatus.STORED,
                     ClaimStatus.PUBLISHING,

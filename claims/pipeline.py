@@ -406,6 +406,22 @@ async def claim_process_due(
     """A record whose retry time came (or a staff retry): carry it on."""
     record = await _load(record_id)
     if record.status == ClaimStatus.REQUESTED:
+        # A staff retry of a claim that failed before its credential arrived:
+        # read it again from the cache server, as an issue notice would.
+        await claim_accept_issued(
+            asset=record.asset,
+            claim_id=record.claim_id,
+            integrations=integrations,
+            actor=actor,
+            details={"source": "retry"},
+        )
+        # Not issued yet: wait for the notice (or the next reconciliation) again.
+        await db(
+            ClaimRecord.objects.filter(
+                pk=record_id, status=ClaimStatus.REQUESTED
+            ).update
+        )(next_retry_at=None)
+        record = await _load(record_id)
         return str(record.status)
     if record.status == ClaimStatus.PUBLISHING:
         # Leased after its holder's lease ran out (`ClaimRecord.objects.lease_due`).

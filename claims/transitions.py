@@ -350,8 +350,12 @@ def claim_mark_published(
     message: str = "",
     details: Mapping[str, Any] | None = None,
 ) -> bool:
-    """publishing → published, after the document resolved from chain shows it."""
-    return claim_transition(
+    """publishing → published, after the document resolved from chain shows it.
+
+    Messages about this claim that failed earlier (a notice that gave up while the
+    chain was down, say) are settled with it: the failure they report is over.
+    """
+    moved = claim_transition(
         record_id=record_id,
         expected=[ClaimStatus.PUBLISHING],
         to=ClaimStatus.PUBLISHED,
@@ -365,6 +369,60 @@ def claim_mark_published(
         next_retry_at=None,
         last_error="",
     )
+    if moved:
+        inbound_settle_for(record_id=record_id)
+    return moved
+
+
+def inbound_settle_for(*, record_id: int) -> int:
+    """Failed messages about a claim that has since been published: settled."""
+    from claims.models import InboundMessage, MessageOutcome
+
+    record = ClaimRecord.objects.filter(pk=record_id).select_related("asset").first()
+    if record is None:
+        return 0
+    return (
+        InboundMessage.objects.filter(outcome=MessageOutcome.FAILED)
+        .filter(
+            Q(record_id=record_id)
+            | Q(claim_id=record.claim_id, asset_did=record.asset.did)
+        )
+        .update(
+            outcome=MessageOutcome.PROCESSED,
+            reason=REASON_SETTLED.format(record=record_id),
+            processed_at=timezone.now(),
+        )
+    )
+
+
+REASON_SETTLED = "settled: its claim (record #{record}) was published later"
+MSG_FAILED_BY_MESSAGE = "A message about this claim failed: {reason}"
+
+
+def claim_fail_from_message(
+    *, asset: Asset, claim_id: str, reason: str, actor: Actor
+) -> bool:
+    """A notice about this claim failed for good: the claim shows it, retryable.
+
+    Only a claim still waiting (requested, issued, stored) is moved to failed, so
+    `retry_claims` and the console's retry find it; a claim further along, or final,
+    keeps its state and gets a history note.
+    """
+    record = _get_or_create(asset, claim_id, actor)
+    text = MSG_FAILED_BY_MESSAGE.format(reason=reason)[:MAX_ERROR]
+    moved = claim_transition(
+        record_id=record.pk,
+        expected=[ClaimStatus.REQUESTED, ClaimStatus.ISSUED, ClaimStatus.STORED],
+        to=ClaimStatus.FAILED,
+        actor=actor,
+        kind="failed",
+        message=text,
+        last_error=text,
+        next_retry_at=None,
+    )
+    if not moved:
+        event_append(record.pk, actor=actor, kind="message_failed", message=text)
+    return moved
 
 
 def claim_schedule_retry(

@@ -177,18 +177,18 @@ async def test_nul_in_subject_and_fields_poison_nothing_else(
         )
 
         async def settled() -> bool:
-            return (
-                await InboundMessage.objects.filter(
-                    outcome=MessageOutcome.PENDING
-                ).acount()
-                == 0
-                and await InboundMessage.objects.acount() == 4
-            )
+            outcomes = [m.outcome for m in await _rows()]  # one query
+            return len(outcomes) == 4 and MessageOutcome.PENDING not in outcomes
 
         await _until(settled, "all four messages settled")
     finally:
         await _stop(listener, task)
-    nul_subject, bad_type, bad_id, valid = await _rows()
+    # Two subscriptions deliver independently: find each row by what it is.
+    rows = await _rows()
+    [nul_subject] = [r for r in rows if r.subject.startswith(prefix + ".a")]
+    [valid] = [r for r in rows if r.subject.endswith("prequalification.exchange")]
+    [bad_type] = [r for r in rows if "issue-credential\\u0000" in r.payload]
+    [bad_id] = [r for r in rows if "c\\u00002" in r.payload]
     assert nul_subject.outcome == MessageOutcome.REJECTED
     assert nul_subject.subject == f"{prefix}.a\\x00b"
     assert wire.DETAIL_CONTROL_CHARACTERS in nul_subject.reason
@@ -455,8 +455,122 @@ async def test_a_live_listener_renews_what_it_holds(make_asset, settings):
     await record.arefresh_from_db()
     await message.arefresh_from_db()
     floor = timezone.now() + timedelta(seconds=20)
-    assert record.next_retry_at > floor
-    assert message.next_attempt_at > floor
+    assert record.next_retry_at is not None and record.next_retry_at > floor
+    assert message.next_attempt_at is not None and message.next_attempt_at > floor
+
+
+async def test_a_notice_that_gives_up_fails_its_claim_and_a_retry_publishes(
+    make_asset, fakes, fast_retries
+):
+    """The chain (and so every login) down past MAX_ATTEMPTS, then back."""
+    from claims.tests.fakes import FakeError
+    from claims.tests.test_pipeline import _notify_issued, _process
+
+    fast_retries.MAX_ATTEMPTS = 2
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    request = await sync_to_async(inbox.inbound_record)(
+        subject="t.prequalification.exchange",
+        payload=json.dumps({"did": asset.did}).encode(),
+    )
+    await _process(request, integrations)
+    record = await ClaimRecord.objects.aget(asset=asset)
+    cache.issue(record.claim_id)
+    cache.fail_next = [FakeError("chain RPC down", permanent=False)] * 2
+    outcome = await _notify_issued(asset, record, integrations)
+    assert outcome.outcome == MessageOutcome.PENDING
+    notice = await InboundMessage.objects.aget(pk__gt=request.pk)
+    # Its last lease (the lease counts the attempts).
+    await InboundMessage.objects.filter(pk=notice.pk).aupdate(
+        next_attempt_at=timezone.now(), attempts=2
+    )
+    from claims import consumer
+
+    outcome = await consumer.inbound_process(
+        message_id=notice.pk, integrations=integrations, actor=LISTENER
+    )
+    assert outcome.outcome == MessageOutcome.FAILED
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.FAILED
+    assert "chain RPC down" in record.last_error
+
+    # The chain is back: the staff retry (what retry_claims and the console call)
+    # reads the claim again from the cache server and publishes it.
+    from claims.selectors import claims_for_retry
+
+    [failed] = await sync_to_async(claims_for_retry)(
+        statuses=[ClaimStatus.FAILED], asset_dids=[asset.did], claim_ids=[]
+    )
+    assert await sync_to_async(transitions.claim_retry)(record=failed, actor=LISTENER)
+    assert await sync_to_async(transitions.claims_lease_due)(limit=5) == [record.pk]
+    status = await pipeline.claim_process_due(
+        record_id=record.pk, integrations=integrations, actor=LISTENER
+    )
+    assert status == ClaimStatus.PUBLISHED
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.PUBLISHED
+    assert len(chain.writes) == 1
+    await notice.arefresh_from_db()
+    assert notice.outcome == MessageOutcome.PROCESSED
+    assert notice.reason == transitions.REASON_SETTLED.format(record=record.pk)
+
+
+async def test_retry_claims_requeues_failed_requests(make_asset):
+    asset = await sync_to_async(make_asset)()
+    failed = await InboundMessage.objects.acreate(
+        subject="t.prequalification.exchange",
+        payload=json.dumps({"did": asset.did}),
+        dedupe_key="k1",
+        kind="prequalification",
+        asset_did=asset.did,
+        outcome=MessageOutcome.FAILED,
+        reason="gave up after 10 attempts: chain RPC down",
+        attempts=10,
+    )
+    out = await sync_to_async(_call, thread_sensitive=False)(
+        "retry_claims", "--requests", "--asset", asset.did, "--schedule-only"
+    )
+    assert "1 failed prequalification requests requeued" in out
+    await failed.arefresh_from_db()
+    assert (failed.outcome, failed.attempts) == (MessageOutcome.PENDING, 0)
+
+
+def _call(*args: str) -> str:
+    from io import StringIO
+
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+async def test_a_rejection_sent_while_down_is_found_by_reconciliation(
+    make_asset, fakes
+):
+    from claims import reconcile
+    from claims.models import RECONCILER
+    from claims.tests.test_pipeline import _process
+
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
+    request = await sync_to_async(inbox.inbound_record)(
+        subject="t.prequalification.exchange",
+        payload=json.dumps({"did": asset.did}).encode(),
+    )
+    await _process(request, integrations)
+    record = await ClaimRecord.objects.aget(asset=asset)
+    cache.reject(record.claim_id, "meter not certified")  # no notice reaches us
+    result = await reconcile.reconcile_assets(
+        assets=[asset], integrations=integrations, actor=RECONCILER, concurrency=1
+    )
+    assert result.rejected == 1
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.REJECTED
+    assert "meter not certified" in record.last_error
+    assert chain.writes == []
+    again = await reconcile.reconcile_assets(
+        assets=[asset], integrations=integrations, actor=RECONCILER, concurrency=1
+    )
+    assert again.rejected == 0
 
 
 async def test_jetstream_stream_is_created_then_fixed_and_conflicts_refused(
