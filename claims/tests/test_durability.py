@@ -77,6 +77,7 @@ async def _until(predicate, what: str) -> None:
 def _raw_publish(url: str, subject: bytes, payload: bytes) -> None:
     """Publish with the bare protocol: nats-py itself refuses such subjects."""
     address = urlparse(url)
+    assert address.port is not None
     with socket.create_connection((address.hostname, address.port)) as sock:
         sock.recv(4096)  # INFO
         sock.sendall(
