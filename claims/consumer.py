@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 
 from assets.models import Asset
-from claims import inbox, metrics, selectors
+from claims import inbox, metrics, selectors, transitions
 from claims.dbthreads import db
 from claims.inbox import REASON_FOR_ISSUERS
 from claims.integrations import Integrations
@@ -89,6 +89,7 @@ async def inbound_process(
         if is_permanent(exc):
             outcome = Outcome(MessageOutcome.FAILED, readable_error(exc))
             log.error("message failed: %s", exc, extra={**extra, **context})
+            await _fail_claim(hint, outcome.reason, actor, assets)
         else:
             state = await db(inbox.inbound_defer)(message_id=message_id, error=exc)
             metrics.RETRIES.labels("message").inc()
@@ -98,6 +99,18 @@ async def inbound_process(
             if state == MessageOutcome.PENDING:
                 return Outcome(MessageOutcome.PENDING, readable_error(exc))
             metrics.MESSAGES.labels(hint.type.value, MessageOutcome.FAILED).inc()
+            gave_up = await db(InboundMessage.objects.values_list("reason").get)(
+                pk=message_id
+            )
+            # The row names what it was about, so it is found and settled with
+            # its claim.
+            await _finish(
+                message_id,
+                Outcome(MessageOutcome.FAILED, gave_up[0]),
+                kind=kind,
+                **context,
+            )
+            await _fail_claim(hint, readable_error(exc), actor, assets)
             return Outcome(MessageOutcome.FAILED, readable_error(exc))
     await _finish(message_id, outcome, kind=kind, **context)
     metrics.MESSAGES.labels(hint.type.value, outcome.outcome).inc()
@@ -105,6 +118,35 @@ async def inbound_process(
         "message %s: %s", outcome.outcome, outcome.reason, extra={**extra, **context}
     )
     return outcome
+
+
+async def _fail_claim(
+    hint: wire.InboundHint,
+    reason: str,
+    actor: Actor,
+    assets: Mapping[str, Asset | None] | None,
+) -> None:
+    """A notice that failed for good marks its claim, where staff look and retry.
+
+    Without this the failure stays on the inbound row while the claim shows
+    `requested` with no error, and a retry of failed claims finds nothing.
+    """
+    if hint.type not in (wire.MessageType.ISSUE, wire.MessageType.REJECT):
+        return
+    if not hint.claim_id:
+        return
+    asset = await _asset_at(hint.did.address, assets)
+    if asset is None and hint.type is wire.MessageType.REJECT:
+        asset = await db(selectors.asset_for_claim_id)(hint.claim_id)
+    if asset is None or not asset.active:
+        return
+    try:
+        await db(transitions.claim_fail_from_message)(
+            asset=asset, claim_id=hint.claim_id, reason=reason, actor=actor
+        )
+    except Exception as exc:
+        # The message's own failure is recorded regardless; this is a courtesy.
+        log.warning("could not mark the claim failed: %s", exc)
 
 
 async def _inbound_reconcile(

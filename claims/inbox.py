@@ -43,7 +43,9 @@ REASON_FOR_ISSUERS = "request_for_issuers"
 
 
 def dedupe_key(subject: str, payload: bytes) -> str:
-    return hashlib.sha256(subject.encode("utf-8") + b"\n" + payload).hexdigest()
+    # The subject's bytes as received: one that is not UTF-8 still has a key.
+    raw = subject.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(raw + b"\n" + payload).hexdigest()
 
 
 def inbound_record(
@@ -92,7 +94,8 @@ def _inbound_fields(
     limit = int(settings.INBOUND_PAYLOAD_LIMIT)
     text = payload[:limit].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     fields: dict[str, Any] = {
-        "subject": subject[:255],
+        # Kept as text PostgreSQL can store: a NUL or undecodable byte escaped.
+        "subject": wire.printable(subject)[:255],
         "payload": text,
         "payload_size": len(payload),
         "truncated": len(payload) > limit,
@@ -103,7 +106,7 @@ def _inbound_fields(
     }
     # What cannot be kept faithfully (too large, not UTF-8 text) is refused here:
     # the worker only ever parses the stored text.
-    early = _unstorable(payload, limit)
+    early = _unstorable(subject, payload, limit)
     if early:
         fields.update(
             outcome=MessageOutcome.REJECTED,
@@ -266,6 +269,60 @@ def inbound_record_many(
         ]
 
 
+def inbound_record_each(
+    messages: Sequence[tuple[str, bytes]], *, listener: str = ""
+) -> list[InboundMessage] | None:
+    """Store messages one by one after their batch was refused (core mode).
+
+    A message the database refuses even alone is stored as a rejected row holding
+    only what is safe (its subject escaped, no payload) and the database's reason,
+    so one hostile message never holds back the others. Returns None, storing
+    nothing, when not one message goes in: the database is down, not the data.
+    """
+    stored: list[InboundMessage] = []
+    refused: list[tuple[str, bytes, BaseException]] = []
+    for subject, payload in messages:
+        try:
+            stored += inbound_record_many([(subject, payload)], listener=listener)
+        except Exception as error:
+            refused.append((subject, payload, error))
+    if not stored and refused:
+        try:
+            stored.append(_record_refused(*refused.pop(0), listener=listener))
+        except Exception:
+            return None
+    for subject, payload, exc in refused:
+        stored.append(_record_refused(subject, payload, exc, listener=listener))
+    return stored
+
+
+def _record_refused(
+    subject: str, payload: bytes, error: BaseException, *, listener: str
+) -> InboundMessage:
+    log.error(
+        "database refused a received message: %s",
+        wire.printable(str(error))[:200],
+        extra={"subject": wire.printable(subject)[:255]},
+    )
+    return InboundMessage.objects.create(
+        subject=wire.printable(subject)[:255],
+        payload="",
+        payload_size=len(payload),
+        truncated=bool(payload),
+        dedupe_key=dedupe_key(subject, payload),
+        listener=listener[:150],
+        outcome=MessageOutcome.REJECTED,
+        reason=REASON_UNSTORABLE.format(
+            error=wire.printable(readable_error(error))[:500]
+        ),
+        processed_at=timezone.now(),
+        next_attempt_at=None,
+    )
+
+
+REASON_UNSTORABLE = "the database refused this message as received: {error}"
+
+
 def _stored_by_stream_key(keys: Sequence[str]) -> dict[str, InboundMessage]:
     """Messages already stored under these JetStream `<stream>:<sequence>` keys."""
     return {
@@ -356,7 +413,10 @@ def queued_did(payload: str) -> DID:
         raise wire.MessageError(wire.REASON_INVALID_DID, str(exc)) from None
 
 
-def _unstorable(payload: bytes, limit: int) -> str:
+def _unstorable(subject: str, payload: bytes, limit: int) -> str:
+    problem = wire.subject_problem(subject)
+    if problem:
+        return f"{wire.REASON_BAD_SUBJECT}: {problem}"
     if len(payload) > limit:
         return f"{wire.REASON_TOO_LARGE}: {len(payload)} bytes > {limit}"
     try:
@@ -478,6 +538,26 @@ def inbound_requeue(*, message_ids: Iterable[int] | None = None) -> int:
     query = InboundMessage.objects.filter(outcome=MessageOutcome.FAILED)
     if message_ids is not None:
         query = query.filter(pk__in=list(message_ids))
+    return query.update(
+        outcome=MessageOutcome.PENDING,
+        attempts=0,
+        next_attempt_at=timezone.now(),
+        processed_at=None,
+    )
+
+
+def inbound_requeue_requests(*, asset_dids: Iterable[str] = ()) -> int:
+    """Hand failed prequalification requests back to the listener (staff retry).
+
+    A request that gave up (the cache server or the chain down past
+    `MAX_ATTEMPTS`) has no claim to retry yet: the message itself is retried.
+    """
+    query = InboundMessage.objects.filter(
+        outcome=MessageOutcome.FAILED, kind=MessageKind.PREQUALIFICATION
+    )
+    dids = [DID.parse(did).canonical for did in asset_dids]
+    if dids:
+        query = query.filter(asset_did__in=dids)
     return query.update(
         outcome=MessageOutcome.PENDING,
         attempts=0,

@@ -28,7 +28,16 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from claims import consumer, inbox, metrics, pipeline, reconcile, selectors, transitions
+from claims import (
+    consumer,
+    inbox,
+    leases,
+    metrics,
+    pipeline,
+    reconcile,
+    selectors,
+    transitions,
+)
 from claims.batches import BATCHED
 from claims.dbthreads import DatabaseThreads, using
 from claims.integrations import Integrations
@@ -38,6 +47,11 @@ from evops.integrations.nats import NatsOptions
 from evops.protocol.messages import subjects_for
 
 log = logging.getLogger(__name__)
+
+DROP_INTAKE_FULL = "intake_full"
+DROP_SLOW_CONSUMER = "slow_consumer"
+PROBLEM_READER_DEAD = "NATS read loop ended; reconnecting"
+PROBLEM_DROPPED = "received messages dropped before they were stored: {counts}"
 
 
 @dataclass
@@ -56,7 +70,14 @@ class ListenerConfig:
     reconcile_concurrency: int = 20
     heartbeat_interval: float = 5.0
     drain_timeout: float = 30.0
-    lease_seconds: float = 300.0
+    lease_seconds: float = 30.0
+    # Received messages waiting to be stored, at most (core mode).
+    intake_limit: int = 50000
+    # How long a dropped message keeps health red, and how often the read loop is
+    # checked (seconds).
+    drop_window: float = 300.0
+    watchdog_interval: float = 1.0
+    stream_max_age: float = 7 * 24 * 3600.0
     fetch_batch: int = 100
     # Database threads for the pipeline (0: as many as workers, at most 10).
     db_threads: int = 0
@@ -84,6 +105,10 @@ class ListenerConfig:
             "reconcile_concurrency": settings.RECONCILE_CONCURRENCY,
             "heartbeat_interval": float(settings.HEARTBEAT_INTERVAL),
             "drain_timeout": float(settings.DRAIN_TIMEOUT),
+            "lease_seconds": float(settings.INBOX_LEASE_SECONDS),
+            "intake_limit": int(settings.INTAKE_QUEUE_LIMIT),
+            "drop_window": float(settings.HEALTH_DROP_WINDOW),
+            "stream_max_age": float(settings.NATS_JETSTREAM_MAX_AGE),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -116,6 +141,16 @@ class Listener:
         self._db_threads: DatabaseThreads | None = None
         self._intake: list[tuple[str, bytes]] = []
         self._recorder: asyncio.Task[None] | None = None
+        # Records carried into `publishing` by this process's workers (their leases
+        # are renewed with the heartbeat; see `claims.leases`).
+        self._held_records: set[int] = set()
+        self.watchdog: nats_integration.ReaderWatchdog | None = None
+        # Messages lost before they were stored, by reason, and when it last
+        # happened (health is red for `drop_window` after a loss).
+        self.dropped: dict[str, int] = {}
+        self._last_drop: float | None = None
+        self._reader_dead_since: float | None = None
+        self.stream_changes: list[str] = []
 
     @property
     def db_threads(self) -> DatabaseThreads:
@@ -147,16 +182,25 @@ class Listener:
     async def connect(self) -> None:
         """Connect (retrying until `stop`) and subscribe to the configured subjects."""
         self.client = await nats_integration.connect(
-            self.config.nats, on_state=self._on_state, stop=self.stop
+            self.config.nats,
+            on_state=self._on_state,
+            stop=self.stop,
+            on_slow_consumer=self._on_slow_consumer,
         )
+        self.watchdog = nats_integration.ReaderWatchdog(self.client)
         if self.config.stream:
-            self._pull = await nats_integration.bind_jetstream(
+            self._pull, self.stream_changes = await nats_integration.bind_jetstream(
                 self.client,
                 stream=self.config.stream,
                 durable=self.config.durable,
                 subjects=self.config.subjects,
                 create_stream=self.config.create_stream,
+                max_age=self.config.stream_max_age,
             )
+            for change in self.stream_changes:
+                log.warning(
+                    "jetstream: %s", change, extra={"listener": self.config.name}
+                )
         else:
             self._subscriptions += await nats_integration.subscribe(
                 self.client,
@@ -183,6 +227,11 @@ class Listener:
         """
         if not self._taking:
             return
+        if len(self._intake) >= self.config.intake_limit:
+            # Core NATS has no flow control: past the bound the only choice is
+            # which message to lose. Count it; health turns red.
+            self._dropped(DROP_INTAKE_FULL)
+            return
         self._intake.append((msg.subject, bytes(msg.data)))
         if self._recorder is None or self._recorder.done():
             self._recorder = asyncio.create_task(self._record_queued())
@@ -195,12 +244,64 @@ class Listener:
                     batch, listener=self.config.name
                 )
             except Exception as exc:
-                # Keep them queued and try again: core NATS will not redeliver.
                 log.error("could not record messages: %s", exc, exc_info=True)
-                await asyncio.sleep(1)
-                continue
+                # One row the database refuses must not hold back the others: store
+                # them one by one, the refused ones as rejected rows with the reason.
+                # If the database is down, none goes in: keep them and try again
+                # (core NATS will not redeliver).
+                stored = await self.db_threads.wrap(inbox.inbound_record_each)(
+                    batch, listener=self.config.name
+                )
+                if stored is None:
+                    await asyncio.sleep(1)
+                    continue
+                rows = stored
             del self._intake[: len(batch)]
             self._stored(len(rows))
+
+    def _on_slow_consumer(self, subject: str) -> None:
+        self._dropped(DROP_SLOW_CONSUMER)
+
+    def _dropped(self, reason: str) -> None:
+        first = self.dropped.get(reason, 0) == 0
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self._last_drop = asyncio.get_running_loop().time()
+        metrics.MESSAGES_DROPPED.labels(reason).inc()
+        if first or self.dropped[reason] % 1000 == 0:
+            log.error(
+                "received message dropped before it was stored (%s); %d so far",
+                reason,
+                self.dropped[reason],
+                extra={"listener": self.config.name},
+            )
+
+    def problems(self) -> list[str]:
+        """What makes this listener unhealthy now, in words (heartbeat, health)."""
+        found = []
+        now = asyncio.get_running_loop().time()
+        if self._reader_dead_since is not None:
+            found.append(PROBLEM_READER_DEAD)
+        if (
+            self._last_drop is not None
+            and now - self._last_drop < self.config.drop_window
+        ):
+            counts = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()))
+            found.append(PROBLEM_DROPPED.format(counts=counts))
+        return found
+
+    async def watch_once(self) -> bool:
+        """Check the NATS read loop; a dead one is reported and reconnected."""
+        if self.watchdog is None:
+            return True
+        if await self.watchdog.check():
+            if self._reader_dead_since is not None and self.client.is_connected:
+                self._reader_dead_since = None
+                await self.heartbeat_once()
+            return True
+        self._reader_dead_since = asyncio.get_running_loop().time()
+        metrics.NATS_READER_DEATHS.inc()
+        await self.heartbeat_once()
+        return False
 
     def _stored(self, count: int) -> None:
         """`count` received messages are in the inbox: count them, wake the workers."""
@@ -288,7 +389,7 @@ class Listener:
         self.wake.set()
 
     async def _run_job(self, job: _Job) -> None:
-        with using(self.db_threads):
+        with using(self.db_threads), leases.collecting(self._held_records):
             await self._run_job_here(job)
 
     async def _run_job_here(self, job: _Job) -> None:
@@ -332,6 +433,13 @@ class Listener:
     # --- heartbeat, reconciliation ----------------------------------------------------
 
     async def heartbeat_once(self) -> None:
+        held_messages = [j.pk for j in self._inflight.values() if j.kind == "message"]
+        held_records = {j.pk for j in self._inflight.values() if j.kind == "record"}
+        held_records |= self._held_records
+        if held_messages or held_records:
+            await sync_to_async(transitions.leases_renew)(
+                message_ids=held_messages, record_ids=held_records
+            )
         await sync_to_async(ListenerHeartbeat.objects.beat)(
             name=self.config.name,
             state=self.state,
@@ -343,6 +451,11 @@ class Listener:
                 "stream": self.config.stream,
                 "inflight": len(self._inflight),
                 "recorded": self.recorded,
+                "intake_queue": len(self._intake),
+                "dropped": dict(self.dropped),
+                "reader_deaths": self.watchdog.deaths if self.watchdog else 0,
+                "stream_changes": self.stream_changes,
+                "problems": self.problems(),
             },
         )
         backlog, oldest = await sync_to_async(selectors.inbox_backlog)()
@@ -388,6 +501,11 @@ class Listener:
         loops = [
             asyncio.create_task(self._worker_loop()),
             asyncio.create_task(self._periodic(self.heartbeat_once, "heartbeat")),
+            asyncio.create_task(
+                self._periodic(
+                    self.watch_once, "watchdog", self.config.watchdog_interval
+                )
+            ),
             asyncio.create_task(self._reconcile_loop()),
         ]
         if self.config.stream:
@@ -413,16 +531,17 @@ class Listener:
                 log.warning("jetstream fetch failed: %s", exc)
                 await asyncio.sleep(1)
 
-    async def _periodic(self, step: Any, what: str) -> None:
+    async def _periodic(
+        self, step: Any, what: str, interval: float | None = None
+    ) -> None:
+        every = self.config.heartbeat_interval if interval is None else interval
         while not self.stop.is_set():
             try:
                 await step()
             except Exception as exc:
                 log.warning("%s failed: %s", what, exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.stop.wait(), timeout=self.config.heartbeat_interval
-                )
+                await asyncio.wait_for(self.stop.wait(), timeout=every)
 
     async def _reconcile_loop(self) -> None:
         first = self.config.reconcile_on_start

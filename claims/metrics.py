@@ -21,6 +21,16 @@ MESSAGES = Counter(
 MESSAGES_RECEIVED = Counter(
     "evops_nats_messages_received_total", "NATS messages recorded in the inbox."
 )
+MESSAGES_DROPPED = Counter(
+    "evops_nats_messages_dropped_total",
+    "Received messages lost before they were stored, by reason "
+    "(slow_consumer: nats-py's pending limits; intake_full: INTAKE_QUEUE_LIMIT).",
+    ["reason"],
+)
+NATS_READER_DEATHS = Counter(
+    "evops_nats_reader_deaths_total",
+    "Times the NATS read loop was found dead while connected (then reconnected).",
+)
 INBOX_BACKLOG = Gauge("evops_inbox_backlog", "Inbound messages still pending.")
 INBOX_OLDEST_AGE = Gauge(
     "evops_inbox_oldest_pending_seconds", "Age of the oldest pending inbound message."

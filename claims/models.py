@@ -41,8 +41,15 @@ class ClaimStatus(models.TextChoices):
 # the pipeline, back one step for a retry, to rejected or failed, found published by
 # the reconciler, and a failed claim sent back to the step it failed at by staff.
 ALLOWED_TRANSITIONS: dict[ClaimStatus, frozenset[ClaimStatus]] = {
+    # requested → failed: a notice about it gave up (the claim shows the reason,
+    # and a staff retry reads it again from the cache server).
     ClaimStatus.REQUESTED: frozenset(
-        {ClaimStatus.ISSUED, ClaimStatus.REJECTED, ClaimStatus.PUBLISHED}
+        {
+            ClaimStatus.ISSUED,
+            ClaimStatus.REJECTED,
+            ClaimStatus.PUBLISHED,
+            ClaimStatus.FAILED,
+        }
     ),
     ClaimStatus.ISSUED: frozenset(
         {
@@ -54,7 +61,12 @@ ALLOWED_TRANSITIONS: dict[ClaimStatus, frozenset[ClaimStatus]] = {
         }
     ),
     ClaimStatus.STORED: frozenset(
-        {ClaimStatus.PUBLISHING, ClaimStatus.REJECTED, ClaimStatus.PUBLISHED}
+        {
+            ClaimStatus.PUBLISHING,
+            ClaimStatus.REJECTED,
+            ClaimStatus.PUBLISHED,
+            ClaimStatus.FAILED,
+        }
     ),
     ClaimStatus.PUBLISHING: frozenset(
         {ClaimStatus.PUBLISHED, ClaimStatus.STORED, ClaimStatus.FAILED}
@@ -93,17 +105,24 @@ def skip_locked(query: Any) -> Any:
 
 class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
     def lease_due(self, *, limit: int, until: datetime) -> list[int]:
-        """Take up to `limit` records due for another try (issued/stored, time past).
+        """Take up to `limit` records due for another try, time past.
 
-        Rows are locked with SKIP LOCKED (PostgreSQL) while their retry time is
-        pushed to `until` (the publication lease), so two workers never take the
-        same record and a crashed worker's records come back when the lease runs
-        out.
+        Issued and stored records whose retry time came, and `publishing` records
+        whose lease ran out (the listener holding them stopped renewing it: a
+        crash). Rows are locked with SKIP LOCKED (PostgreSQL) while their retry time
+        is pushed to `until` (the publication lease), so two workers never take the
+        same record.
         """
         now = timezone.now()
         with transaction.atomic():
             query = self.filter(
-                status__in=[ClaimStatus.ISSUED, ClaimStatus.STORED],
+                status__in=[
+                    # requested: only after a staff retry (it sets the time)
+                    ClaimStatus.REQUESTED,
+                    ClaimStatus.ISSUED,
+                    ClaimStatus.STORED,
+                    ClaimStatus.PUBLISHING,
+                ],
                 next_retry_at__lte=now,
             ).order_by("next_retry_at")
             ids = list(skip_locked(query).values_list("pk", flat=True)[:limit])
@@ -253,6 +272,12 @@ class MessageOutcome(models.TextChoices):
 REASON_CHARS = 2000
 
 
+def _storable(text: str) -> str:
+    """Text PostgreSQL stores: a NUL (which it refuses, failing the whole batch of
+    outcomes it is sent with) written as the escape `\\x00`."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
 class InboundMessageQuerySet(models.QuerySet["InboundMessage"]):
     def lease_due(self, *, limit: int, lease_seconds: float) -> list[InboundMessage]:
         """Take up to `limit` pending messages (SKIP LOCKED), leasing them to a worker.
@@ -288,11 +313,11 @@ class InboundMessageQuerySet(models.QuerySet["InboundMessage"]):
         params = [
             (
                 outcome,
-                reason[:REASON_CHARS],
+                _storable(reason)[:REASON_CHARS],
                 now,
                 kind or None,
-                did[:100],
-                claim[:100],
+                _storable(did)[:100],
+                _storable(claim)[:100],
                 rec,
                 pk,
             )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from assets.models import Asset
-from claims import history, metrics, selectors, transitions
+from claims import history, leases, metrics, selectors, transitions
 from claims.dbthreads import db
 from claims.integrations import Integrations
 from claims.models import (
@@ -272,7 +272,8 @@ async def claim_advance(
         record_id=record.pk, actor=actor
     ):
         return ""
-    return await _publish(await _load(record_id), integrations, actor)
+    with leases.holding(record.pk):
+        return await _publish(await _load(record_id), integrations, actor)
 
 
 async def _load(record_id: int) -> ClaimRecord:
@@ -405,7 +406,29 @@ async def claim_process_due(
     """A record whose retry time came (or a staff retry): carry it on."""
     record = await _load(record_id)
     if record.status == ClaimStatus.REQUESTED:
+        # A staff retry of a claim that failed before its credential arrived:
+        # read it again from the cache server, as an issue notice would.
+        await claim_accept_issued(
+            asset=record.asset,
+            claim_id=record.claim_id,
+            integrations=integrations,
+            actor=actor,
+            details={"source": "retry"},
+        )
+        # Not issued yet: wait for the notice (or the next reconciliation) again.
+        await db(
+            ClaimRecord.objects.filter(
+                pk=record_id, status=ClaimStatus.REQUESTED
+            ).update
+        )(next_retry_at=None)
+        record = await _load(record_id)
         return str(record.status)
+    if record.status == ClaimStatus.PUBLISHING:
+        # Leased after its holder's lease ran out (`ClaimRecord.objects.lease_due`).
+        await db(transitions.claim_note_resumed)(record_id=record.pk, actor=actor)
+        metrics.RETRIES.labels("resume").inc()
+        with leases.holding(record.pk):
+            return await _publish(record, integrations, actor)
     return await claim_advance(
         record_id=record_id, integrations=integrations, actor=actor
     )

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from assets.models import Asset
-from claims import metrics, transitions
+from claims import metrics, selectors, transitions
 from claims.dbthreads import db
 from claims.integrations import Integrations
 from claims.models import (
@@ -27,9 +27,11 @@ from claims.peer_calls import (
     log_extra,
     resolve_document,
 )
-from claims.pipeline import claim_accept_issued
+from claims.pipeline import claim_accept_issued, claim_mark_rejected
 from claims.retry import readable_error
+from evops.integrations.cache_server import RoleClaim
 from evops.protocol.credentials import token_sha256
+from evops.protocol.signer import Signer
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ async def asset_reconcile(
             for claim in listed
             if (token := claim.issued_token) and not claim.is_rejected
         ]
+        await _open_claims(asset, signer, claims, integrations, actor, result)
         if not claims:
             metrics.RECONCILE_RUNS.labels("nothing").inc()
             return result
@@ -116,6 +119,38 @@ async def asset_reconcile(
         return result
     metrics.RECONCILE_RUNS.labels("done").inc()
     return result
+
+
+async def _open_claims(
+    asset: Asset,
+    signer: Signer,
+    accepted: list[tuple[RoleClaim, str]],
+    integrations: Integrations,
+    actor: Actor,
+    result: ReconcileResult,
+) -> None:
+    """Re-read by id the claims evops still waits on and the accepted list lacks.
+
+    The accepted list never shows a rejection, and core NATS does not replay a
+    notice sent while evops was down: without this a claim rejected then would stay
+    `requested` forever. An issued one is picked up from the accepted list anyway.
+    """
+    waiting = await db(selectors.open_claim_ids)(asset.pk)
+    waiting -= {claim.id for claim, _ in accepted}
+    for claim_id in sorted(waiting):
+        with metrics.timed(metrics.CACHE_SERVER_LATENCY, "get_claim"):
+            claim = await integrations.cache.get_claim(signer, asset.did, claim_id)
+        if claim is None or not claim.is_rejected:
+            continue
+        outcome = await claim_mark_rejected(
+            asset=asset,
+            claim_id=claim_id,
+            integrations=integrations,
+            actor=actor,
+            claim=claim,
+        )
+        if outcome.outcome == MessageOutcome.PROCESSED:
+            result.rejected += 1
 
 
 async def reconcile_assets(

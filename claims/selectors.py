@@ -87,6 +87,16 @@ def reusable_service_id(
     return by_hash.get(known, "") if known else ""
 
 
+def open_claim_ids(asset_id: int) -> set[str]:
+    """Claims of an asset evops filed and still waits on (reconciliation re-reads
+    them by id: a rejection or issuance sent while evops was down is found)."""
+    return set(
+        ClaimRecord.objects.filter(
+            asset_id=asset_id, status=ClaimStatus.REQUESTED
+        ).values_list("claim_id", flat=True)
+    )
+
+
 def inbox_backlog(now: datetime | None = None) -> tuple[int, float]:
     """(pending messages, age in seconds of the oldest one)."""
     now = now or timezone.now()

@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from assets.models import Asset
@@ -285,15 +285,59 @@ def claim_record_stored(*, record_id: int, cid: str, actor: Actor) -> bool:
 
 
 def claim_begin_publishing(*, record_id: int, actor: Actor) -> bool:
-    """stored → publishing: the lock that allows exactly one chain write."""
+    """stored → publishing: the lock that allows exactly one chain write.
+
+    The record is leased (`next_retry_at`) for `PUBLISH_LEASE_SECONDS`, renewed by
+    the holding listener's heartbeat (`claims.leases`): if that listener dies, the
+    lease runs out and another worker resumes the record (`claim_resume_publishing`).
+    """
     return claim_transition(
         record_id=record_id,
         expected=[ClaimStatus.STORED],
         to=ClaimStatus.PUBLISHING,
         actor=actor,
         attempts=F("attempts") + 1,
-        next_retry_at=None,
+        next_retry_at=_lease(),
     )
+
+
+def claim_note_resumed(*, record_id: int, actor: Actor) -> None:
+    """History of a `publishing` record taken over after its lease ran out (crash).
+
+    `ClaimRecord.objects.lease_due` took it (the expired lease is the
+    compare-and-set); the taker resolves the document from chain before writing,
+    so a write the dead holder did land is found, not repeated.
+    """
+    event_append(record_id, actor=actor, kind="resumed", message=MSG_RESUMED)
+
+
+MSG_RESUMED = (
+    "Publication resumed: the worker holding it stopped renewing its lease; the "
+    "DID document is read from chain before any write."
+)
+
+
+def leases_renew(*, message_ids: Iterable[int], record_ids: Iterable[int]) -> None:
+    """Push the leases of what a live listener holds (its heartbeat)."""
+    from claims.models import InboundMessage, MessageOutcome
+
+    now = timezone.now()
+    inbox_until = now + timedelta(seconds=float(settings.INBOX_LEASE_SECONDS))
+    messages = list(message_ids)
+    if messages:
+        # Only leases, never a backoff a worker set that reaches further.
+        InboundMessage.objects.filter(
+            pk__in=messages,
+            outcome=MessageOutcome.PENDING,
+            next_attempt_at__lt=inbox_until,
+        ).update(next_attempt_at=inbox_until)
+    records = list(record_ids)
+    if records:
+        ClaimRecord.objects.filter(
+            pk__in=records,
+            status=ClaimStatus.PUBLISHING,
+            next_retry_at__lt=_lease(),
+        ).update(next_retry_at=_lease())
 
 
 def claim_mark_published(
@@ -306,8 +350,12 @@ def claim_mark_published(
     message: str = "",
     details: Mapping[str, Any] | None = None,
 ) -> bool:
-    """publishing → published, after the document resolved from chain shows it."""
-    return claim_transition(
+    """publishing → published, after the document resolved from chain shows it.
+
+    Messages about this claim that failed earlier (a notice that gave up while the
+    chain was down, say) are settled with it: the failure they report is over.
+    """
+    moved = claim_transition(
         record_id=record_id,
         expected=[ClaimStatus.PUBLISHING],
         to=ClaimStatus.PUBLISHED,
@@ -321,6 +369,60 @@ def claim_mark_published(
         next_retry_at=None,
         last_error="",
     )
+    if moved:
+        inbound_settle_for(record_id=record_id)
+    return moved
+
+
+def inbound_settle_for(*, record_id: int) -> int:
+    """Failed messages about a claim that has since been published: settled."""
+    from claims.models import InboundMessage, MessageOutcome
+
+    record = ClaimRecord.objects.filter(pk=record_id).select_related("asset").first()
+    if record is None:
+        return 0
+    return (
+        InboundMessage.objects.filter(outcome=MessageOutcome.FAILED)
+        .filter(
+            Q(record_id=record_id)
+            | Q(claim_id=record.claim_id, asset_did=record.asset.did)
+        )
+        .update(
+            outcome=MessageOutcome.PROCESSED,
+            reason=REASON_SETTLED.format(record=record_id),
+            processed_at=timezone.now(),
+        )
+    )
+
+
+REASON_SETTLED = "settled: its claim (record #{record}) was published later"
+MSG_FAILED_BY_MESSAGE = "A message about this claim failed: {reason}"
+
+
+def claim_fail_from_message(
+    *, asset: Asset, claim_id: str, reason: str, actor: Actor
+) -> bool:
+    """A notice about this claim failed for good: the claim shows it, retryable.
+
+    Only a claim still waiting (requested, issued, stored) is moved to failed, so
+    `retry_claims` and the console's retry find it; a claim further along, or final,
+    keeps its state and gets a history note.
+    """
+    record = _get_or_create(asset, claim_id, actor)
+    text = MSG_FAILED_BY_MESSAGE.format(reason=reason)[:MAX_ERROR]
+    moved = claim_transition(
+        record_id=record.pk,
+        expected=[ClaimStatus.REQUESTED, ClaimStatus.ISSUED, ClaimStatus.STORED],
+        to=ClaimStatus.FAILED,
+        actor=actor,
+        kind="failed",
+        message=text,
+        last_error=text,
+        next_retry_at=None,
+    )
+    if not moved:
+        event_append(record.pk, actor=actor, kind="message_failed", message=text)
+    return moved
 
 
 def claim_schedule_retry(
@@ -439,10 +541,12 @@ def claims_release_stale_publishing(*, actor: Actor) -> list[int]:
     The next attempt resolves the document from chain before writing, so a write
     that did land is found rather than repeated.
     """
-    cutoff = timezone.now() - timedelta(seconds=float(settings.PUBLISH_LEASE_SECONDS))
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=float(settings.PUBLISH_LEASE_SECONDS))
     released = []
     for pk in ClaimRecord.objects.filter(
-        status=ClaimStatus.PUBLISHING, updated_at__lt=cutoff
+        Q(next_retry_at__lt=now) | Q(next_retry_at__isnull=True, updated_at__lt=cutoff),
+        status=ClaimStatus.PUBLISHING,
     ).values_list("pk", flat=True):
         if claim_transition(
             record_id=pk,

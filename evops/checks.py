@@ -107,3 +107,22 @@ def check_peer_transport(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
         )
         for name, scheme, host in _plain_peers()
     ]
+
+
+@register()
+def check_leases(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Leases must outlast a few missed heartbeats, or live work is taken over."""
+    errors: list[CheckMessage] = []
+    beat = float(settings.HEARTBEAT_INTERVAL)
+    for name in ("PUBLISH_LEASE_SECONDS", "INBOX_LEASE_SECONDS"):
+        lease = float(getattr(settings, name))
+        if lease < 3 * beat:
+            errors.append(
+                Error(
+                    f"{name} ({lease:g}s) must be at least three heartbeats "
+                    f"(3 x HEARTBEAT_INTERVAL = {3 * beat:g}s): a live listener's "
+                    "work would be taken over by another.",
+                    id="evops.E011",
+                )
+            )
+    return errors

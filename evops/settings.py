@@ -469,7 +469,18 @@ WORKER_CONCURRENCY = _int("WORKER_CONCURRENCY", 100, minimum=1)
 MAX_ATTEMPTS = _int("MAX_ATTEMPTS", 10, minimum=1)
 RETRY_BASE_SECONDS = _seconds("RETRY_BASE_SECONDS", 2.0)
 RETRY_MAX_SECONDS = _seconds("RETRY_MAX_SECONDS", 600.0)
-PUBLISH_LEASE_SECONDS = _seconds("PUBLISH_LEASE_SECONDS", 600.0)
+# Leases of what a worker holds; the holding listener's heartbeat renews them, so
+# they run out only when it stopped beating (a crash): then others take over.
+PUBLISH_LEASE_SECONDS = _seconds("PUBLISH_LEASE_SECONDS", 30.0)
+INBOX_LEASE_SECONDS = _seconds("INBOX_LEASE_SECONDS", 30.0)
+# Received messages waiting to be stored, at most (core NATS); past it they are
+# dropped, counted, and the listener reports unhealthy.
+INTAKE_QUEUE_LIMIT = _int("INTAKE_QUEUE_LIMIT", 50000, minimum=100)
+# How long a dropped message keeps the listener's health red (seconds).
+HEALTH_DROP_WINDOW = _seconds("HEALTH_DROP_WINDOW", 300.0)
+# JetStream mode: the oldest message the stream keeps (seconds; an outage longer
+# than this loses messages, which reconciliation then recovers).
+NATS_JETSTREAM_MAX_AGE = _seconds("NATS_JETSTREAM_MAX_AGE", 7 * 24 * 3600.0)
 INBOUND_PAYLOAD_LIMIT = _int("INBOUND_PAYLOAD_LIMIT", 65536, minimum=256)
 DUPLICATE_WINDOW_SECONDS = _seconds("DUPLICATE_WINDOW_SECONDS", 300.0)
 HEARTBEAT_INTERVAL = _seconds("HEARTBEAT_INTERVAL", 5.0)

@@ -73,6 +73,8 @@ ERR_CLAIM_REJECTED = "the cache server rejected the claim request"
 ERR_PERMANENT = "the cache server refused the request"
 ERR_TOO_LARGE = "the cache server sent an answer larger than the limit"
 ERR_DEADLINE = "the cache server did not answer within the deadline"
+# The server's word for an identity token whose block aged past its window.
+_OUTDATED = "outdated"
 
 # Renew the access token this long before it expires (the server's default lifetime
 # is 15 minutes), so a call never starts with a token about to lapse in flight.
@@ -643,13 +645,17 @@ class CacheServerClient:
         if use_siwe:
             response = await self._siwe_login(signer, did)
         if response.status_code not in (200, 201):
+            message = _error_message(response)
             # Every 4xx here is permanent, 404 included: in "identity" mode it means
             # the deployment has no identity-token login (a setting to change, not
             # an outage). 5xx and 429 were retried by `_send` and raised as transient.
+            # Except a block-number race: the server's window of a few blocks can
+            # pass between our read and its check even on the fresh re-sign (a fast
+            # chain, several listeners, a busy server); a later try succeeds.
+            outdated = response.status_code == 401 and _OUTDATED in message.lower()
             raise CacheServerError(
-                f"{ERR_LOGIN_REJECTED} of {did}: HTTP {response.status_code} "
-                f"{_error_message(response)}",
-                permanent=True,
+                f"{ERR_LOGIN_REJECTED} of {did}: HTTP {response.status_code} {message}",
+                permanent=not outdated,
                 status=response.status_code,
             )
         self._store(session, _json_body(response))

@@ -3,6 +3,17 @@
 Wraps nats-py: credentials and TLS options, reconnect forever, connection-state
 callbacks, and the durable pull consumer of JetStream mode. The messages themselves
 are parsed by `evops.protocol.messages`. Nothing here imports Django models.
+
+Two defences against nats-py 2.16 live here and nowhere else:
+
+- `_SafeClient` decodes subjects that are not UTF-8 instead of raising. The server
+  delivers such a subject to a wildcard subscriber; stock nats-py raises
+  `UnicodeDecodeError` inside its read loop, which then ends silently: no error
+  callback, no reconnect, `is_connected` stays true and nothing is received again.
+  The subject reaches the callback with the bad bytes as lone surrogates
+  (`surrogateescape`), so the inbox can refuse it with a reason (`raw_subject`).
+- `ReaderWatchdog` notices a read loop that ended for any other reason while the
+  client still says connected, and forces a reconnect.
 """
 
 from __future__ import annotations
@@ -18,6 +29,44 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ERR_STOPPED = "stopped before the NATS connection was made"
+ERR_READER_DEAD = "the NATS read loop ended while connected; reconnecting"
+ERR_STREAM_CONFLICT = (
+    "JetStream stream {stream} exists with settings evops would not change: {what}"
+)
+# Messages a subscription may hold before nats-py drops them as a slow consumer.
+# The listener only queues each message for the recorder, so this is a burst
+# allowance, not a backlog; a drop is counted and reported (`on_slow_consumer`).
+PENDING_MSGS_LIMIT = 500_000
+PENDING_BYTES_LIMIT = 512 * 1024 * 1024
+
+
+def raw_subject(subject: str) -> bytes:
+    """The subject's bytes as they came off the wire (undoing `surrogateescape`)."""
+    return subject.encode("utf-8", "surrogateescape")
+
+
+def _client_class() -> type[Any]:
+    from nats.aio.client import Client
+
+    class _SafeClient(Client):
+        def _build_message(
+            self,
+            sid: int,
+            subject: bytes,
+            reply: bytes,
+            data: bytes,
+            headers: dict[str, str] | None,
+        ) -> Any:
+            return self.msg_class(
+                subject=subject.decode("utf-8", "surrogateescape"),
+                reply=reply.decode("utf-8", "surrogateescape"),
+                data=data,
+                headers=headers,
+                _client=self,
+                _sid=sid,
+            )
+
+    return _SafeClient
 
 
 # --- connection ----------------------------------------------------------------------
@@ -54,6 +103,7 @@ def nats_options_from_settings(name: str = "evops") -> NatsOptions:
 
 
 StateCallback = Callable[[str], Awaitable[None]]
+SlowConsumerCallback = Callable[[str], None]
 
 
 async def connect(
@@ -61,15 +111,17 @@ async def connect(
     *,
     on_state: StateCallback | None = None,
     stop: asyncio.Event | None = None,
+    on_slow_consumer: SlowConsumerCallback | None = None,
 ) -> Any:
     """Connect, and reconnect forever (`max_reconnect_attempts=-1`).
 
     The first connect is retried too (every `reconnect_wait`) until `stop` is set,
     which raises `ConnectionAbortedError`. `on_state` hears "reconnecting" (also
     while the first connect fails), "connected" and "disconnected" (closed).
-    Returns the nats-py client.
+    `on_slow_consumer(subject)` hears every message nats-py dropped because a
+    subscription's pending limits were reached. Returns the nats-py client.
     """
-    import nats
+    from nats.errors import SlowConsumerError
 
     async def notify(state: str) -> None:
         if on_state is not None:
@@ -87,6 +139,11 @@ async def connect(
     connected = False
 
     async def error(exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
+            # nats-py dropped a message; the listener counts it and reports it.
+            if on_slow_consumer is not None:
+                on_slow_consumer(str(getattr(exc, "subject", "")))
+            return
         log.warning("nats error: %s", exc, extra={"nats_url": options.url})
         if not connected:
             await notify("reconnecting")
@@ -112,7 +169,8 @@ async def connect(
         kwargs["tls"] = ssl.create_default_context(cafile=options.tls_ca)
     # With reconnect allowed, nats-py keeps retrying the first connect by itself;
     # run it as a task so that `stop` can interrupt the wait.
-    attempt = asyncio.create_task(nats.connect(**kwargs))
+    client = _client_class()()
+    attempt = asyncio.create_task(_connected(client, kwargs))
     if stop is None:
         client = await attempt
     else:
@@ -132,6 +190,46 @@ async def connect(
     return client
 
 
+async def _connected(client: Any, kwargs: dict[str, Any]) -> Any:
+    await client.connect(**kwargs)
+    return client
+
+
+class ReaderWatchdog:
+    """Notices a dead nats-py read loop and forces a reconnect.
+
+    nats-py's read loop ends on any exception it does not expect (it logs
+    "encountered error" and breaks) without telling anyone: the client keeps saying
+    connected while nothing is read. `check()` looks at the loop's task; if it has
+    ended while the client is connected, it reports `ERR_READER_DEAD` and hands the
+    client to its own error path, which reconnects (with the parser reset) and
+    resubscribes. `deaths` counts how often that happened.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.deaths = 0
+
+    def reader_alive(self) -> bool:
+        task = getattr(self.client, "_reading_task", None)
+        if not self.client.is_connected:
+            return True  # reconnecting or closed: not the watchdog's business
+        return task is not None and not task.done()
+
+    async def check(self) -> bool:
+        """True if the reader is alive; else force a reconnect and return False."""
+        if self.reader_alive():
+            return True
+        self.deaths += 1
+        log.error(ERR_READER_DEAD)
+        from nats.errors import ProtocolError
+
+        # The client's own recovery path: close the transport, reset the parser,
+        # reconnect and replay the subscriptions.
+        await self.client._process_op_err(ProtocolError())
+        return False
+
+
 async def subscribe(
     client: Any,
     subjects: Sequence[str],
@@ -140,7 +238,90 @@ async def subscribe(
     cb: Callable[[Any], Awaitable[None]],
 ) -> list[Any]:
     """Core NATS: one subscription per subject, in `queue` when set."""
-    return [await client.subscribe(subject, queue=queue, cb=cb) for subject in subjects]
+    return [
+        await client.subscribe(
+            subject,
+            queue=queue,
+            cb=cb,
+            pending_msgs_limit=PENDING_MSGS_LIMIT,
+            pending_bytes_limit=PENDING_BYTES_LIMIT,
+        )
+        for subject in subjects
+    ]
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What evops needs of its JetStream stream (protocol.md §5 subjects, kept)."""
+
+    name: str
+    subjects: tuple[str, ...]
+    max_age: float = 7 * 24 * 3600.0  # seconds; what a long outage may hold
+    max_bytes: int = -1
+    replicas: int = 1
+
+
+async def ensure_stream(js: Any, spec: StreamSpec, *, create: bool = True) -> list[str]:
+    """Create the stream, or check an existing one and fix what evops may fix.
+
+    Returns what was changed, in words (the listener logs it): created; subjects
+    added; max age raised. Retention other than limits, or memory storage, would
+    lose messages evops counts on (work-queue retention deletes on the first ack
+    of another consumer; memory storage dies with the server): those are refused
+    with `ERR_STREAM_CONFLICT` rather than silently changed.
+    """
+    from nats.js import api
+    from nats.js.errors import NotFoundError
+
+    wanted = api.StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        max_age=spec.max_age,
+        max_bytes=spec.max_bytes,
+        num_replicas=spec.replicas,
+        discard=api.DiscardPolicy.OLD,
+    )
+    try:
+        info = await js.stream_info(spec.name)
+    except NotFoundError:
+        if not create:
+            raise
+        await js.add_stream(config=wanted)
+        return [f"created stream {spec.name} on {', '.join(spec.subjects)}"]
+    config = info.config
+    problems = []
+    retention = _value(config.retention)
+    storage = _value(config.storage)
+    if retention not in (None, api.RetentionPolicy.LIMITS.value):
+        problems.append(f"retention {retention}, needs limits")
+    if storage not in (None, api.StorageType.FILE.value):
+        problems.append(f"storage {storage}, needs file")
+    if problems:
+        raise RuntimeError(
+            ERR_STREAM_CONFLICT.format(stream=spec.name, what="; ".join(problems))
+        )
+    changes = []
+    have = list(config.subjects or [])
+    missing = [subject for subject in spec.subjects if subject not in have]
+    if missing:
+        config.subjects = have + missing
+        changes.append(f"added subjects {', '.join(missing)} to stream {spec.name}")
+    if config.max_age and config.max_age < spec.max_age:
+        changes.append(
+            f"raised max age of stream {spec.name} from {config.max_age:.0f}s "
+            f"to {spec.max_age:.0f}s"
+        )
+        config.max_age = spec.max_age
+    if changes:
+        await js.update_stream(config=config)
+    return changes
+
+
+def _value(option: Any) -> Any:
+    """nats-py gives stream options as enums or, depending on the path, strings."""
+    return getattr(option, "value", option)
 
 
 async def bind_jetstream(
@@ -150,30 +331,30 @@ async def bind_jetstream(
     durable: str,
     subjects: Sequence[str],
     create_stream: bool = True,
-) -> Any:
-    """Bind the durable pull consumer (creating stream and consumer if missing).
+    max_age: float = StreamSpec.max_age,
+    ack_wait: float = 30.0,
+) -> tuple[Any, list[str]]:
+    """Ensure the stream, bind the durable pull consumer; return it and the changes.
 
     A pull consumer is shared by all listeners bound to it (the JetStream form
     of a queue group) and keeps its position while they are all down.
     """
     from nats.js import api
-    from nats.js.errors import NotFoundError
 
     js = client.jetstream()
-    try:
-        await js.stream_info(stream)
-    except NotFoundError:
-        if not create_stream:
-            raise
-        await js.add_stream(name=stream, subjects=list(subjects))
+    changes = await ensure_stream(
+        js,
+        StreamSpec(name=stream, subjects=tuple(subjects), max_age=max_age),
+        create=create_stream,
+    )
     await js.add_consumer(
         stream,
         config=api.ConsumerConfig(
             durable_name=durable,
             ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL,
-            ack_wait=30,
+            ack_wait=ack_wait,
             max_deliver=-1,
         ),
     )
-    return await js.pull_subscribe_bind(durable, stream)
+    return await js.pull_subscribe_bind(durable, stream), changes

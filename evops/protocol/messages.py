@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -47,10 +48,48 @@ _MAX_CLAIM_ID = 100
 _MAX_TOKEN = 64 * 1024
 
 
+def printable(text: str) -> str:
+    """`text` safe to store and show: control characters and undecodable bytes
+    (lone surrogates from `surrogateescape`) written as backslash escapes.
+
+    PostgreSQL refuses NUL in text, and a reason that carries one poisons every
+    statement it is batched with; a terminal or log line must not be steered by
+    what a peer sent either.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable():
+            out.append(char)
+        elif 0xDC80 <= ord(char) <= 0xDCFF:
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def subject_problem(subject: str) -> str:
+    """Why a subject cannot be stored as it is ("" when it can)."""
+    try:
+        subject.encode("utf-8")
+    except UnicodeEncodeError:
+        return DETAIL_SUBJECT_NOT_UTF8
+    if not subject.isprintable():
+        return DETAIL_CONTROL_CHARACTERS
+    return ""
+
+
+DETAIL_SUBJECT_NOT_UTF8 = "subject is not UTF-8 text"
+DETAIL_CONTROL_CHARACTERS = "control characters"
+
+
 class MessageError(Exception):
     """A message that cannot be acted on; `reason` is one of the `REASON_*` codes."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
+        # The detail may quote the message: keep it storable and showable.
+        detail = printable(detail)
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
@@ -118,6 +157,9 @@ def classify_subject(subject: str) -> SubjectInfo:
     """
     if not isinstance(subject, str) or not subject or len(subject) > 255:
         raise MessageError(REASON_BAD_SUBJECT, "empty or too long")
+    problem = subject_problem(subject)
+    if problem:
+        raise MessageError(REASON_BAD_SUBJECT, problem)
     tokens = subject.split(".")
     if any(not token for token in tokens):
         raise MessageError(REASON_BAD_SUBJECT, "empty token")
@@ -151,7 +193,13 @@ def _claim_id(value: Any) -> str:
     text = str(value).strip()
     if not text or len(text) > _MAX_CLAIM_ID:
         raise MessageError(REASON_BAD_FIELD, "claimId is empty or too long")
+    if not _CLAIM_ID_CHARS.fullmatch(text):
+        raise MessageError(REASON_BAD_FIELD, "claimId has characters ids never have")
     return text
+
+
+# Ids are uuids (older ones numbers); anything outside visible ASCII is hostile.
+_CLAIM_ID_CHARS = re.compile(r"[\x21-\x7e]+")
 
 
 def _optional_str(payload: dict[str, Any], key: str, limit: int) -> str:

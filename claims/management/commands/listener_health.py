@@ -2,8 +2,9 @@
 
 For process supervisors and readiness probes: healthy means the named listener (or,
 without `--name`, every listener seen in the last hour) wrote a heartbeat within
-`--max-age` seconds and is connected to NATS. Exit status 1 otherwise, with the
-reason on stderr.
+`--max-age` seconds, is connected to NATS, and reports no problem of its own (a dead
+NATS read loop, received messages dropped before they were stored). Exit status 1
+otherwise, with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -69,4 +70,9 @@ def _problem(beat: ListenerHeartbeat, now: Any, max_age: float) -> str:
         return f"{beat.name}: last heartbeat {age:.0f}s ago"
     if beat.state != ConnectionState.CONNECTED:
         return f"{beat.name}: {beat.state}"
+    # What the listener itself found wrong: a dead NATS read loop, messages lost
+    # before they were stored (see `claims.listener.Listener.problems`).
+    reported = (beat.details or {}).get("problems") or []
+    if reported:
+        return f"{beat.name}: " + "; ".join(str(problem) for problem in reported)
     return ""

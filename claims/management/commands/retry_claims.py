@@ -12,7 +12,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from claims import pipeline, selectors, transitions
+from claims import inbox, pipeline, selectors, transitions
 from claims.integrations import Integrations, integrations_from_settings
 from claims.models import Actor, ClaimStatus, staff_actor
 from evops.protocol.errors import DIDError
@@ -46,6 +46,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--user", default="", help="Staff username to record.")
         parser.add_argument(
+            "--requests",
+            action="store_true",
+            help="Also hand failed prequalification requests (inbound messages that "
+            "gave up) back to the listener, which files them again.",
+        )
+        parser.add_argument(
             "--schedule-only",
             action="store_true",
             help="Only mark them due; let the running listener publish.",
@@ -72,6 +78,9 @@ class Command(BaseCommand):
             r.pk for r in records if transitions.claim_retry(record=r, actor=actor)
         ]
         self.stdout.write(f"{len(retried)} of {len(records)} claims scheduled again")
+        if options["requests"]:
+            count = inbox.inbound_requeue_requests(asset_dids=options["asset"])
+            self.stdout.write(f"{count} failed prequalification requests requeued")
         if options["schedule_only"] or not retried:
             return
         statuses = asyncio.run(self._run(retried, actor, self.integrations()))
