@@ -29,6 +29,7 @@ from claims.models import (
 )
 from claims.retry import REASON_GAVE_UP, readable_error, retry_delay
 from evops.protocol import messages as wire
+from evops.protocol.dedupe import message_key
 from evops.protocol.dids import DID
 from evops.protocol.errors import DIDError
 
@@ -60,10 +61,11 @@ def inbound_record(
     """Store a received message before anything acts on it.
 
     In JetStream mode the stream sequence identifies the message (a redelivery after
-    a crash before the ack is the same row). In both modes the same subject and
-    payload again within `DUPLICATE_WINDOW_SECONDS` is stored as an ignored
-    duplicate, so a triple delivery does one piece of work. The payload is kept up to
-    `INBOUND_PAYLOAD_LIMIT` bytes; its full size is recorded.
+    a crash before the ack is the same row). In both modes the same message again
+    within `DUPLICATE_WINDOW_SECONDS` (by meaning: kind, canonical DID, claim id;
+    by bytes when it does not parse) is stored as an ignored duplicate, so a triple
+    delivery does one piece of work and an asset has one request in flight. The
+    payload is kept up to `INBOUND_PAYLOAD_LIMIT` bytes; its full size is recorded.
     """
     fields, early = _inbound_fields(subject, payload, kind=kind, listener=listener)
     key = fields["dedupe_key"]
@@ -139,13 +141,26 @@ def _parsed(subject: str, payload: bytes, kind: str) -> dict[str, Any]:
     """
     try:
         if kind == MessageKind.RECONCILE:
-            return {"asset_did": queued_did(payload.decode("utf-8")).canonical[:100]}
+            did = queued_did(payload.decode("utf-8"))
+            return {
+                "asset_did": did.canonical[:100],
+                "dedupe_key": message_key(MessageKind.RECONCILE, did),
+            }
         hint = wire.parse_message(subject, payload, limit=len(payload))
     except (wire.MessageError, UnicodeDecodeError):
         return {}
     fields: dict[str, Any] = {
         "asset_did": hint.did.canonical[:100],
         "claim_id": hint.claim_id[:100],
+        # Duplicates by meaning, not bytes: a space or another spelling of the DID
+        # must not cost another login and claim request in the asset's name. A
+        # legacy message keys apart from the notices: one carrying a forged token
+        # must never make the genuine notice about the same claim a duplicate.
+        "dedupe_key": message_key(
+            f"legacy:{hint.type.value}" if hint.legacy else hint.type.value,
+            hint.did,
+            hint.claim_id,
+        ),
     }
     if kind == MessageKind.UNKNOWN:
         fields["kind"] = (

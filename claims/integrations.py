@@ -16,7 +16,9 @@ from typing import Any, Protocol
 
 from evops.integrations.cache_server import ClaimRequestResult, Role, RoleClaim
 from evops.integrations.chain import PublishResult
-from evops.protocol.credentials import AcceptedCredential, RejectedCredential
+from evops.protocol.credentials import DEFAULT_CLOCK_SKEW
+from evops.protocol.policy import TrustPolicy
+from evops.protocol.roles import RoleChainVerifier
 from evops.protocol.signer import Signer
 
 
@@ -47,6 +49,8 @@ class CacheServer(Protocol):
 class CredentialStore(Protocol):
     async def put(self, token: str) -> str: ...
 
+    async def get(self, cid: str) -> str: ...
+
 
 class Chain(Protocol):
     async def publish_attribute(
@@ -56,11 +60,6 @@ class Chain(Protocol):
     async def resolve_document(self, did: str) -> dict[str, Any]: ...
 
 
-CredentialChecker = Callable[..., AcceptedCredential | RejectedCredential]
-"""`check_issued_credential(token, *, asset_did, allowed_claim_types,
-role_definition, now, issuer_document=None)` from `evops.protocol.credentials`."""
-
-
 @dataclass
 class Integrations:
     """Everything outside evops' database that a pipeline step may call."""
@@ -68,17 +67,29 @@ class Integrations:
     cache: CacheServer
     store: CredentialStore | None
     chain: Chain
-    check_credential: CredentialChecker
     signer_for: Callable[[Any], Signer]
     prequalification_role: str
     allowed_claim_types: tuple[str, ...]
     now: Callable[[], datetime] = field(default=lambda: _utcnow())
+    # The local trust policy (`ALLOWED_CLAIM_TYPES`, `TRUSTED_ISSUERS`); None: the
+    # allowed claim types above, no pinned issuers.
+    trust: TrustPolicy | None = None
+    # The process's role-chain verifier: it owns the role-definition and proof
+    # caches, so one bundle keeps one.
+    verifier: RoleChainVerifier = field(default_factory=RoleChainVerifier)
+    clock_skew: float = DEFAULT_CLOCK_SKEW
     # Stores that need the asset's own session (the cache server's /v1/store) are
     # built per asset; `store` is then None.
     store_factory: Callable[[Signer, str], CredentialStore] | None = None
     _closers: list[Any] = field(default_factory=list, repr=False)
     # Role definitions by namespace, with when they were fetched (`peer_calls`).
     roles: dict[str, tuple[float, Role]] = field(default_factory=dict, repr=False)
+
+    @property
+    def policy(self) -> TrustPolicy:
+        if self.trust is None:
+            self.trust = TrustPolicy.build(allowed_claim_types=self.allowed_claim_types)
+        return self.trust
 
     def store_for(self, signer: Signer, did: str) -> CredentialStore:
         """The credential store to write this asset's tokens to."""
@@ -114,7 +125,10 @@ def integrations_from_settings(*, operator: Signer | None = None) -> Integration
     from evops.integrations.cache_server import cache_server_client_from_settings
     from evops.integrations.chain import chain_from_settings
     from evops.integrations.credential_store import credential_store_from_settings
-    from evops.protocol.credentials import check_issued_credential
+    from evops.trust import (
+        role_chain_verifier_from_settings,
+        trust_policy_from_settings,
+    )
 
     if operator is None and settings.CHAIN_WRITE_MODE == "relay":
         operator = assets.signers.operator_signer()
@@ -138,8 +152,10 @@ def integrations_from_settings(*, operator: Signer | None = None) -> Integration
         store=store,
         store_factory=store_factory,
         chain=chain,
-        check_credential=check_issued_credential,
         signer_for=assets.signers.signer_for_asset,
         prequalification_role=role,
         allowed_claim_types=allowed or (role,),
+        trust=trust_policy_from_settings(),
+        verifier=role_chain_verifier_from_settings(),
+        clock_skew=float(settings.CLOCK_SKEW_SECONDS),
     )

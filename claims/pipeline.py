@@ -36,10 +36,15 @@ from claims.peer_calls import (
     role_definition,
     service_entries,
 )
-from claims.verify import check_issued, claim_type_of
+from claims.verify import fetch_claim, verify_claim
 from evops.integrations.cache_server import RoleClaim
+from evops.integrations.credential_store import confirm_stored
 from evops.protocol import erc1056
-from evops.protocol.credentials import RejectedCredential, token_sha256
+from evops.protocol.credentials import (
+    RejectedCredential,
+    RejectionReason,
+    token_sha256,
+)
 from evops.protocol.dids import DID
 
 log = logging.getLogger(__name__)
@@ -122,59 +127,58 @@ async def claim_accept_issued(
 ) -> Outcome:
     """Verify an issued credential, record it, and carry it to the chain.
 
-    The token comes from the cache server (`GET /v1/claim/<id>`, or the `claim`
-    already fetched by the reconciler), or, for a legacy message, from the message;
-    either way it is checked by the protocol core (§8) before anything is stored.
-    A token from the cache server that fails the checks marks the claim rejected; a
-    legacy message's token that fails is refused without touching the claim (a
-    forged message must not be able to spoil a genuine pending claim).
+    Every path ends in the one check (`claims.verify.verify_claim`, protocol.md §8):
+    the claim as the cache server holds it now (`GET /v1/claim/<id>`, or the
+    `claim` the reconciler fetched a moment ago) backs the publication, never a
+    message. A legacy message's token is only a candidate: it must be the hub's own.
+
+    What a message says but the hub does not back (an unknown claim, another
+    subject, a claim not accepted, a token that is not the hub's) refuses the
+    message and leaves the claim alone: a forged message must not spoil a genuine
+    pending claim. A token the hub does hold that fails the checks (signature,
+    issuer, type, expiry) marks the claim rejected with the reason.
     """
     details = dict(details or {})
-    if legacy_token:
-        token = legacy_token
-        claim_type = claim_type_of(token)
-    else:
-        if claim is None:
-            signer = await asset_signer(integrations, asset)
-            with metrics.timed(metrics.CACHE_SERVER_LATENCY, "get_claim"):
-                claim = await integrations.cache.get_claim(signer, asset.did, claim_id)
-        if claim is None:
-            return Outcome(MessageOutcome.REJECTED, REASON_UNKNOWN_CLAIM)
-        subject = claim.subject or claim.requester
-        if subject and not _same_account(subject, asset):
-            return Outcome(MessageOutcome.REJECTED, REASON_SUBJECT_MISMATCH)
-        if claim.is_rejected:
-            return await claim_mark_rejected(
-                asset=asset,
-                claim_id=claim_id,
-                integrations=integrations,
-                actor=actor,
-                claim=claim,
-            )
-        if not claim.issued_token:
-            return Outcome(MessageOutcome.IGNORED, REASON_CLAIM_NOT_ISSUED)
-        token = claim.issued_token
-        claim_type = claim.claim_type or claim_type_of(token)
-    namespace = (
-        claim_type
-        if claim_type in integrations.allowed_claim_types
-        else integrations.prequalification_role
+    if claim is None:
+        claim = await fetch_claim(integrations, asset, claim_id)
+    if claim is not None and claim.is_rejected and not legacy_token:
+        return await claim_mark_rejected(
+            asset=asset,
+            claim_id=claim_id,
+            integrations=integrations,
+            actor=actor,
+            claim=claim,
+        )
+    if (
+        claim is not None
+        and not claim.issued_token
+        and not legacy_token
+        and _same_account(claim.subject or claim.requester, asset)
+    ):
+        return Outcome(MessageOutcome.IGNORED, REASON_CLAIM_NOT_ISSUED)
+    result = await verify_claim(
+        integrations,
+        asset=asset,
+        claim_id=claim_id,
+        claim=claim,
+        presented_token=legacy_token or None,
     )
-    role = await role_definition(integrations, asset, namespace)
-    result = await check_issued(integrations, token, asset=asset, role=role)
-    sha = token_sha256(token)
     if isinstance(result, RejectedCredential):
         reason = result.reason.value
         detail = result.detail or reason
         log.warning(
-            "issued credential rejected: %s",
+            "issued credential refused: %s",
             reason,
             extra=log_extra(asset, claim_id=claim_id, reason=reason),
         )
-        if legacy_token:
+        if legacy_token or result.reason in _NOT_THE_HUBS:
+            # Only the message is refused: its row carries the whole reason.
             return Outcome(
-                MessageOutcome.REJECTED, f"{REASON_CREDENTIAL_REJECTED}: {reason}"
+                MessageOutcome.REJECTED,
+                f"{REASON_CREDENTIAL_REJECTED}: {reason}: {detail}",
             )
+        assert claim is not None and claim.issued_token is not None
+        sha = token_sha256(claim.issued_token)
         record, _ = await db(transitions.claim_record_rejected)(
             asset=asset,
             claim_id=claim_id,
@@ -184,18 +188,23 @@ async def claim_accept_issued(
             details={**details, "token_sha256": sha},
             token_sha256=sha,
         )
+        # The detail is on the claim record; the message names the reason.
         return Outcome(
             MessageOutcome.REJECTED,
             f"{REASON_CREDENTIAL_REJECTED}: {reason}",
             record.pk,
         )
+    assert claim is not None and claim.issued_token is not None
+    token = claim.issued_token
+    if result.issuer_proof:
+        details["issuer_proof"] = list(result.issuer_proof)
     record, _ = await db(transitions.claim_record_issued)(
         asset=asset,
         claim_id=claim_id,
         token=token,
-        token_sha256=result.token_sha256 or sha,
+        token_sha256=result.token_sha256 or token_sha256(token),
         issuer_did=result.issuer,
-        role=result.claim_type or claim_type,
+        role=result.claim_type,
         role_version=result.claim_type_version,
         actor=actor,
         details=details,
@@ -205,6 +214,17 @@ async def claim_accept_issued(
     )
     reason = status or record.status
     return Outcome(MessageOutcome.PROCESSED, f"claim {reason}", record.pk)
+
+
+# Refusals that say the message is not backed by the hub: the claim is not touched.
+_NOT_THE_HUBS = frozenset(
+    {
+        RejectionReason.CLAIM_UNKNOWN,
+        RejectionReason.CLAIM_SUBJECT_MISMATCH,
+        RejectionReason.CLAIM_NOT_ACCEPTED,
+        RejectionReason.TOKEN_MISMATCH,
+    }
+)
 
 
 def _same_account(did_text: str, asset: Asset) -> bool:
@@ -257,6 +277,10 @@ async def claim_advance(
             store = integrations.store_for(signer, record.asset.did)
             with metrics.timed(metrics.STORE_LATENCY):
                 cid = await store.put(record.token)
+                # What goes on chain must be readable as this very token: a CID
+                # that is not one, or content that is not the token, is refused
+                # (transient: storing again may fix it) before anything is written.
+                await confirm_stored(store, cid, record.token)
         except Exception as exc:
             return await _step_failed(record, ClaimStatus.ISSUED, exc, actor, "store")
         if not await db(transitions.claim_record_stored)(

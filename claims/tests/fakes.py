@@ -13,7 +13,6 @@ from typing import Any
 from claims.integrations import Integrations
 from evops.integrations.cache_server import ClaimRequestResult, Role, RoleClaim
 from evops.integrations.chain import PublishResult
-from evops.protocol.credentials import check_issued_credential
 from evops.protocol.dids import DID
 from evops.protocol.jwt import issued_token
 from evops.protocol.keys import LocalKeySigner
@@ -36,6 +35,8 @@ class FakeCache:
     fail_next: list[Exception] = field(default_factory=list)
     pending: dict[str, str] = field(default_factory=dict)
     calls: int = 0
+    # namespace -> `definition` JSON served instead of the default DID-type one
+    definitions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def _maybe_fail(self) -> None:
         self.calls += 1
@@ -47,10 +48,10 @@ class FakeCache:
         issuer = DID.for_address(self.issuer.address).canonical
         raw = {
             "namespace": namespace,
-            "definition": {
-                "version": 1,
-                "issuer": {"issuerType": "DID", "did": [issuer]},
-            },
+            "definition": self.definitions.get(
+                namespace,
+                {"version": 1, "issuer": {"issuerType": "DID", "did": [issuer]}},
+            ),
         }
         return Role(
             namespace=namespace,
@@ -137,14 +138,28 @@ def make_token(
 class FakeStore:
     puts: list[str] = field(default_factory=list)
     fail_next: list[Exception] = field(default_factory=list)
+    contents: dict[str, str] = field(default_factory=dict)
 
     async def put(self, token: str) -> str:
         if self.fail_next:
             raise self.fail_next.pop(0)
         self.puts.append(token)
-        import hashlib
+        cid = fake_cid(token)
+        self.contents[cid] = token
+        return cid
 
-        return "bafy" + hashlib.sha256(token.encode()).hexdigest()[:20]
+    async def get(self, cid: str) -> str:
+        return self.contents[cid]
+
+
+def fake_cid(data: str) -> str:
+    """A well-formed CIDv0 (sha256 multihash) of `data`, as a store returns."""
+    import hashlib
+
+    import base58
+
+    digest = hashlib.sha256(data.encode()).digest()
+    return str(base58.b58encode(b"\x12\x20" + digest).decode())
 
 
 @dataclass
@@ -202,7 +217,6 @@ def fake_integrations(
         cache=cache,
         store=store,
         chain=chain,
-        check_credential=check_issued_credential,
         signer_for=lambda asset: signers[asset.pk],
         prequalification_role=ROLE,
         allowed_claim_types=(ROLE,),

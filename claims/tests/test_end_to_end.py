@@ -29,7 +29,7 @@ from evops.integrations.cache_server import CacheServerClient
 from evops.integrations.chain import Chain
 from evops.integrations.credential_store import IpfsStore
 from evops.integrations.nats import NatsOptions
-from evops.protocol.credentials import check_issued_credential, token_sha256
+from evops.protocol.credentials import token_sha256
 from evops.protocol.dids import DID
 from evops.protocol.jwt import issued_token
 from evops.protocol.keys import LocalKeySigner
@@ -75,7 +75,6 @@ async def real(anvil, registry_address, ipfs_node, stand_in, signers, chain_mode
         cache=CacheServerClient(stand_in.url, block_number=chain.block_number),
         store=IpfsStore(ipfs_node.api_url),
         chain=chain,
-        check_credential=check_issued_credential,
         signer_for=lambda asset: signers[asset.pk],
         prequalification_role=ROLE,
         allowed_claim_types=(ROLE,),
@@ -344,7 +343,6 @@ async def test_cache_server_store_mode_writes_through_the_assets_session(
             cache.store_requester(signer, did)
         ),
         chain=real.chain,
-        check_credential=real.check_credential,
         signer_for=real.signer_for,
         prequalification_role=ROLE,
         allowed_claim_types=(ROLE,),

@@ -194,9 +194,12 @@ async def test_jetstream_keeps_messages_while_no_listener_runs(
     token = uuid.uuid4().hex
     stream = f"S{token[:8]}"
     config = _config(nats_server.url, token, stream=stream, durable=f"d{token[:8]}")
+    # This test's own subjects only: a shared wildcard would overlap the streams of
+    # other tests (JetStream refuses two streams on one subject).
+    config.subjects = list(config.subjects[:2])
     client = await nats.connect(nats_server.url)
     js = client.jetstream()
-    await js.add_stream(name=stream, subjects=list(config.subjects[:2]))
+    await js.add_stream(name=stream, subjects=list(config.subjects))
     # Published before any listener exists: core NATS would lose these.
     for _ in range(2):
         await js.publish(

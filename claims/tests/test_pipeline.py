@@ -246,7 +246,8 @@ async def test_forged_legacy_message_does_not_touch_the_claim(make_asset, fakes)
         await _message(f"{asset.did}.claim.exchange", legacy), integrations
     )
     assert outcome.outcome == MessageOutcome.REJECTED
-    assert "issuer_not_allowed" in outcome.reason
+    # The hub has not accepted the claim: the message's word counts for nothing.
+    assert "claim_not_accepted" in outcome.reason
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.REQUESTED
     assert chain.writes == []
@@ -255,15 +256,33 @@ async def test_forged_legacy_message_does_not_touch_the_claim(make_asset, fakes)
 async def test_legacy_message_with_a_good_token_is_published(make_asset, fakes):
     integrations, cache, _, chain = fakes
     asset = await sync_to_async(make_asset)()
+    record = await _requested(asset, integrations)
+    token = cache.issue(record.claim_id)
+    legacy = {"id": record.claim_id, "requester": asset.did, "issuedToken": token}
+    outcome = await _process(
+        await _message(f"{asset.did}.claim.exchange", legacy), integrations
+    )
+    assert outcome.outcome == MessageOutcome.PROCESSED
+    await record.arefresh_from_db()
+    assert record.status == ClaimStatus.PUBLISHED
+    assert len(chain.writes) == 1
+
+
+async def test_legacy_message_for_a_claim_the_hub_does_not_know_is_refused(
+    make_asset, fakes
+):
+    """A validly signed token on a claim id the cache server never heard of."""
+    integrations, cache, _, chain = fakes
+    asset = await sync_to_async(make_asset)()
     token = make_token(cache.issuer, asset.did)
     legacy = {"id": "legacy-1", "requester": asset.did, "issuedToken": token}
     outcome = await _process(
         await _message(f"{asset.did}.claim.exchange", legacy), integrations
     )
-    assert outcome.outcome == MessageOutcome.PROCESSED
-    record = await ClaimRecord.objects.aget(asset=asset, claim_id="legacy-1")
-    assert record.status == ClaimStatus.PUBLISHED
-    assert len(chain.writes) == 1
+    assert outcome.outcome == MessageOutcome.REJECTED
+    assert "claim_unknown" in outcome.reason
+    assert not await ClaimRecord.objects.filter(claim_id="legacy-1").aexists()
+    assert chain.writes == []
 
 
 async def test_rejection_notice_is_checked_with_the_cache_server(make_asset, fakes):

@@ -271,7 +271,7 @@ async def ensure_stream(js: Any, spec: StreamSpec, *, create: bool = True) -> li
     with `ERR_STREAM_CONFLICT` rather than silently changed.
     """
     from nats.js import api
-    from nats.js.errors import NotFoundError
+    from nats.js.errors import BadRequestError, NotFoundError
 
     wanted = api.StreamConfig(
         name=spec.name,
@@ -315,7 +315,15 @@ async def ensure_stream(js: Any, spec: StreamSpec, *, create: bool = True) -> li
         )
         config.max_age = spec.max_age
     if changes:
-        await js.update_stream(config=config)
+        try:
+            await js.update_stream(config=config)
+        except BadRequestError as exc:
+            # Typically another stream already holds one of the subjects.
+            raise RuntimeError(
+                ERR_STREAM_CONFLICT.format(
+                    stream=spec.name, what=f"{'; '.join(changes)} refused: {exc}"
+                )
+            ) from exc
     return changes
 
 
