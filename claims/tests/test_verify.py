@@ -28,7 +28,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 OTHER_ROLE = "other.roles.tso.apps.elia.iam.ewc"
 
 
-async def _genuine_issue_still_publishes(asset, record, integrations, cache, chain):
+async def _genuine_issue_still_publishes(
+    asset, record, integrations, cache, chain
+) -> None:
     cache.issue(record.claim_id)
     await sync_to_async(InboundMessage.objects.all().delete)()  # no dedupe shortcut
     outcome = await _notify_issued(asset, record, integrations)
@@ -150,18 +152,18 @@ async def test_the_stored_content_must_be_the_token(make_asset, fakes):
     cache.issue(record.claim_id)
     real_put = store.put
 
-    async def lying_put(token: str) -> str:
+    async def lying_put(token):
         cid = await real_put(token)
         store.contents[cid] = token + "tampered"
         return cid
 
-    store.put = lying_put  # type: ignore[method-assign]
+    store.put = lying_put
     await _notify_issued(asset, record, integrations)
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.ISSUED
     assert "content" in record.last_error
     assert chain.writes == []
-    store.put = real_put  # type: ignore[method-assign]
+    store.put = real_put
     from claims import pipeline
     from claims.models import LISTENER
 
