@@ -18,6 +18,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from evops.channel_layer import REDIS_LAYER_BLOCKING_SECONDS, channel_layer_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -400,15 +402,17 @@ if CHANNEL_LAYER_URL and not CHANNEL_LAYER_URL.startswith(
     ("redis://", "rediss://", "unix://")
 ):
     raise ImproperlyConfigured("CHANNEL_LAYER_URL must be a redis:// URL or empty.")
-CHANNEL_LAYERS = {
-    "default": (
-        {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [CHANNEL_LAYER_URL]},
-        }
-        if CHANNEL_LAYER_URL
-        else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+# channels-redis waits for a message with BZPOPMIN for up to 5 s; redis-py 8 reads
+# with a 5 s socket timeout by default, so an idle socket timed out after 5 s and the
+# console's websocket consumer crashed. The read timeout must outlast that wait.
+CHANNEL_LAYER_SOCKET_TIMEOUT = _float("CHANNEL_LAYER_SOCKET_TIMEOUT", 30.0)
+if CHANNEL_LAYER_SOCKET_TIMEOUT <= REDIS_LAYER_BLOCKING_SECONDS:
+    raise ImproperlyConfigured(
+        "CHANNEL_LAYER_SOCKET_TIMEOUT must be more than "
+        f"{REDIS_LAYER_BLOCKING_SECONDS:g} s (channels-redis' blocking read)."
     )
+CHANNEL_LAYERS = {
+    "default": channel_layer_config(CHANNEL_LAYER_URL, CHANNEL_LAYER_SOCKET_TIMEOUT)
 }
 # Seconds between the console's checks of the claim history for changes made by
 # other processes (in-memory layer only; 0 turns the check off).
