@@ -17,6 +17,7 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from django.templatetags.static import static
 
 from evops.channel_layer import REDIS_LAYER_BLOCKING_SECONDS, channel_layer_config
 
@@ -113,6 +114,9 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "daphne",
+    # Before django.contrib.admin: its templates replace the admin's.
+    "unfold",
+    "unfold.contrib.filters",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -194,7 +198,14 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+# One date format everywhere in the console, to the second, with the zone.
+DATETIME_FORMAT = "Y-m-d H:i:s T"
+SHORT_DATETIME_FORMAT = DATETIME_FORMAT
+DATE_FORMAT = "Y-m-d"
+SHORT_DATE_FORMAT = DATE_FORMAT
+TIME_FORMAT = "H:i:s"
+FORMAT_MODULE_PATH = ["evops.formats"]
 USE_I18N = True
 USE_TZ = True
 
@@ -425,6 +436,26 @@ CONSOLE_HEARTBEAT_STALE_SECONDS = _seconds("CONSOLE_HEARTBEAT_STALE_SECONDS", 30
 # one web request (they call the cache server and the chain while the worker waits);
 # a larger selection is queued for the listener's workers (in the user's name).
 CONSOLE_SYNC_ASSET_LIMIT = _int("CONSOLE_SYNC_ASSET_LIMIT", 25, minimum=1)
+
+# The staff console's admin theme (django-unfold): the dashboard is the admin's
+# index and the first entry of the sidebar; each entry shows only to staff who may
+# view its list.
+UNFOLD = {
+    "SITE_TITLE": "evops console",
+    "SITE_HEADER": "evops console",
+    "SITE_SYMBOL": "bolt",
+    "SHOW_HISTORY": True,
+    "SHOW_VIEW_ON_SITE": False,
+    "SHOW_LANGUAGES": False,
+    # The console's own CSS and JS are static files: no inline script or style.
+    "STYLES": [lambda request: static("console/console.css")],
+    "SCRIPTS": [lambda request: static("console/console.js")],
+    "SIDEBAR": {
+        "show_search": False,
+        "show_all_applications": False,
+        "navigation": "console.navigation.sidebar",
+    },
+}
 
 # --- Logging -------------------------------------------------------------------------
 
