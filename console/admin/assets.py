@@ -104,10 +104,9 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
     )
     list_display_links = ("name",)
     list_filter = (PrequalificationFilter, "kind", "active", "chain")
-    search_fields = ("=external_id", "label")
-    search_help_text = (
-        "Label, external id, or DID / address in any form (exact for ids)."
-    )
+    # 10,000 assets: a substring scan is cheap here (not on the claims).
+    search_fields = ("did", "address", "external_id", "label")
+    search_help_text = "Label, external id (or part of them), DID or address."
     list_per_page = 100
     list_fullwidth = True
     actions_detail = ("reconcile_detail", "prequalify_detail", "retry_failed_detail")

@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import BigIntegerField, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect
@@ -259,7 +259,6 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
     csv_columns = (
         ("id", lambda c: c.pk),
         ("claim_id", lambda c: c.claim_id),
-        ("asset_label", lambda c: c.asset.label),
         ("asset_did", lambda c: c.asset.did),
         ("role", lambda c: c.role),
         ("status", lambda c: c.status),
@@ -269,6 +268,7 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
         ("last_error", lambda c: c.last_error),
         ("created_at", lambda c: c.created_at.isoformat()),
         ("updated_at", lambda c: c.updated_at.isoformat()),
+        ("asset_label", lambda c: c.asset.label),
     )
 
     def get_search_results(
@@ -543,6 +543,7 @@ def _concerned(queryset: QuerySet[InboundMessage]) -> QuerySet[InboundMessage]:
             F("record_id"),
             Subquery(original.values("record_id")[:1]),
             Subquery(by_claim_id.values("pk")[:1]),
+            output_field=BigIntegerField(),
         ),
     ).annotate(
         concern_asset=Coalesce(
@@ -552,6 +553,7 @@ def _concerned(queryset: QuerySet[InboundMessage]) -> QuerySet[InboundMessage]:
                 )[:1]
             ),
             Subquery(by_did.values("pk")[:1]),
+            output_field=BigIntegerField(),
         ),
         original_kind=Subquery(original_kind),
     )
