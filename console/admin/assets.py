@@ -249,10 +249,12 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
                 for c in claims
             ]
             extra["did_document"] = resolve_did_document(asset.did, hashes)
-            extra["funding"] = self._funding(asset, claims)
+            extra["funding"] = self._funding(request, asset, claims)
         return super().change_view(request, object_id, form_url, extra)
 
-    def _funding(self, asset: Asset, claims: list[ClaimRecord]) -> dict[str, Any]:
+    def _funding(
+        self, request: HttpRequest, asset: Asset, claims: list[ClaimRecord]
+    ) -> dict[str, Any]:
         """Asset mode: the asset pays for its own writes, so show what it holds."""
         if settings.CHAIN_WRITE_MODE != "asset":
             return {}
@@ -266,6 +268,8 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             "unit": chain_unit(),
             "address": asset.address,
             "failed": failed,
+            # A viewer sees the balance, not the button.
+            "can_retry": self.has_retry_publication_permission(request),
             "retry_url": reverse(
                 "admin:assets_asset_retry_failed_detail", args=[asset.pk]
             ),
