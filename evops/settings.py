@@ -437,6 +437,11 @@ CONSOLE_HEARTBEAT_STALE_SECONDS = _seconds("CONSOLE_HEARTBEAT_STALE_SECONDS", 30
 # a larger selection is queued for the listener's workers (in the user's name).
 CONSOLE_SYNC_ASSET_LIMIT = _int("CONSOLE_SYNC_ASSET_LIMIT", 25, minimum=1)
 
+# After login, the console's dashboard (the admin index). Unfold's login form carries
+# no `next` of its own, so without this Django would send staff to /accounts/profile/.
+LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "admin:index"
+
 # The staff console's admin theme (django-unfold): the dashboard is the admin's
 # index and the first entry of the sidebar; each entry shows only to staff who may
 # view its list.

@@ -201,7 +201,7 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         return format_html(
             '<span class="evops-reason" title="{}">{}</span>',
             text,
-            text if len(text) <= 80 else text[:79] + "…",
+            text if len(text) <= 160 else text[:159] + "…",
         )
 
     @admin.display(description="last event")

@@ -57,7 +57,7 @@ else:
     _InboundAdmin = _HeartbeatAdmin = _ClaimAdmin
 
 PAYLOAD_PREVIEW = 4000
-LIST_ERROR_CHARS = 80
+LIST_ERROR_CHARS = 160
 
 
 class ReadOnlyAdmin:

@@ -167,38 +167,6 @@ print(transitions.claim_retry(record=claim, actor=staff_actor(None)))
 """
 
 
-@pytest.fixture
-def redis_url():
-    import shutil
-    import subprocess
-    import time
-
-    from evops.sandbox.peers import free_port
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        import socket
-
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def _use_redis(settings: Any, url: str) -> None:
     from channels.layers import channel_layers
 

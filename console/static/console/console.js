@@ -34,7 +34,7 @@
   function start() {
     if (!document.querySelector("[data-live-region]")) { return; }
     var body = document.body;
-    var REFRESH_SECONDS = Number(body.dataset.liveRefresh || 30);
+    var REFRESH_SECONDS = Number(window.evopsRefreshSeconds || body.dataset.liveRefresh || 30);
     var status = document.createElement("div");
     status.id = "evops-live-status";
     status.setAttribute("role", "status");
