@@ -204,9 +204,7 @@ def _backlog_over_time(now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
             {
                 "label": "oldest open claim (minutes)",
                 "data": [
-                    round((mark - row[f"oldest{n}"]).total_seconds() / 60, 1)
-                    if row[f"oldest{n}"] is not None
-                    else 0
+                    _minutes_since(row[f"oldest{n}"], mark)
                     for n, mark in enumerate(marks)
                 ],
                 "borderColor": "#b45309",
@@ -215,6 +213,10 @@ def _backlog_over_time(now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
         ],
     }
     return backlog, oldest
+
+
+def _minutes_since(start: datetime | None, mark: datetime) -> float:
+    return round((mark - start).total_seconds() / 60, 1) if start is not None else 0
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -234,7 +236,11 @@ def _latency(now: datetime) -> dict[str, Any]:
         .order_by("-published_at")
         .values_list("issued_at", "published_at")[:LATENCY_SAMPLE]
     )
-    seconds = [max(0.0, (done - issued).total_seconds()) for issued, done in rows]
+    seconds = [
+        max(0.0, (done - issued).total_seconds())
+        for issued, done in rows
+        if issued is not None and done is not None
+    ]
     if not seconds:
         return {"count": 0, "p50": None, "p99": None}
     return {

@@ -91,7 +91,8 @@ def short_did(did: str) -> SafeString | str:
     return format_html(
         '<span class="evops-did" title="{}"><code>{}</code>'
         '<button type="button" class="evops-copy" data-copy="{}" '
-        'title="copy the full DID" aria-label="copy the full DID">⧉</button></span>',
+        'title="copy the full DID" aria-label="copy the full DID">'
+        '<span class="material-symbols-outlined">content_copy</span></button></span>',
         did,
         short,
         did,
