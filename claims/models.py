@@ -183,6 +183,10 @@ class ClaimRecord(models.Model):
             models.Index(
                 fields=["status", "next_retry_at"], name="claims_record_due_idx"
             ),
+            # The console finds a claim by any of its ids with an exact lookup.
+            models.Index(fields=["claim_id"], name="claims_record_claim_id_idx"),
+            models.Index(fields=["cid"], name="claims_record_cid_idx"),
+            models.Index(fields=["tx_hash"], name="claims_record_tx_hash_idx"),
         ]
 
     def __str__(self) -> str:
@@ -245,6 +249,10 @@ class ClaimEvent(models.Model):
 
     class Meta:
         ordering = ["id"]
+        indexes = [
+            # The console's "failed in the last 24 h" and its per-hour charts.
+            models.Index(fields=["to_status", "at"], name="claims_event_status_at_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} by {self.actor_label or self.actor}"
@@ -399,6 +407,9 @@ class InboundMessage(models.Model):
             models.Index(
                 fields=["outcome", "next_attempt_at"], name="claims_inbound_due_idx"
             ),
+            # The console's inbox search: messages of an asset or of a claim.
+            models.Index(fields=["asset_did"], name="claims_inbound_asset_did_idx"),
+            models.Index(fields=["claim_id"], name="claims_inbound_claim_id_idx"),
         ]
 
     def __str__(self) -> str:

@@ -13,7 +13,9 @@ class ConsoleConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         from claims import signals
-        from console import groups, live
+        from console import groups, live, unfold_patches
+
+        unfold_patches.install()
 
         # Groups after every migrate (and test-database flush), once all apps'
         # permissions exist: console is the last app, so its post_migrate is last.

@@ -10,6 +10,7 @@ whatever the table sizes (see `bench/admin.py`). The same data is served as JSON
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -33,6 +34,7 @@ from claims.models import (
     ConnectionState,
     MessageOutcome,
 )
+from console.display import exact_time
 
 if TYPE_CHECKING:
     from evops.integrations.chain import Chain
@@ -64,6 +66,15 @@ class ListenerState:
     pid: int
 
 
+HISTORY_HOURS = 24
+LATENCY_SAMPLE = 5000
+OUTCOME_COLOURS = {
+    ClaimStatus.PUBLISHED: "#15803d",
+    ClaimStatus.FAILED: "#b91c1c",
+    ClaimStatus.REJECTED: "#6b7280",
+}
+
+
 @dataclass
 class Dashboard:
     statuses: list[StatusCount]
@@ -77,7 +88,12 @@ class Dashboard:
     listeners: list[ListenerState]
     balance: str
     generated_at: str
+    generated_at_text: str = ""
     links: dict[str, str] = field(default_factory=dict)
+    outcomes_chart: str = ""
+    backlog_chart: str = ""
+    oldest_chart: str = ""
+    latency: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +125,131 @@ def _oldest_open() -> dict[str, Any] | None:
     }
 
 
+def _hours(now: datetime) -> list[datetime]:
+    """The last HISTORY_HOURS hour marks, oldest first, ending with the current hour."""
+    top = now.replace(minute=0, second=0, microsecond=0)
+    return [top - timedelta(hours=n) for n in range(HISTORY_HOURS - 1, -1, -1)]
+
+
+def _label(moment: datetime) -> str:
+    return timezone.localtime(moment).strftime("%H:%M")
+
+
+def _outcomes_per_hour(now: datetime) -> dict[str, Any]:
+    """Claims published / failed / rejected per hour (one grouped query)."""
+    from django.db.models import Count
+    from django.db.models.functions import TruncHour
+
+    hours = _hours(now)
+    rows = (
+        ClaimEvent.objects.filter(at__gte=hours[0], to_status__in=list(OUTCOME_COLOURS))
+        .annotate(hour=TruncHour("at"))
+        .values("hour", "to_status")
+        .annotate(n=Count("id"))
+    )
+    counts: dict[tuple[datetime, str], int] = {}
+    for row in rows:
+        counts[(row["hour"], row["to_status"])] = int(row["n"])
+    return {
+        "labels": [_label(h) for h in hours],
+        "datasets": [
+            {
+                "label": ClaimStatus(status).label,
+                "data": [counts.get((h, status), 0) for h in hours],
+                "backgroundColor": colour,
+                "borderColor": colour,
+            }
+            for status, colour in OUTCOME_COLOURS.items()
+        ],
+    }
+
+
+def _backlog_over_time(now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Open claims, and the age of the oldest, at each hour mark (one query).
+
+    A claim was open at hour h if it was created by h and is open now, or reached
+    its final status after h (its `updated_at`: the final transition is its last
+    write). Only claims open now or changed within the window are read, through the
+    status and updated_at indexes.
+    """
+    from django.db.models import Count, Min, Q
+
+    hours = _hours(now)
+    marks = [*hours[1:], now]
+    aggregates: dict[str, Any] = {}
+    for n, mark in enumerate(marks):
+        was_open = Q(created_at__lte=mark) & (
+            Q(status__in=OPEN_STATUSES) | Q(updated_at__gt=mark)
+        )
+        aggregates[f"open{n}"] = Count("id", filter=was_open)
+        aggregates[f"oldest{n}"] = Min("created_at", filter=was_open)
+    row = ClaimRecord.objects.filter(
+        Q(status__in=OPEN_STATUSES) | Q(updated_at__gte=hours[0])
+    ).aggregate(**aggregates)
+    labels = [_label(m) for m in marks]
+    backlog = {
+        "labels": labels,
+        "datasets": [
+            {
+                "label": "open claims",
+                "data": [int(row[f"open{n}"] or 0) for n in range(len(marks))],
+                "borderColor": "#2563eb",
+                "backgroundColor": "#2563eb",
+            }
+        ],
+    }
+    oldest = {
+        "labels": labels,
+        "datasets": [
+            {
+                "label": "oldest open claim (minutes)",
+                "data": [
+                    _minutes_since(row[f"oldest{n}"], mark)
+                    for n, mark in enumerate(marks)
+                ],
+                "borderColor": "#b45309",
+                "backgroundColor": "#b45309",
+            }
+        ],
+    }
+    return backlog, oldest
+
+
+def _minutes_since(start: datetime | None, mark: datetime) -> float:
+    return round((mark - start).total_seconds() / 60, 1) if start is not None else 0
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _latency(now: datetime) -> dict[str, Any]:
+    """Issue → published latency over the window: p50 / p99 (one query)."""
+    rows = list(
+        ClaimRecord.objects.filter(
+            status=ClaimStatus.PUBLISHED,
+            published_at__gte=now - timedelta(hours=HISTORY_HOURS),
+            issued_at__isnull=False,
+        )
+        .order_by("-published_at")
+        .values_list("issued_at", "published_at")[:LATENCY_SAMPLE]
+    )
+    seconds = [
+        max(0.0, (done - issued).total_seconds())
+        for issued, done in rows
+        if issued is not None and done is not None
+    ]
+    if not seconds:
+        return {"count": 0, "p50": None, "p99": None}
+    return {
+        "count": len(seconds),
+        "p50": round(_percentile(seconds, 0.50), 1),
+        "p99": round(_percentile(seconds, 0.99), 1),
+    }
+
+
 def _listeners(now: datetime) -> list[ListenerState]:
     stale_after = float(settings.CONSOLE_HEARTBEAT_STALE_SECONDS)
     states = []
@@ -136,6 +277,24 @@ def _read_only_chain() -> Chain:
     return chain_from_settings(
         read_only=True, request_timeout=float(settings.CONSOLE_CHAIN_TIMEOUT)
     )
+
+
+def address_balance(address: str) -> int:
+    """The balance of `address` in wei, read from chain with the console's timeout.
+
+    Raises what the chain client raises (the caller shows it as "unavailable").
+    """
+
+    async def read() -> int:
+        chain = _read_only_chain()
+        try:
+            return await asyncio.wait_for(
+                chain.balance(address), timeout=float(settings.CONSOLE_CHAIN_TIMEOUT)
+            )
+        finally:
+            await chain.aclose()
+
+    return int(async_to_sync(read)())
 
 
 def operator_balance() -> str:
@@ -184,26 +343,33 @@ def dashboard_data(*, with_balance: bool = True) -> Dashboard:
         for status in ClaimStatus.values
     ]
     since = now - timedelta(hours=24)
-    failures = ClaimEvent.objects.filter(
-        to_status=ClaimStatus.FAILED, at__gte=since
-    ).count()
+    # Claims (not events) that failed since then, whatever their status now: the
+    # same set the link lists (FailedSinceFilter with this exact instant).
+    failures = (
+        ClaimEvent.objects.filter(to_status=ClaimStatus.FAILED, at__gte=since)
+        .values("record_id")
+        .distinct()
+        .count()
+    )
     pending, oldest_seconds = selectors.inbox_backlog(now)
+    backlog, oldest = _backlog_over_time(now)
     return Dashboard(
         statuses=statuses,
         total_claims=sum(counts.values()),
         oldest_open=_oldest_open(),
         failures_24h=failures,
-        failures_url=_changelist(
-            "claimrecord",
-            status__exact=ClaimStatus.FAILED,
-            updated_at__gte=since.isoformat(),
-        ),
+        failures_url=_changelist("claimrecord", failed_since=since.isoformat()),
         inbox_pending=pending,
         inbox_oldest_seconds=round(oldest_seconds, 1),
         inbox_url=_changelist("inboundmessage", outcome__exact=MessageOutcome.PENDING),
         listeners=_listeners(now),
         balance=operator_balance() if with_balance else "",
         generated_at=now.isoformat(),
+        generated_at_text=exact_time(now),
+        outcomes_chart=json.dumps(_outcomes_per_hour(now)),
+        backlog_chart=json.dumps(backlog),
+        oldest_chart=json.dumps(oldest),
+        latency=_latency(now),
         links={
             "claims": _changelist("claimrecord"),
             "inbox": _changelist("inboundmessage"),
@@ -214,7 +380,7 @@ def dashboard_data(*, with_balance: bool = True) -> Dashboard:
 
 
 def dashboard_view(request: HttpRequest) -> HttpResponse:
-    """The dashboard page (or its data as JSON for the live refresh)."""
+    """The dashboard page, the admin's index (or its data as JSON)."""
     if not request.user.has_perm("claims.view_claimrecord"):
         from django.core.exceptions import PermissionDenied
 
@@ -225,6 +391,9 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         **admin.site.each_context(request),
         "title": "Dashboard",
         "dashboard": dashboard_data(),
+        "chart_options": json.dumps(
+            {"scales": {"x": {"stacked": True}, "y": {"stacked": True}}}
+        ),
     }
     return TemplateResponse(request, "evops/dashboard.html", context)
 

@@ -19,11 +19,17 @@ log = logging.getLogger(__name__)
 
 GROUP = "console.claims"
 EVENT_TYPE = "claim.changed"
+KEEPALIVE_TYPE = "keepalive"
 
 
 def claim_event(record_id: int, status: str) -> dict[str, Any]:
     """The message a console websocket receives (also the channel-layer event)."""
     return {"type": EVENT_TYPE, "id": int(record_id), "status": str(status)}
+
+
+def keepalive_event() -> dict[str, Any]:
+    """Sent on a quiet socket now and then so that proxies keep it open."""
+    return {"type": KEEPALIVE_TYPE}
 
 
 def send_claim_changed(record_id: int, status: str) -> bool:

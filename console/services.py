@@ -17,6 +17,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.utils import timezone
 
 from assets.models import Asset
 from claims import inbox, pipeline, reconcile, retry, transitions
@@ -195,7 +196,7 @@ def assets_reconcile(
     assets: Sequence[Asset],
     actor_user: Any,
     integrations: IntegrationsFactory | None = None,
-) -> reconcile.ReconcileResult:
+) -> ReconcileReport:
     """Reconcile the selected assets now (cache server vs the chain), as the user.
 
     Raises `SelectionTooLarge` beyond `sync_asset_limit()` assets.
@@ -211,8 +212,37 @@ def assets_reconcile(
             concurrency=int(settings.RECONCILE_CONCURRENCY),
         )
 
+    started = timezone.now()
     result: reconcile.ReconcileResult = _run(work, integrations)
-    return result
+    # The pipeline counts a claim it could not publish as "pending"; a claim that
+    # failed during this run is failed, and the staff member should read so.
+    failed = list(
+        ClaimRecord.objects.filter(
+            asset__in=[asset.pk for asset in assets],
+            status=ClaimStatus.FAILED,
+            updated_at__gte=started,
+        ).values_list("asset__did", "last_error")
+    )
+    moved = min(len(failed), result.pending)
+    result.pending -= moved
+    return ReconcileReport(
+        assets=result.assets,
+        published=result.published,
+        already_present=result.already_present,
+        rejected=result.rejected,
+        pending=result.pending,
+        errors=result.errors,
+        failed=len(failed),
+        failures=[f"{did}: {error}" for did, error in failed],
+    )
+
+
+@dataclass
+class ReconcileReport(reconcile.ReconcileResult):
+    """`ReconcileResult`, with the claims that failed during the run apart."""
+
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
 
 
 def assets_request_prequalification(

@@ -19,6 +19,9 @@ from pathlib import Path
 import environ
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
+from django.templatetags.static import static
+
+from evops.channel_layer import REDIS_LAYER_BLOCKING_SECONDS, channel_layer_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -110,6 +113,9 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "daphne",
+    # Before django.contrib.admin: its templates replace the admin's.
+    "unfold",
+    "unfold.contrib.filters",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -206,7 +212,14 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+# One date format everywhere in the console, to the second, with the zone.
+DATETIME_FORMAT = "Y-m-d H:i:s T"
+SHORT_DATETIME_FORMAT = DATETIME_FORMAT
+DATE_FORMAT = "Y-m-d"
+SHORT_DATE_FORMAT = DATE_FORMAT
+TIME_FORMAT = "H:i:s"
+FORMAT_MODULE_PATH = ["evops.formats"]
 USE_I18N = True
 USE_TZ = True
 
@@ -250,7 +263,10 @@ SILENCED_SYSTEM_CHECKS = env.list("SILENCED_SYSTEM_CHECKS", default=[])
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],
-        "script-src": [SELF, NONCE],
+        # 'unsafe-eval': django-unfold's Alpine.js (standard build; unfold ships no
+        # CSP build) evaluates its x-data / x-on attributes with the Function
+        # constructor. Inline <script> still needs the response's nonce.
+        "script-src": [SELF, NONCE, "'unsafe-eval'"],
         "style-src": [SELF, "'unsafe-inline'"],
         "img-src": [SELF, "data:"],
         "font-src": [SELF],
@@ -521,15 +537,17 @@ if CHANNEL_LAYER_URL and not CHANNEL_LAYER_URL.startswith(
     ("redis://", "rediss://", "unix://")
 ):
     raise ImproperlyConfigured("CHANNEL_LAYER_URL must be a redis:// URL or empty.")
-CHANNEL_LAYERS = {
-    "default": (
-        {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [CHANNEL_LAYER_URL]},
-        }
-        if CHANNEL_LAYER_URL
-        else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+# channels-redis waits for a message with BZPOPMIN for up to 5 s; redis-py 8 reads
+# with a 5 s socket timeout by default, so an idle socket timed out after 5 s and the
+# console's websocket consumer crashed. The read timeout must outlast that wait.
+CHANNEL_LAYER_SOCKET_TIMEOUT = _float("CHANNEL_LAYER_SOCKET_TIMEOUT", 30.0)
+if CHANNEL_LAYER_SOCKET_TIMEOUT <= REDIS_LAYER_BLOCKING_SECONDS:
+    raise ImproperlyConfigured(
+        "CHANNEL_LAYER_SOCKET_TIMEOUT must be more than "
+        f"{REDIS_LAYER_BLOCKING_SECONDS:g} s (channels-redis' blocking read)."
     )
+CHANNEL_LAYERS = {
+    "default": channel_layer_config(CHANNEL_LAYER_URL, CHANNEL_LAYER_SOCKET_TIMEOUT)
 }
 # Seconds between the console's checks of the claim history for changes made by
 # other processes (in-memory layer only; 0 turns the check off).
@@ -545,6 +563,31 @@ CONSOLE_HEARTBEAT_STALE_SECONDS = _seconds("CONSOLE_HEARTBEAT_STALE_SECONDS", 30
 # one web request (they call the cache server and the chain while the worker waits);
 # a larger selection is queued for the listener's workers (in the user's name).
 CONSOLE_SYNC_ASSET_LIMIT = _int("CONSOLE_SYNC_ASSET_LIMIT", 25, minimum=1)
+
+# After login, the console's dashboard (the admin index). Unfold's login form carries
+# no `next` of its own, so without this Django would send staff to /accounts/profile/.
+LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "admin:index"
+
+# The staff console's admin theme (django-unfold): the dashboard is the admin's
+# index and the first entry of the sidebar; each entry shows only to staff who may
+# view its list.
+UNFOLD = {
+    "SITE_TITLE": "evops console",
+    "SITE_HEADER": "evops console",
+    "SITE_SYMBOL": "bolt",
+    "SHOW_HISTORY": True,
+    "SHOW_VIEW_ON_SITE": False,
+    "SHOW_LANGUAGES": False,
+    # The console's own CSS and JS are static files: no inline script or style.
+    "STYLES": [lambda request: static("console/console.css")],
+    "SCRIPTS": [lambda request: static("console/console.js")],
+    "SIDEBAR": {
+        "show_search": False,
+        "show_all_applications": False,
+        "navigation": "console.navigation.sidebar",
+    },
+}
 
 # --- Logging -------------------------------------------------------------------------
 

@@ -11,15 +11,16 @@ from evops.security import ConsoleAdminSite
 admin.site.__class__ = ConsoleAdminSite
 admin.site.site_header = "evops console"
 admin.site.site_title = "evops console"
-admin.site.index_title = "Operator console"
+admin.site.index_title = "Dashboard"
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
-    # Before admin.site.urls: the admin's catch-all would answer this path first.
+    # The dashboard is the admin's index, so login lands on it. Before
+    # admin.site.urls, whose index would answer this path first.
+    path("admin/", admin.site.admin_view(dashboard_view), name="console-dashboard"),
     path(
         "admin/dashboard/",
-        admin.site.admin_view(dashboard_view),
-        name="console-dashboard",
+        RedirectView.as_view(pattern_name="console-dashboard", query_string=True),
     ),
     path("admin/", admin.site.urls),
 ]

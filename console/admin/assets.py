@@ -15,25 +15,78 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from assets.models import Asset, AssetKey, OperatorAccount
 from claims.inbox import CONSOLE_LISTENER
-from claims.models import ClaimEvent, ClaimRecord, MessageKind
+from claims.models import (
+    OPEN_STATUSES,
+    ClaimEvent,
+    ClaimRecord,
+    ClaimStatus,
+    MessageKind,
+)
 from console import services as console_services
-from console.admin.site import ConsoleAdminMixin, badge, message_for, searched_address
-from console.dashboard import resolve_did_document
+from console.admin.claims import (
+    RETRY_SUMMARY,
+    claim_reason,
+    retry_headline,
+    retry_result_text,
+)
+from console.admin.site import (
+    ConsoleAdminMixin,
+    age,
+    badge,
+    chain_unit,
+    detail_action,
+    in_chain_unit,
+    message_for,
+    searched_address,
+    short_did,
+)
+from console.dashboard import address_balance, resolve_did_document
 from console.services import EXPORT_EVENT
 
 if TYPE_CHECKING:
     _AssetModelAdmin = admin.ModelAdmin[Asset]
 else:
-    _AssetModelAdmin = admin.ModelAdmin
+    from unfold.admin import ModelAdmin as _AssetModelAdmin
+
+PREQUALIFICATION_STATES = (
+    ("none", "not requested"),
+    ("requested", "requested (open)"),
+    ("published", "published"),
+    ("failed", "failed"),
+    ("rejected", "rejected"),
+)
+BALANCE_UNAVAILABLE = "unavailable: the chain did not answer ({error})"
+
+
+class PrequalificationFilter(admin.SimpleListFilter):
+    """Assets by the state of their latest claim ("who isn't prequalified?")."""
+
+    title = "prequalification"
+    parameter_name = "prequalification"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return list(PREQUALIFICATION_STATES)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value == "none":
+            return queryset.filter(claim_status__isnull=True)
+        if value == "requested":
+            return queryset.filter(claim_status__in=OPEN_STATUSES)
+        if value in (ClaimStatus.PUBLISHED, ClaimStatus.FAILED, ClaimStatus.REJECTED):
+            return queryset.filter(claim_status=value)
+        return queryset
 
 
 CLAIM_HISTORY_LIMIT = 50
@@ -42,17 +95,22 @@ CLAIM_HISTORY_LIMIT = 50
 @admin.register(Asset)
 class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
     list_display = (
-        "did",
-        "address",
-        "kind",
-        "external_id",
-        "label",
+        "name",
+        "short_did",
         "prequalification",
+        "reason",
         "last_event",
-        "created_at",
+        "kind",
     )
-    list_filter = ("kind", "chain", "active")
+    list_display_links = ("name",)
+    list_filter = (PrequalificationFilter, "kind", "active", "chain")
+    # 10,000 assets: a substring scan is cheap here (not on the claims).
     search_fields = ("did", "address", "external_id", "label")
+    search_help_text = "Label, external id (or part of them), DID or address."
+    # A laptop screen shows about 12 rows; 50 keeps the page fast at any size.
+    list_per_page = 50
+    list_fullwidth = True
+    actions_detail = ("reconcile_detail", "prequalify_detail", "retry_failed_detail")
     ordering = ("-created_at", "-id")
     fields = (
         "did",
@@ -102,6 +160,8 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             .get_queryset(request)
             .annotate(
                 claim_status=Subquery(latest_claim.values("status")[:1]),
+                claim_error=Subquery(latest_claim.values("last_error")[:1]),
+                claim_rejection=Subquery(latest_claim.values("rejection_reason")[:1]),
                 event_kind=Subquery(latest_event.values("kind")[:1]),
                 event_at=Subquery(latest_event.values("at")[:1]),
             )
@@ -116,18 +176,42 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             return queryset.filter(address=address), False
         return super().get_search_results(request, queryset, search_term)
 
+    @admin.display(description="asset", ordering="label")
+    def name(self, obj: Asset) -> str:
+        return obj.label or obj.external_id or "(no label)"
+
+    @admin.display(description="DID", ordering="did")
+    def short_did(self, obj: Asset) -> SafeString | str:
+        return short_did(obj.did)
+
     @admin.display(description="prequalification")
     def prequalification(self, obj: Asset) -> SafeString:
         status = getattr(obj, "claim_status", None) or ""
         return badge(status, status or "not requested")
 
+    @admin.display(description="reason")
+    def reason(self, obj: Asset) -> SafeString | str:
+        status = getattr(obj, "claim_status", None)
+        if not status:
+            return "no claim requested yet"
+        text = claim_reason(
+            status,
+            getattr(obj, "claim_error", "") or "",
+            getattr(obj, "claim_rejection", "") or "",
+        )
+        return format_html(
+            '<span class="evops-reason" title="{}">{}</span>',
+            text,
+            text if len(text) <= 160 else text[:159] + "…",
+        )
+
     @admin.display(description="last event")
-    def last_event(self, obj: Asset) -> str:
+    def last_event(self, obj: Asset) -> SafeString | str:
         kind = getattr(obj, "event_kind", None)
         at = getattr(obj, "event_at", None)
         if not kind or at is None:
             return ""
-        return f"{kind} · {at:%Y-%m-%d %H:%M}"
+        return format_html("{} · {}", kind, age(at))
 
     def change_view(
         self,
@@ -156,9 +240,41 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
                 )[:CLAIM_HISTORY_LIMIT]
             )
             hashes = {c.token_sha256: c.pk for c in claims if c.token_sha256}
-            extra["claim_history"] = claims
+            extra["claim_history"] = [
+                {
+                    "claim": c,
+                    "badge": badge(c.status, c.get_status_display()),
+                    "reason": claim_reason(c.status, c.last_error, ""),
+                    "updated": age(c.updated_at),
+                }
+                for c in claims
+            ]
             extra["did_document"] = resolve_did_document(asset.did, hashes)
+            extra["funding"] = self._funding(request, asset, claims)
         return super().change_view(request, object_id, form_url, extra)
+
+    def _funding(
+        self, request: HttpRequest, asset: Asset, claims: list[ClaimRecord]
+    ) -> dict[str, Any]:
+        """Asset mode: the asset pays for its own writes, so show what it holds."""
+        if settings.CHAIN_WRITE_MODE != "asset":
+            return {}
+        failed = sum(1 for claim in claims if claim.status == ClaimStatus.FAILED)
+        try:
+            balance = in_chain_unit(address_balance(asset.address))
+        except Exception as exc:
+            balance = BALANCE_UNAVAILABLE.format(error=type(exc).__name__)
+        return {
+            "balance": balance,
+            "unit": chain_unit(),
+            "address": asset.address,
+            "failed": failed,
+            # A viewer sees the balance, not the button.
+            "can_retry": self.has_retry_publication_permission(request),
+            "retry_url": reverse(
+                "admin:assets_asset_retry_failed_detail", args=[asset.pk]
+            ),
+        }
 
     def _queues(self, queryset: QuerySet[Asset]) -> bool:
         """Is this selection too large to run in the request (so it is queued)?"""
@@ -241,7 +357,10 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
                 request, queryset, kind=MessageKind.RECONCILE, label="Reconcile"
             )
             return None
-        assets = list(queryset)
+        self._reconcile_now(request, list(queryset))
+        return None
+
+    def _reconcile_now(self, request: HttpRequest, assets: list[Asset]) -> None:
         result = console_services.assets_reconcile(
             assets=assets, actor_user=request.user
         )
@@ -250,12 +369,12 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             f"{result.assets} assets",
             f"{result.published} published",
             f"{result.already_present} already on chain",
+            f"{result.failed} failed",
             f"{result.pending} pending",
             f"{result.rejected} rejected",
             f"{len(result.errors)} errors",
         ]
-        self._report(request, "Reconcile", parts, result.errors)
-        return None
+        self._report(request, "Reconcile", parts, result.failures + result.errors)
 
     @admin.action(
         description="Request prequalification for selected assets",
@@ -288,7 +407,10 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
                 label="Prequalification",
             )
             return None
-        assets = list(queryset)
+        self._prequalify_now(request, list(queryset))
+        return None
+
+    def _prequalify_now(self, request: HttpRequest, assets: list[Asset]) -> None:
         result = console_services.assets_request_prequalification(
             assets=assets, actor_user=request.user
         )
@@ -299,7 +421,116 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             f"{len(result.errors)} errors",
         ]
         self._report(request, "Prequalification", parts, result.errors)
-        return None
+
+    # --- detail-page actions: confirm (GET), act (POST), back to the page -----------
+
+    def _detail(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        *,
+        title: str,
+        headline: str,
+        summary: str,
+        run: Any,
+        nothing: str = "",
+    ) -> HttpResponse:
+        asset = get_object_or_404(Asset, pk=object_id)
+        back = reverse("admin:assets_asset_change", args=[asset.pk])
+        if request.method != "POST" or request.POST.get("confirm") != "yes" or nothing:
+            return self.confirm_page(
+                request,
+                title=title,
+                headline=headline,
+                summary=summary,
+                preview=[f"{asset} ({asset.did})"],
+                back=back,
+                nothing=nothing,
+            )
+        run(request, asset)
+        return redirect(back)
+
+    @detail_action(
+        description="Reconcile",
+        permissions=["reconcile_assets"],
+        url_path="reconcile",
+        icon="sync",
+    )
+    def reconcile_detail(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._detail(
+            request,
+            object_id,
+            title="Reconcile this asset?",
+            headline="Reconcile 1 asset with the chain.",
+            summary=(
+                "Its accepted claims on the cache server are compared with its DID "
+                "document on chain; what is missing is published (never twice). "
+                "This calls the cache server and the chain now."
+            ),
+            run=lambda request, asset: self._reconcile_now(request, [asset]),
+        )
+
+    @detail_action(
+        description="Request prequalification",
+        permissions=["request_prequalification"],
+        url_path="request-prequalification",
+        icon="send",
+    )
+    def prequalify_detail(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._detail(
+            request,
+            object_id,
+            title="Request prequalification?",
+            headline="File 1 prequalification claim request.",
+            summary=(
+                "A prequalification claim request is filed on the cache server for "
+                "this asset, signed by the asset. A request already pending there is "
+                "left as it is."
+            ),
+            run=lambda request, asset: self._prequalify_now(request, [asset]),
+        )
+
+    @detail_action(
+        description="Retry failed claims",
+        permissions=["retry_publication"],
+        url_path="retry-failed",
+        icon="replay",
+    )
+    def retry_failed_detail(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Retry the asset's failed claims (after funding its address, say)."""
+        failed = list(
+            ClaimRecord.objects.filter(
+                asset_id=object_id, status=ClaimStatus.FAILED
+            ).select_related("asset")
+        )
+        total = ClaimRecord.objects.filter(asset_id=object_id).count()
+
+        def run(request: HttpRequest, asset: Asset) -> None:
+            result = console_services.claims_retry_publication(
+                claims=failed, actor_user=request.user
+            )
+            self.log_staff_action(
+                request,
+                [claim for claim in failed if claim.pk in set(result.scheduled)],
+                "Retry publication scheduled.",
+            )
+            self.message_user(
+                request,
+                retry_result_text(len(result.scheduled), total - len(result.scheduled)),
+                messages.SUCCESS if result.scheduled else messages.WARNING,
+            )
+
+        return self._detail(
+            request,
+            object_id,
+            title="Retry publication?",
+            headline=retry_headline(len(failed)),
+            summary=RETRY_SUMMARY,
+            run=run,
+            nothing=(
+                "" if failed else "This asset has no failed claim: nothing to retry."
+            ),
+        )
 
     @admin.action(
         description="Export selected assets as CSV", permissions=["export_csv"]

@@ -8,29 +8,41 @@ the claim's history with the staff user.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import BigIntegerField, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
+from assets.models import Asset
+from claims.inbox import REASON_FOR_ISSUERS
 from claims.models import (
     ClaimEvent,
     ClaimRecord,
     ClaimStatus,
     InboundMessage,
     ListenerHeartbeat,
+    MessageKind,
+    MessageOutcome,
 )
 from console import services as console_services
 from console.admin.site import (
     ConsoleAdminMixin,
+    age,
     badge,
-    message_for,
+    detail_action,
+    exact_time,
     searched_address,
     searched_tx_hash,
+    short_did,
+    wei_in_chain_unit,
 )
 
 if TYPE_CHECKING:
@@ -39,11 +51,13 @@ if TYPE_CHECKING:
     _HeartbeatAdmin = admin.ModelAdmin[ListenerHeartbeat]
     _EventInline = admin.TabularInline[ClaimEvent, ClaimRecord]
 else:
-    _ClaimAdmin = _InboundAdmin = _HeartbeatAdmin = admin.ModelAdmin
-    _EventInline = admin.TabularInline
+    from unfold.admin import ModelAdmin as _ClaimAdmin
+    from unfold.admin import TabularInline as _EventInline
+
+    _InboundAdmin = _HeartbeatAdmin = _ClaimAdmin
 
 PAYLOAD_PREVIEW = 4000
-LIST_ERROR_CHARS = 80
+LIST_ERROR_CHARS = 160
 
 
 class ReadOnlyAdmin:
@@ -63,12 +77,17 @@ class ClaimEventInline(ReadOnlyAdmin, _EventInline):
     model = ClaimEvent
     extra = 0
     can_delete = False
-    fields = ("at", "kind", "from_status", "to_status", "actor", "who", "message")
+    fields = ("when", "kind", "from_status", "to_status", "who", "message")
     readonly_fields = fields
     ordering = ("id",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ClaimEvent]:
         return super().get_queryset(request).select_related("user")
+
+    @admin.display(description="at")
+    def when(self, obj: ClaimEvent) -> str:
+        # To the second: a claim's events often happen within one minute.
+        return exact_time(obj.at)
 
     @admin.display(description="by")
     def who(self, obj: ClaimEvent) -> str:
@@ -91,33 +110,105 @@ class AssetKindFilter(admin.SimpleListFilter):
         return queryset.filter(asset__kind=value) if value else queryset
 
 
+class FailedSinceFilter(admin.SimpleListFilter):
+    """Claims with a failure event since a time: what the dashboard counts.
+
+    `?failed_since=<ISO time>` lists every claim that failed at or after it, whatever
+    its status now (a claim retried and published since still counts), so the
+    dashboard's "failures in the last 24 h" links to exactly what it counts.
+    """
+
+    title = "failed since"
+    parameter_name = "failed_since"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("24h", "in the last 24 h")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        from datetime import timedelta
+
+        from django.utils import timezone
+        from django.utils.dateparse import parse_datetime
+
+        value = self.value()
+        if not value:
+            return queryset
+        since = (
+            timezone.now() - timedelta(hours=24)
+            if value == "24h"
+            else parse_datetime(value)
+        )
+        if since is None:
+            return queryset.none()
+        failed = ClaimEvent.objects.filter(
+            to_status=ClaimStatus.FAILED, at__gte=since
+        ).values("record_id")
+        return queryset.filter(pk__in=failed)
+
+
 def _short(text: str, chars: int) -> str:
     return Truncator(text.replace("\n", " ")).chars(chars)
+
+
+OPEN_REASONS: dict[str, str] = {
+    ClaimStatus.REQUESTED: "waiting for the TSO to issue or reject",
+    ClaimStatus.ISSUED: "issued; the credential is being stored",
+    ClaimStatus.STORED: "stored; waiting to be written on chain",
+    ClaimStatus.PUBLISHING: "being written to the DID document on chain",
+    ClaimStatus.PUBLISHED: "on chain",
+}
+
+
+def claim_reason(
+    status: str, last_error: str, rejection_reason: str, chars: int = 0
+) -> str:
+    """Why a claim is where it is, in words (amounts in the chain's unit)."""
+    if status == ClaimStatus.REJECTED:
+        text = (
+            f"rejected by the TSO: {rejection_reason}"
+            if rejection_reason
+            else ("rejected by the TSO")
+        )
+    elif status == ClaimStatus.FAILED:
+        text = wei_in_chain_unit(last_error) if last_error else "failed"
+    elif last_error:
+        text = f"{OPEN_REASONS.get(status, status)}; retrying after: " + (
+            wei_in_chain_unit(last_error)
+        )
+    else:
+        text = OPEN_REASONS.get(status, status)
+    return _short(text, chars) if chars else text
 
 
 @admin.register(ClaimRecord)
 class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
     list_display = (
-        "claim_id",
-        "status_badge",
+        "asset_name",
         "asset_did",
-        "role",
-        "attempts",
-        "error_summary",
-        "updated_at",
+        "status_badge",
+        "reason",
+        "updated",
     )
+    list_display_links = ("status_badge",)
     list_select_related = ("asset",)
-    list_filter = ("status", "role", "created_at", AssetKindFilter)
-    search_fields = ("=asset__did", "claim_id", "=tx_hash", "=cid")
-    date_hierarchy = "created_at"
+    list_filter = ("status", FailedSinceFilter, AssetKindFilter, "role")
+    # The search box: see get_search_results (exact, indexed lookups only).
+    search_fields = ("=claim_id",)
+    search_help_text = (
+        "Asset label or external id, DID or address (any form), claim id, "
+        "tx hash or CID: exact match."
+    )
     ordering = ("-id",)
     show_full_result_count = False
-    list_per_page = 100
+    # A laptop screen shows about 12 rows; 50 keeps the page fast at any size.
+    list_per_page = 50
+    list_fullwidth = True
     actions = ("retry_publication", "export_csv")
+    actions_detail = ("retry_detail",)
     inlines = (ClaimEventInline,)
     fieldsets = (
         (None, {"fields": ("asset_link", "claim_id", "role", "role_version")}),
-        ("State", {"fields": ("status_badge", "readable_error", "attempts")}),
+        ("State", {"fields": ("status_badge", "reason_full", "attempts")}),
         (
             "Publication",
             {
@@ -136,11 +227,11 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
             "Times",
             {
                 "fields": (
-                    "created_at",
-                    "issued_at",
-                    "published_at",
-                    "next_retry_at",
-                    "updated_at",
+                    "created",
+                    "issued",
+                    "published",
+                    "next_retry",
+                    "updated",
                 )
             },
         ),
@@ -151,7 +242,7 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
         "role",
         "role_version",
         "status_badge",
-        "readable_error",
+        "reason_full",
         "attempts",
         "issuer_did",
         "cid",
@@ -160,11 +251,11 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
         "block_number",
         "rejection_reason",
         "token_preview",
-        "created_at",
-        "issued_at",
-        "published_at",
-        "next_retry_at",
-        "updated_at",
+        "created",
+        "issued",
+        "published",
+        "next_retry",
+        "updated",
     )
     csv_columns = (
         ("id", lambda c: c.pk),
@@ -178,52 +269,125 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
         ("last_error", lambda c: c.last_error),
         ("created_at", lambda c: c.created_at.isoformat()),
         ("updated_at", lambda c: c.updated_at.isoformat()),
+        ("asset_label", lambda c: c.asset.label),
     )
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[ClaimRecord], search_term: str
     ) -> tuple[QuerySet[ClaimRecord], bool]:
-        # A DID in any form (legacy, chain id, lowercase) or a bare address finds
-        # the asset's claims; a tx hash matches whatever its case.
-        address = searched_address(search_term)
+        """Exact lookups on indexed columns only: fast with 100,000 claims.
+
+        A DID in any form (legacy, chain id, lowercase) or a bare address finds the
+        asset's claims; a tx hash matches whatever its case; anything else is a
+        claim id, a CID, or an asset's label / external id.
+        """
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        address = searched_address(term)
         if address is not None:
             return queryset.filter(asset__address=address), False
-        tx_hash = searched_tx_hash(search_term)
+        tx_hash = searched_tx_hash(term)
         if tx_hash is not None:
-            return queryset.filter(tx_hash__iexact=tx_hash), False
-        return super().get_search_results(request, queryset, search_term)
+            return queryset.filter(tx_hash__in={tx_hash, tx_hash.lower()}), False
+        asset_ids = list(
+            Asset.objects.filter(Q(label=term) | Q(external_id=term)).values_list(
+                "pk", flat=True
+            )[:1000]
+        )
+        return (
+            queryset.filter(Q(claim_id=term) | Q(cid=term) | Q(asset_id__in=asset_ids)),
+            False,
+        )
 
-    @admin.display(description="asset", ordering="asset__did")
-    def asset_did(self, obj: ClaimRecord) -> str:
-        return obj.asset.did
+    @admin.display(description="asset", ordering="asset__label")
+    def asset_name(self, obj: ClaimRecord) -> SafeString:
+        url = reverse("admin:assets_asset_change", args=[obj.asset_id])
+        return format_html(
+            '<a href="{}" class="evops-asset">{}</a>',
+            url,
+            obj.asset.label or obj.asset.external_id or "(no label)",
+        )
+
+    @admin.display(description="DID", ordering="asset__did")
+    def asset_did(self, obj: ClaimRecord) -> SafeString | str:
+        return short_did(obj.asset.did)
 
     @admin.display(description="asset")
     def asset_link(self, obj: ClaimRecord) -> SafeString:
-        from django.urls import reverse
-
         url = reverse("admin:assets_asset_change", args=[obj.asset_id])
-        return format_html('<a href="{}">{}</a>', url, obj.asset.did)
+        return format_html(
+            '<a href="{}">{}</a> {}',
+            url,
+            obj.asset.label or obj.asset.external_id or "(no label)",
+            short_did(obj.asset.did),
+        )
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: ClaimRecord) -> SafeString:
         return badge(obj.status, obj.get_status_display())
 
-    @admin.display(description="last error")
-    def error_summary(self, obj: ClaimRecord) -> str:
-        return _short(obj.last_error, LIST_ERROR_CHARS) if obj.last_error else ""
-
-    @admin.display(description="last error")
-    def readable_error(self, obj: ClaimRecord) -> SafeString | str:
-        if not obj.last_error:
-            return "none"
+    @admin.display(description="reason")
+    def reason(self, obj: ClaimRecord) -> SafeString:
+        text = claim_reason(obj.status, obj.last_error, obj.rejection_reason)
         return format_html(
-            '<pre style="white-space:pre-wrap;margin:0">{}</pre>', obj.last_error
+            '<span class="evops-reason" title="{}">{}</span>',
+            text,
+            _short(text, LIST_ERROR_CHARS),
         )
+
+    @admin.display(description="why")
+    def reason_full(self, obj: ClaimRecord) -> SafeString:
+        return format_html(
+            '<pre class="evops-pre">{}</pre>',
+            claim_reason(obj.status, obj.last_error, obj.rejection_reason),
+        )
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, obj: ClaimRecord) -> SafeString | str:
+        return age(obj.updated_at)
+
+    @admin.display(description="created")
+    def created(self, obj: ClaimRecord) -> SafeString | str:
+        return age(obj.created_at)
+
+    @admin.display(description="issued")
+    def issued(self, obj: ClaimRecord) -> SafeString | str:
+        return age(obj.issued_at) or "not yet"
+
+    @admin.display(description="published")
+    def published(self, obj: ClaimRecord) -> SafeString | str:
+        return age(obj.published_at) or "not yet"
+
+    @admin.display(description="next retry")
+    def next_retry(self, obj: ClaimRecord) -> str:
+        return exact_time(obj.next_retry_at) or "none scheduled"
 
     @admin.display(description="issued credential")
     def token_preview(self, obj: ClaimRecord) -> str:
         # Public (it ends up in the DID document); shortened for the page.
         return _short(obj.token, 60) if obj.token else ""
+
+    def _retry(
+        self, request: HttpRequest, failed: list[ClaimRecord], selected: int
+    ) -> None:
+        """Run the retry service; the result line says what happened to each."""
+        result = console_services.claims_retry_publication(
+            claims=failed, actor_user=request.user
+        )
+        by_pk = {claim.pk: claim for claim in failed}
+        self.log_staff_action(
+            request,
+            [by_pk[pk] for pk in result.scheduled],
+            "Retry publication scheduled.",
+        )
+        skipped = selected - len(result.scheduled)
+        level = messages.SUCCESS if result.scheduled else messages.WARNING
+        self.message_user(
+            request,
+            retry_result_text(len(result.scheduled), skipped),
+            level,
+        )
 
     @admin.action(
         description="Retry publication of selected failed claims",
@@ -233,39 +397,54 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
         self, request: HttpRequest, queryset: QuerySet[ClaimRecord]
     ) -> HttpResponse | None:
         failed = queryset.filter(status=ClaimStatus.FAILED)
+        failed_count = failed.count()
         confirm = self.confirm_or_none(
             request,
             queryset,
             action="retry_publication",
             title="Retry publication?",
-            summary=(
-                f"{failed.count()} of the selected claims are failed and will go "
-                "back to the step they failed at; the listener then publishes "
-                "them (never twice). Claims that are not failed are left alone."
-            ),
+            headline=retry_headline(failed_count),
+            summary=RETRY_SUMMARY,
+            nothing=NOTHING_TO_RETRY if failed_count == 0 else "",
         )
         if confirm is not None:
             return confirm
         # Only the failed rows are loaded: "select all" on a big list may name
         # 100,000 claims of which a few are failed.
         selected = queryset.count()
-        claims = list(failed.select_related("asset"))
-        result = console_services.claims_retry_publication(
-            claims=claims, actor_user=request.user
-        )
-        by_pk = {claim.pk: claim for claim in claims}
-        self.log_staff_action(
-            request,
-            [by_pk[pk] for pk in result.scheduled],
-            "Retry publication scheduled.",
-        )
-        parts = [f"{len(result.scheduled)} scheduled"]
-        skipped = selected - len(result.scheduled)
-        if skipped:
-            parts.append(f"{skipped} skipped (not failed)")
-        level = messages.SUCCESS if result.scheduled else messages.WARNING
-        self.message_user(request, message_for("Retry publication", parts), level)
+        self._retry(request, list(failed.select_related("asset")), selected)
         return None
+
+    @detail_action(
+        description="Retry",
+        permissions=["retry_publication"],
+        url_path="retry",
+        icon="replay",
+    )
+    def retry_detail(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The claim page's Retry: confirm (GET), then retry (POST)."""
+        claim = get_object_or_404(
+            ClaimRecord.objects.select_related("asset"), pk=object_id
+        )
+        back = reverse("admin:claims_claimrecord_change", args=[claim.pk])
+        failed = claim.status == ClaimStatus.FAILED
+        if request.method != "POST" or request.POST.get("confirm") != "yes":
+            return self.confirm_page(
+                request,
+                title="Retry publication?",
+                headline=retry_headline(1 if failed else 0),
+                summary=RETRY_SUMMARY,
+                preview=[f"{claim.claim_id} of {claim.asset} ({claim.status})"],
+                nothing=(
+                    ""
+                    if failed
+                    else f"Nothing to retry: this claim is "
+                    f"{claim.get_status_display().lower()}, not failed."
+                ),
+                back=back,
+            )
+        self._retry(request, [claim] if failed else [], 1)
+        return redirect(back)
 
     @admin.action(
         description="Export selected claims as CSV", permissions=["export_csv"]
@@ -283,40 +462,150 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
         )
 
 
+RETRY_SUMMARY = (
+    "Each failed claim goes back to the step it failed at; the listener then "
+    "publishes it (never twice). Claims that are not failed are left alone."
+)
+NOTHING_TO_RETRY = "None of the selected claims is failed: there is nothing to retry."
+
+
+def _claims(count: int) -> str:
+    return f"{count} failed claim" + ("" if count == 1 else "s")
+
+
+def retry_headline(failed: int) -> str:
+    """`Retry 1 failed claim.`"""
+    return f"Retry {_claims(failed)}." if failed else "Nothing to retry."
+
+
+def retry_result_text(scheduled: int, skipped: int) -> str:
+    """`Retry publication: 1 scheduled; 0 skipped: not failed.`"""
+    return f"Retry publication: {scheduled} scheduled; {skipped} skipped: not failed."
+
+
+_DUPLICATE_OF = re.compile(r"duplicate of message #(\d+)")
+
+
+class NoticeFilter(admin.SimpleListFilter):
+    """Hides the cache server's request-for-issuers notices unless asked.
+
+    They go to every listener on the issuers' subject, concern no asset of ours,
+    and were half the inbox; `?notices=shown` lists them too.
+    """
+
+    title = "request-for-issuers notices"
+    parameter_name = "notices"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("shown", "shown")]
+
+    def choices(self, changelist: Any) -> Any:
+        yield {
+            "selected": self.value() is None,
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": "hidden",
+        }
+        yield {
+            "selected": self.value() == "shown",
+            "query_string": changelist.get_query_string({self.parameter_name: "shown"}),
+            "display": "shown",
+        }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "shown":
+            return queryset
+        return queryset.exclude(
+            outcome=MessageOutcome.IGNORED, reason=REASON_FOR_ISSUERS
+        )
+
+
+def _concerned(queryset: QuerySet[InboundMessage]) -> QuerySet[InboundMessage]:
+    """Annotate the asset and claim a message concerns.
+
+    Its own claim record first; for a duplicate, its original's; then the claim our
+    records know by its claim id (a rejection notice names the TSO's DID, but the
+    claim id is ours); then the asset its DID names.
+    """
+    original = InboundMessage.objects.filter(
+        dedupe_key=OuterRef("dedupe_key"), record__isnull=False
+    ).order_by("id")
+    by_claim_id = ClaimRecord.objects.filter(claim_id=OuterRef("claim_id")).exclude(
+        claim_id=""
+    )
+    by_did = Asset.objects.filter(did=OuterRef("asset_did"))
+    original_kind = (
+        InboundMessage.objects.filter(dedupe_key=OuterRef("dedupe_key"))
+        .exclude(kind=MessageKind.UNKNOWN)
+        .order_by("id")
+        .values("kind")[:1]
+    )
+    queryset = queryset.annotate(
+        concern_record=Coalesce(
+            F("record_id"),
+            Subquery(original.values("record_id")[:1]),
+            Subquery(by_claim_id.values("pk")[:1]),
+            output_field=BigIntegerField(),
+        ),
+    ).annotate(
+        concern_asset=Coalesce(
+            Subquery(
+                ClaimRecord.objects.filter(pk=OuterRef("concern_record")).values(
+                    "asset_id"
+                )[:1]
+            ),
+            Subquery(by_did.values("pk")[:1]),
+            output_field=BigIntegerField(),
+        ),
+        original_kind=Subquery(original_kind),
+    )
+    return queryset.annotate(
+        concern_label=Subquery(
+            Asset.objects.filter(pk=OuterRef("concern_asset")).values("label")[:1]
+        ),
+        concern_did=Subquery(
+            Asset.objects.filter(pk=OuterRef("concern_asset")).values("did")[:1]
+        ),
+    )
+
+
 @admin.register(InboundMessage)
 class InboundMessageAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _InboundAdmin):
     list_display = (
-        "id",
-        "subject",
-        "kind",
+        "concern_asset_link",
+        "kind_label",
         "outcome_badge",
         "reason_summary",
-        "asset_did",
-        "claim_id",
-        "received_at",
+        "concern_claim_link",
+        "received",
     )
-    list_filter = ("outcome", "kind", "listener", "received_at")
-    search_fields = ("=asset_did", "claim_id", "subject")
-    date_hierarchy = "received_at"
+    list_display_links = ("kind_label",)
+    list_filter = (NoticeFilter, "outcome", "kind", "listener")
+    search_fields = ("=claim_id",)
+    search_help_text = (
+        "Asset DID or address (any form), label or external id, or claim id: exact."
+    )
     ordering = ("-id",)
     show_full_result_count = False
-    list_per_page = 100
+    # A laptop screen shows about 12 rows; 50 keeps the page fast at any size.
+    list_per_page = 50
+    list_fullwidth = True
     actions = ("export_csv",)
     fields = (
         "subject",
-        "kind",
+        "kind_label",
         "outcome_badge",
         "reason",
+        "concern_asset_link",
+        "concern_claim_link",
         "asset_did",
         "claim_id",
-        "record",
         "payload_preview",
         "payload_size",
         "truncated",
         "stream_key",
         "attempts",
-        "received_at",
-        "processed_at",
+        "received",
+        "processed",
         "listener",
         "requested_by_label",
     )
@@ -338,19 +627,100 @@ class InboundMessageAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _InboundAdmin):
         queryset: QuerySet[InboundMessage],
         search_term: str,
     ) -> tuple[QuerySet[InboundMessage], bool]:
-        # Stored DIDs are canonical (did:ethr:<chain>:<EIP-55>): match by address.
-        address = searched_address(search_term)
+        # Messages about an asset: those naming it, those of its claims (a rejection
+        # names the TSO's DID but our claim id). Exact, indexed lookups only.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        address = searched_address(term)
         if address is not None:
-            return queryset.filter(asset_did__endswith=f":{address}"), False
-        return super().get_search_results(request, queryset, search_term)
+            assets = Asset.objects.filter(address=address)
+        else:
+            assets = Asset.objects.filter(Q(label=term) | Q(external_id=term))
+        asset_rows = list(assets.values_list("pk", "did")[:1000])
+        if not asset_rows:
+            return queryset.filter(claim_id=term), False
+        dids = [did for _, did in asset_rows]
+        claim_ids = list(
+            ClaimRecord.objects.filter(asset_id__in=[pk for pk, _ in asset_rows])
+            .exclude(claim_id="")
+            .values_list("claim_id", flat=True)[:5000]
+        )
+        return (
+            queryset.filter(
+                Q(asset_did__in=dids)
+                | Q(claim_id__in=claim_ids)
+                | Q(record__asset_id__in=[pk for pk, _ in asset_rows])
+            ),
+            False,
+        )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[InboundMessage]:
+        queryset = _concerned(super().get_queryset(request))
+        # The list never needs the payload; the detail page loads it.
+        match = request.resolver_match
+        if match is not None and (match.url_name or "").endswith("changelist"):
+            return queryset.defer("payload")
+        return queryset
+
+    @admin.display(description="asset")
+    def concern_asset_link(self, obj: InboundMessage) -> SafeString | str:
+        pk = getattr(obj, "concern_asset", None)
+        if pk is None:
+            return format_html(
+                '<span title="{}">none of ours</span>', obj.asset_did or "no DID"
+            )
+        url = reverse("admin:assets_asset_change", args=[pk])
+        did = getattr(obj, "concern_did", "") or ""
+        return format_html(
+            '<a href="{}" title="{}">{}</a>',
+            url,
+            did,
+            getattr(obj, "concern_label", "") or short_did(did),
+        )
+
+    @admin.display(description="claim")
+    def concern_claim_link(self, obj: InboundMessage) -> SafeString | str:
+        pk = getattr(obj, "concern_record", None)
+        if pk is None:
+            return obj.claim_id or ""
+        url = reverse("admin:claims_claimrecord_change", args=[pk])
+        return format_html(
+            '<a href="{}">{}</a>', url, _short(obj.claim_id or f"#{pk}", 24)
+        )
+
+    @admin.display(description="kind", ordering="kind")
+    def kind_label(self, obj: InboundMessage) -> SafeString | str:
+        match = _DUPLICATE_OF.search(obj.reason or "")
+        if match is None:
+            return obj.get_kind_display()
+        kind = getattr(obj, "original_kind", None) or obj.kind
+        label = dict(MessageKind.choices).get(kind, kind)
+        url = reverse("admin:claims_inboundmessage_change", args=[match.group(1)])
+        return format_html(
+            '{} <a href="{}">(duplicate of #{})</a>', label, url, match.group(1)
+        )
 
     @admin.display(description="outcome", ordering="outcome")
     def outcome_badge(self, obj: InboundMessage) -> SafeString:
         return badge(obj.outcome, obj.get_outcome_display())
 
     @admin.display(description="reason")
-    def reason_summary(self, obj: InboundMessage) -> str:
-        return _short(obj.reason, LIST_ERROR_CHARS)
+    def reason_summary(self, obj: InboundMessage) -> SafeString:
+        text = wei_in_chain_unit(obj.reason)
+        return format_html(
+            '<span class="evops-reason" title="{}">{}</span>',
+            text,
+            _short(text, LIST_ERROR_CHARS),
+        )
+
+    @admin.display(description="received", ordering="received_at")
+    def received(self, obj: InboundMessage) -> SafeString | str:
+        return age(obj.received_at)
+
+    @admin.display(description="processed")
+    def processed(self, obj: InboundMessage) -> SafeString | str:
+        return age(obj.processed_at) or "not yet"
 
     @admin.display(description="payload")
     def payload_preview(self, obj: InboundMessage) -> SafeString:
@@ -363,10 +733,7 @@ class InboundMessageAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _InboundAdmin):
             note += f" (received {obj.payload_size} bytes; stored truncated)"
         # format_html escapes the payload: it is whatever a peer sent.
         return format_html(
-            '<pre style="white-space:pre-wrap;max-height:30em;overflow:auto">{}</pre>'
-            "<div>{}</div>",
-            text,
-            note,
+            '<pre class="evops-payload">{}</pre><div>{}</div>', text, note
         )
 
     @admin.action(
@@ -377,29 +744,30 @@ class InboundMessageAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _InboundAdmin):
     ) -> HttpResponseBase:
         return self.export_csv_response(request, queryset.order_by("id"), "inbox.csv")
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[InboundMessage]:
-        # The list never needs the payload; the detail page loads it.
-        queryset = super().get_queryset(request)
-        match = request.resolver_match
-        if match is not None and (match.url_name or "").endswith("changelist"):
-            return queryset.defer("payload")
-        return queryset
-
 
 @admin.register(ListenerHeartbeat)
 class ListenerHeartbeatAdmin(ReadOnlyAdmin, _HeartbeatAdmin):
-    list_display = ("name", "state_badge", "last_heartbeat", "mode", "host", "pid")
+    list_display = ("name", "state_badge", "heartbeat", "mode", "host", "pid")
     readonly_fields = (
         "name",
         "state",
-        "last_heartbeat",
-        "started_at",
+        "heartbeat",
+        "started",
         "pid",
         "host",
         "mode",
         "details",
     )
+    exclude = ("last_heartbeat", "started_at")
 
     @admin.display(description="state", ordering="state")
     def state_badge(self, obj: ListenerHeartbeat) -> SafeString:
         return badge(obj.state, obj.get_state_display())
+
+    @admin.display(description="last heartbeat", ordering="last_heartbeat")
+    def heartbeat(self, obj: ListenerHeartbeat) -> SafeString | str:
+        return age(obj.last_heartbeat)
+
+    @admin.display(description="started")
+    def started(self, obj: ListenerHeartbeat) -> SafeString | str:
+        return age(obj.started_at)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -25,45 +25,21 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
 
 from console import groups
+from console.display import (
+    age,
+    badge,
+    chain_unit,
+    exact_time,
+    in_chain_unit,
+    short_did,
+    wei_in_chain_unit,
+)
 from evops.csvsafe import csv_cell
 
 CONFIRM_FIELD = "confirm"
 CONFIRM_PREVIEW = 20
-
-BADGE_COLOURS = {
-    "requested": "#6b7280",
-    "issued": "#2563eb",
-    "stored": "#7c3aed",
-    "publishing": "#d97706",
-    "published": "#15803d",
-    "rejected": "#b91c1c",
-    "failed": "#b91c1c",
-    "pending": "#d97706",
-    "processed": "#15803d",
-    "ignored": "#6b7280",
-    "connected": "#15803d",
-    "reconnecting": "#d97706",
-    "disconnected": "#b91c1c",
-    "stopped": "#6b7280",
-}
-
-
-def badge(value: str, label: str | None = None) -> SafeString:
-    """A coloured status pill; `data-status` lets the live script restyle it."""
-    colour = BADGE_COLOURS.get(value, "#6b7280")
-    return format_html(
-        '<span class="evops-badge" data-status="{}" style="background:{};color:#fff;'
-        'padding:1px 8px;border-radius:9px;font-size:11px;white-space:nowrap">'
-        "{}</span>",
-        value,
-        colour,
-        label or value or "none",
-    )
-
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
@@ -118,17 +94,27 @@ class ConsoleAdminMixin:
     csv_columns: Sequence[tuple[str, Callable[[Any], Any]]] = ()
 
     # --- permissions of the custom actions ------------------------------------------
+    # List actions call these with the request; unfold's detail-page actions also
+    # pass the object id (the permission is the same for every object).
 
-    def has_retry_publication_permission(self, request: HttpRequest) -> bool:
+    def has_retry_publication_permission(
+        self, request: HttpRequest, object_id: Any = None
+    ) -> bool:
         return request.user.has_perm(groups.RETRY_PUBLICATION)
 
-    def has_reconcile_assets_permission(self, request: HttpRequest) -> bool:
+    def has_reconcile_assets_permission(
+        self, request: HttpRequest, object_id: Any = None
+    ) -> bool:
         return request.user.has_perm(groups.RECONCILE_ASSETS)
 
-    def has_request_prequalification_permission(self, request: HttpRequest) -> bool:
+    def has_request_prequalification_permission(
+        self, request: HttpRequest, object_id: Any = None
+    ) -> bool:
         return request.user.has_perm(groups.REQUEST_PREQUALIFICATION)
 
-    def has_export_csv_permission(self, request: HttpRequest) -> bool:
+    def has_export_csv_permission(
+        self, request: HttpRequest, object_id: Any = None
+    ) -> bool:
         return request.user.has_perm(groups.EXPORT_CSV)
 
     def changelist_view(
@@ -149,17 +135,18 @@ class ConsoleAdminMixin:
         action: str,
         title: str,
         summary: str,
+        headline: str = "",
+        nothing: str = "",
     ) -> TemplateResponse | None:
-        """The confirmation page, or None once the user confirmed it."""
-        if request.POST.get(CONFIRM_FIELD) == "yes":
+        """The confirmation page, or None once the user confirmed it.
+
+        `headline` says exactly what will happen ("Retry 1 failed claim."); with
+        `nothing` set (nothing would happen) the page says so and offers no button.
+        """
+        if request.POST.get(CONFIRM_FIELD) == "yes" and not nothing:
             return None
-        opts = self.model._meta  # type: ignore[attr-defined]
         count = queryset.count()
         context = {
-            **self.admin_site.each_context(request),  # type: ignore[attr-defined]
-            "title": title,
-            "summary": summary,
-            "opts": opts,
             "action": action,
             "count": count,
             "preview": [str(obj) for obj in queryset[:CONFIRM_PREVIEW]],
@@ -168,6 +155,49 @@ class ConsoleAdminMixin:
             "select_across": request.POST.get("select_across", "0"),
             "index": request.POST.get("index", "0"),
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        }
+        return self._confirm_response(
+            request, title, headline, summary, nothing, context, back=""
+        )
+
+    def confirm_page(
+        self,
+        request: HttpRequest,
+        *,
+        title: str,
+        headline: str,
+        summary: str,
+        preview: list[str],
+        back: str,
+        nothing: str = "",
+    ) -> TemplateResponse:
+        """The confirmation of a detail-page action (posts back to its own URL)."""
+        context = {"count": len(preview), "preview": preview, "more": 0}
+        return self._confirm_response(
+            request, title, headline, summary, nothing, context, back=back
+        )
+
+    def _confirm_response(
+        self,
+        request: HttpRequest,
+        title: str,
+        headline: str,
+        summary: str,
+        nothing: str,
+        context: dict[str, Any],
+        *,
+        back: str,
+    ) -> TemplateResponse:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        context = {
+            **self.admin_site.each_context(request),  # type: ignore[attr-defined]
+            **context,
+            "title": title,
+            "headline": headline,
+            "summary": summary,
+            "nothing": nothing,
+            "opts": opts,
+            "back": back,
             "confirm_field": CONFIRM_FIELD,
             "media": self.media,  # type: ignore[attr-defined]
         }
@@ -215,6 +245,30 @@ class ConsoleAdminMixin:
         return response
 
 
+_View = TypeVar("_View", bound=Callable[..., Any])
+
+
+def detail_action(
+    *, description: str, permissions: list[str], url_path: str, icon: str
+) -> Callable[[_View], _View]:
+    """unfold's `@action` for a detail-page button, typed for mypy.
+
+    `permissions` name `has_<name>_permission` methods of the admin (unfold checks
+    them before the view runs, and hides the button from whoever lacks them).
+    """
+    from unfold.decorators import action
+
+    return cast(
+        Callable[[_View], _View],
+        action(
+            description=description,
+            permissions=permissions,
+            url_path=url_path,
+            icon=icon,
+        ),
+    )
+
+
 def message_for(action: str, parts: Sequence[str]) -> str:
     """`Retry publication: 3 scheduled, 1 skipped.`"""
     return f"{action}: {', '.join(parts)}." if parts else f"{action}: nothing to do."
@@ -223,8 +277,15 @@ def message_for(action: str, parts: Sequence[str]) -> str:
 __all__ = [
     "ConsoleAdminMixin",
     "admin",
+    "age",
     "badge",
+    "chain_unit",
+    "detail_action",
+    "exact_time",
+    "in_chain_unit",
     "message_for",
     "searched_address",
     "searched_tx_hash",
+    "short_did",
+    "wei_in_chain_unit",
 ]

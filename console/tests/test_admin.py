@@ -17,6 +17,7 @@ from assets.models import Asset, AssetKind
 from claims.models import ClaimEvent, ClaimRecord, ClaimStatus, InboundMessage
 from claims.tests.fakes import fake_integrations
 from console import dashboard, groups
+from console.admin.claims import NOTHING_TO_RETRY
 from console.tests.support import SIGNERS, make_asset, make_claim, make_user
 from evops.protocol.keys import LocalKeySigner
 
@@ -64,7 +65,8 @@ def test_claim_list_shows_badges_and_readable_errors(client, operator):
     claim = make_claim(make_asset(kind=AssetKind.VEHICLE))
     content = client.get(reverse(CLAIMS)).content.decode()
     assert 'data-status="failed"' in content
-    assert claim.claim_id in content
+    # The asset's full DID on hover and to copy; the reason in words.
+    assert f'data-copy="{claim.asset.did}"' in content
     # The error is escaped, never rendered as markup.
     assert "&lt;in time&gt;" in content
     assert "<in time>" not in content
@@ -174,7 +176,7 @@ def test_retry_asks_for_confirmation_then_records_who(client, operator):
     )
     assert done.status_code == 200
     text = done.content.decode()
-    assert "Retry publication: 1 scheduled, 1 skipped (not failed)." in text
+    assert "Retry publication: 1 scheduled; 1 skipped: not failed." in text
     claim.refresh_from_db()
     assert claim.status == ClaimStatus.STORED  # it had a CID
     assert ClaimRecord.objects.get(pk=ok.pk).status == ClaimStatus.PUBLISHED
@@ -191,7 +193,9 @@ def test_retry_twice_schedules_once(client, operator):
     claim = make_claim(make_asset())
     _post_action(client, CLAIMS, "retry_publication", [claim.pk], confirm="yes")
     again = _post_action(client, CLAIMS, "retry_publication", [claim.pk], confirm="yes")
-    assert "0 scheduled, 1 skipped" in again.content.decode()
+    # Nothing is failed any more: the page says so and offers no confirmation.
+    text = again.content.decode()
+    assert NOTHING_TO_RETRY in text and 'id="evops-confirm"' not in text
     assert ClaimEvent.objects.filter(record=claim, kind="retry").count() == 1
 
 

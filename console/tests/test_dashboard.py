@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -59,7 +60,8 @@ def test_dashboard_shows_the_pipeline_state(client, viewer):
     counts = {row.status: row.count for row in data.statuses}
     assert counts["failed"] == 1 and counts["issued"] == 1 and counts["requested"] == 1
     assert data.oldest_open["claim_id"] == old.claim_id
-    assert data.failures_24h == 2  # make_claim's event and the explicit one
+    # One claim with two failure events: the card counts claims, like its link.
+    assert data.failures_24h == 1
     assert data.inbox_pending == 1
     assert [(x.name, x.stale) for x in data.listeners] == [
         ("listener-1", False),
@@ -69,15 +71,50 @@ def test_dashboard_shows_the_pipeline_state(client, viewer):
     content = response.content.decode()
     assert "?status__exact=failed" in content
     assert "outcome__exact=pending" in content
-    assert "/ws/console/" in content  # the live script
+    # The live script is a static file (CSP), active on the page's live region.
+    assert "console/console.js" in content and "data-live-region" in content
+    assert "<script>" not in content
 
 
 def test_dashboard_links_lead_to_filtered_lists(client, viewer):
-    make_claim(make_asset())
+    failed = make_claim(make_asset())
+    # Failed, then retried and published since: still a failure of the last 24 h.
+    recovered = make_claim(make_asset())
+    ClaimRecord.objects.filter(pk=recovered.pk).update(status=ClaimStatus.PUBLISHED)
+    make_claim(make_asset(), ClaimStatus.PUBLISHED)
     data = client.get(reverse(URL)).context["dashboard"]
     response = client.get(data.failures_url)
     assert response.status_code == 200
-    assert len(response.context["cl"].result_list) == 1
+    listed = {claim.pk for claim in response.context["cl"].result_list}
+    assert listed == {failed.pk, recovered.pk}
+    assert data.failures_24h == len(listed)
+
+
+def test_dashboard_is_the_index_and_first_in_the_sidebar(client, viewer):
+    response = client.get(reverse("admin:index"))
+    assert response.status_code == 200
+    assert "dashboard" in response.context
+    links = [
+        item["link"]
+        for group in response.context["sidebar_navigation"]
+        for item in group["items"]
+    ]
+    assert links[0] == reverse("admin:index")
+
+
+def test_dashboard_charts_have_their_data(client, viewer):
+    claim = make_claim(make_asset(), ClaimStatus.PUBLISHED)
+    ClaimRecord.objects.filter(pk=claim.pk).update(
+        issued_at=claim.created_at,
+        published_at=claim.created_at + timedelta(seconds=42),
+    )
+    data = client.get(reverse(URL)).context["dashboard"]
+    outcomes = json.loads(data.outcomes_chart)
+    published = next(d for d in outcomes["datasets"] if d["label"] == "Published")
+    assert sum(published["data"]) == 1
+    backlog = json.loads(data.backlog_chart)
+    assert len(backlog["labels"]) == dashboard.HISTORY_HOURS
+    assert data.latency == {"count": 1, "p50": 42.0, "p99": 42.0}
 
 
 def test_dashboard_json_for_live_refresh(client, viewer):

@@ -21,6 +21,7 @@ from console import groups, live
 from console.consumers import CLOSE_FORBIDDEN, ConsoleConsumer
 from console.routing import websocket_urlpatterns
 from console.tests.support import make_asset, make_claim, make_user
+from evops.channel_layer import REDIS_LAYER_BLOCKING_SECONDS, channel_layer_config
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -166,36 +167,51 @@ print(transitions.claim_retry(record=claim, actor=staff_actor(None)))
 """
 
 
-@pytest.fixture
-def redis_url():
-    import shutil
-    import subprocess
-    import time
+def _use_redis(settings: Any, url: str) -> None:
+    from channels.layers import channel_layers
 
-    from evops.sandbox.peers import free_port
+    settings.CHANNEL_LAYER_URL = url
+    settings.CHANNEL_LAYERS = {
+        "default": channel_layer_config(url, settings.CHANNEL_LAYER_SOCKET_TIMEOUT)
+    }
+    channel_layers.backends.clear()
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        import socket
 
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+async def test_an_idle_socket_on_redis_outlives_the_layers_timeouts(
+    settings, redis_url
+):
+    """Idle past the 5 s blocking read (and redis-py 8's old 5 s socket timeout).
+
+    Before the fix the consumer's layer read raised redis' TimeoutError after 5 s
+    and the socket closed; now it is still open and gets the next change.
+    """
+    _use_redis(settings, redis_url)
+    settings.CONSOLE_POLL_SECONDS = 60
+    user = await database_sync_to_async(make_user)(groups.VIEWER)
+    communicator, connected, _ = await _connect(user)
+    assert connected
+    idle = REDIS_LAYER_BLOCKING_SECONDS * 1.6
+    # Nothing arrives while idle: not a close, not an error.
+    assert await communicator.receive_nothing(timeout=idle, interval=0.5)
+    assert await sync_to_async(live.send_claim_changed)(9, "published")
+    assert await communicator.receive_json_from(timeout=5) == {
+        "type": "claim.changed",
+        "id": 9,
+        "status": "published",
+    }
+    await communicator.disconnect()
+
+
+def test_the_redis_pool_reads_longer_than_the_layer_blocks(settings):
+    from channels_redis.core import RedisChannelLayer
+    from channels_redis.utils import create_pool
+
+    assert RedisChannelLayer.brpop_timeout == REDIS_LAYER_BLOCKING_SECONDS
+    config = channel_layer_config("redis://127.0.0.1:1/0", 30.0)
+    pool = create_pool(config["CONFIG"]["hosts"][0])
+    assert pool.connection_kwargs["socket_timeout"] == 30.0
+    with pytest.raises(ValueError):
+        channel_layer_config("redis://127.0.0.1:1/0", REDIS_LAYER_BLOCKING_SECONDS)
 
 
 async def test_redis_layer_carries_a_change_made_in_another_process(
@@ -211,13 +227,7 @@ async def test_redis_layer_carries_a_change_made_in_another_process(
     import subprocess
     import sys
 
-    settings.CHANNEL_LAYER_URL = redis_url
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [redis_url]},
-        }
-    }
+    _use_redis(settings, redis_url)
     settings.CONSOLE_POLL_SECONDS = 60
     user = await database_sync_to_async(make_user)(groups.VIEWER)
     claim = await database_sync_to_async(lambda: make_claim(make_asset()))()
