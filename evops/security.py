@@ -17,27 +17,28 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
-from django.contrib.admin.sites import AdminSite
 from django.http import HttpRequest
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
+from unfold.sites import UnfoldAdminSite
 
 CONSOLE_PERMISSION = "claims.view_claimrecord"
 
 
-class ConsoleAdminSite(AdminSite):
-    """Django's admin site, plus a TOTP second factor when ADMIN_OTP_REQUIRED."""
+class ConsoleAdminSite(UnfoldAdminSite):  # type: ignore[misc]
+    """The console's admin site (django-unfold's, with its search and theme), plus a
+    TOTP second factor when ADMIN_OTP_REQUIRED."""
 
     # Properties, read by AdminSite.login at each request, where Django has plain
     # class attributes: the setting may change (tests) without a new site.
     @property
-    def login_form(self) -> type[AdminAuthenticationForm]:  # type: ignore[override]
+    def login_form(self) -> type[AdminAuthenticationForm]:
         if settings.ADMIN_OTP_REQUIRED:
             form: type[AdminAuthenticationForm] = OTPAdminAuthenticationForm
             return form
         return AdminAuthenticationForm
 
     @property
-    def login_template(self) -> str | None:  # type: ignore[override]
+    def login_template(self) -> str | None:
         if settings.ADMIN_OTP_REQUIRED:
             return str(OTPAdminSite.login_template)
         return None

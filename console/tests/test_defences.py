@@ -155,10 +155,10 @@ def test_second_factor_required_refuses_a_session_without_one(settings):
 
 
 @pytest.mark.django_db
-def test_csp_header_on_the_console_and_the_live_script_carries_its_nonce():
+def test_csp_header_on_the_console_and_every_inline_script_carries_its_nonce():
     client = Client()
     client.force_login(make_user(groups.VIEWER))
-    response = client.get("/admin/dashboard/")
+    response = client.get("/admin/")  # the dashboard
     assert response.status_code == 200
     policy = response["Content-Security-Policy"]
     directives = dict(part.partition(" ")[::2] for part in policy.split("; ") if part)
@@ -167,10 +167,17 @@ def test_csp_header_on_the_console_and_the_live_script_carries_its_nonce():
     assert directives["frame-ancestors"] == "'none'"
     script_src = directives["script-src"].split()
     assert "'unsafe-inline'" not in script_src
-    nonces = [s for s in script_src if s.startswith("'nonce-")]
-    assert len(nonces) == 1
-    nonce = nonces[0][len("'nonce-") : -1]
-    assert f'<script nonce="{nonce}">' in response.content.decode()
+    # django-csp puts a nonce in the header only when a template used one.
+    nonces = [s[len("'nonce-") : -1] for s in script_src if s.startswith("'nonce-")]
+    assert len(nonces) <= 1
+    # Every script of the page is a file, or inline with this response's nonce.
+    import re
+
+    page = response.content.decode()
+    scripts = re.findall(r"<script\b[^>]*>", page)
+    assert scripts, "the dashboard loads its scripts"
+    for tag in scripts:
+        assert "src=" in tag or any(f'nonce="{n}"' in tag for n in nonces), tag
     # The login page too (anonymous).
     assert "script-src 'self'" in Client().get(LOGIN)["Content-Security-Policy"]
 
