@@ -10,7 +10,12 @@ class AssetsConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
-        from assets.checks import check_master_keys_configured, check_relay_operator
+        from assets.checks import (
+            check_master_keys_configured,
+            check_pkcs11_configured,
+            check_relay_operator,
+        )
 
         checks.register(check_relay_operator)
+        checks.register(check_pkcs11_configured)
         checks.register(check_master_keys_configured, checks.Tags.security)
