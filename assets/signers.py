@@ -160,19 +160,6 @@ def token_signer_for_asset(asset: Asset) -> pkcs11.TokenSigner:
 register_backend(SignerBackend.PKCS11, token_signer_for_asset)
 
 
-def key_location(asset: Asset) -> str:
-    """Where `asset`'s key lives, for the console (never any key material)."""
-    if asset.signer_backend == SignerBackend.PKCS11:
-        return f"PKCS#11 token {asset.token_label!r}, key id {asset.token_key_id}"
-    key_id = getattr(getattr(asset, "key", None), "key_id", "")
-    if not key_id:
-        try:
-            key_id = AssetKey.objects.only("key_id").get(asset=asset).key_id
-        except AssetKey.DoesNotExist:
-            return "no key stored"
-    return f"local, sealed with master key {key_id!r}"
-
-
 def signer_health() -> dict[str, Any]:
     """The signer backend's state for the heartbeat: {"backend", "ok", "error", ...}.
 

@@ -30,6 +30,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from assets.signers import signer_health
 from claims import flows, metrics, selectors, services
 from claims.dbthreads import DatabaseThreads, using
 from claims.integrations import Integrations
@@ -356,6 +357,9 @@ class Listener:
     # --- heartbeat, reconciliation ----------------------------------------------------
 
     async def heartbeat_once(self) -> None:
+        # The signer backend's state (a PKCS#11 token unplugged or locked shows here
+        # and in `listener_health`); asked off the loop, a token call may block.
+        signer = await asyncio.to_thread(signer_health)
         await sync_to_async(_write_heartbeat)(
             name=self.config.name,
             state=self.state,
@@ -367,6 +371,7 @@ class Listener:
                 "stream": self.config.stream,
                 "inflight": len(self._inflight),
                 "recorded": self.recorded,
+                "signer": signer,
             },
         )
         backlog, oldest = await sync_to_async(selectors.inbox_backlog)()

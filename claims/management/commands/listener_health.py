@@ -2,7 +2,8 @@
 
 For process supervisors and readiness probes: healthy means the named listener (or,
 without `--name`, every listener seen in the last hour) wrote a heartbeat within
-`--max-age` seconds and is connected to NATS. Exit status 1 otherwise, with the
+`--max-age` seconds, is connected to NATS and its signer backend answers (a PKCS#11
+token that is unplugged or locked makes it unhealthy). Exit status 1 otherwise, with the
 reason on stderr.
 """
 
@@ -59,4 +60,7 @@ def _problem(beat: ListenerHeartbeat, now: Any, max_age: float) -> str:
         return f"{beat.name}: last heartbeat {age:.0f}s ago"
     if beat.state != ConnectionState.CONNECTED:
         return f"{beat.name}: {beat.state}"
+    signer = (beat.details or {}).get("signer") or {}
+    if signer.get("ok") is False:
+        return f"{beat.name}: signer unavailable: {signer.get('error', '')}"
     return ""
