@@ -17,6 +17,7 @@ import threading
 import pytest
 from django.core.management import CommandError, call_command
 from eth_account import Account
+from eth_account.messages import encode_defunct
 
 from assets import pkcs11
 from assets.models import Asset, AssetKey, SignerBackend
@@ -140,7 +141,7 @@ def test_generated_keys_live_in_the_token_and_sign_as_the_asset(token_settings):
             assert _recovers(digest, signature, asset.address)
         message = b"evops login"
         assert Account.recover_message(
-            __import__("eth_account.messages").messages.encode_defunct(message),
+            encode_defunct(message),
             signature=signer.sign_message(message),
         ) == (asset.address)
 
