@@ -52,6 +52,7 @@ from evops.integrations.registry import REGISTRY_ADDRESSES
 from evops.protocol import erc1056
 from evops.protocol.dids import DID
 from evops.protocol.resolver import resolve_did_document_async
+from evops.protocol.signer import sign_off_loop
 
 if TYPE_CHECKING:
     from evops.protocol.signer import Signer
@@ -456,7 +457,8 @@ class Chain:
                     value=value,
                     validity=validity,
                 )
-                v, r, s = erc1056.split_signature(asset.sign_hash(digest))
+                signature = await sign_off_loop(asset, asset.sign_hash, digest)
+                v, r, s = erc1056.split_signature(signature)
                 data = erc1056.set_attribute_signed_calldata(
                     identity, v, r, s, name, value, validity
                 )
@@ -665,7 +667,9 @@ class Chain:
                         )
                     )
                 nonce = account.next_nonce
-                raw = sender.sign_transaction({**transaction, "nonce": nonce})
+                raw = await sign_off_loop(
+                    sender, sender.sign_transaction, {**transaction, "nonce": nonce}
+                )
                 tx_hash = _hex(keccak(raw))
                 try:
                     response = await self._raw(
