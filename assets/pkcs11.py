@@ -554,10 +554,6 @@ class TokenSigner:
 
     __slots__ = ("_address", "_key_id", "_label", "_public_key")
 
-    # Calls wait on the token: async callers sign on a worker thread
-    # (`evops.protocol.signer.sign_off_loop`).
-    blocking = True
-
     def __init__(
         self, *, address: str, label: str, key_id: bytes, public_key: bytes
     ) -> None:

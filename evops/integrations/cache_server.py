@@ -45,7 +45,7 @@ from evops.protocol.jwt import (
     identity_token,
     unverified_payload,
 )
-from evops.protocol.signer import Signer, sign_off_loop
+from evops.protocol.signer import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -608,9 +608,7 @@ class CacheServerClient:
         # before signing: the server rejects tokens more than a few blocks old, and
         # `_send`'s retries would reuse a stale one.
         block = await self._block.get(fresh=fresh_block)
-        token = await sign_off_loop(
-            signer, identity_token, signer, did=did, block_number=block
-        )
+        token = identity_token(signer, did=did, block_number=block)
         return await self._send("POST", "/v1/login", json_body={"identityToken": token})
 
     async def _siwe_login(self, signer: Signer, did: str) -> httpx.Response:
@@ -643,11 +641,13 @@ class CacheServerClient:
         # refused ("completed already", a 401 that reads as a permanent rejection),
         # so it is sent once; a transient failure surfaces and the next call starts
         # a new SIWE round.
-        signature = await sign_off_loop(signer, siwe.sign_message, signer, message)
         return await self._send(
             "POST",
             "/v1/login/siwe/verify",
-            json_body={"message": message.prepare(), "signature": signature},
+            json_body={
+                "message": message.prepare(),
+                "signature": siwe.sign_message(signer, message),
+            },
             retries=0,
         )
 
@@ -744,9 +744,7 @@ class CacheServerClient:
         did_text = DID.coerce(did).canonical
         subject_text = DID.coerce(subject).canonical if subject else did_text
         claim_id = claim_id or str(uuid.uuid4())
-        token = await sign_off_loop(
-            signer,
-            claim_request_token,
+        token = claim_request_token(
             signer,
             did=did_text,
             subject=subject_text,

@@ -52,7 +52,6 @@ from evops.integrations.registry import REGISTRY_ADDRESSES
 from evops.protocol import erc1056
 from evops.protocol.dids import DID
 from evops.protocol.resolver import resolve_did_document_async
-from evops.protocol.signer import sign_off_loop
 
 if TYPE_CHECKING:
     from evops.protocol.signer import Signer
@@ -457,8 +456,7 @@ class Chain:
                     value=value,
                     validity=validity,
                 )
-                signature = await sign_off_loop(asset, asset.sign_hash, digest)
-                v, r, s = erc1056.split_signature(signature)
+                v, r, s = erc1056.split_signature(asset.sign_hash(digest))
                 data = erc1056.set_attribute_signed_calldata(
                     identity, v, r, s, name, value, validity
                 )
@@ -667,9 +665,7 @@ class Chain:
                         )
                     )
                 nonce = account.next_nonce
-                raw = await sign_off_loop(
-                    sender, sender.sign_transaction, {**transaction, "nonce": nonce}
-                )
+                raw = sender.sign_transaction({**transaction, "nonce": nonce})
                 tx_hash = _hex(keccak(raw))
                 try:
                     response = await self._raw(

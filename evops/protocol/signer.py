@@ -7,22 +7,12 @@ signing (`assets.signers`); a remote signer (KMS, HSM, Vault) can be added later
 implementing this protocol.
 
 All signatures are 65 bytes `r || s || v` with `v` in {27, 28}.
-
-A signer whose calls wait on a device or the network (the PKCS#11 backend) says so
-with a true `blocking` attribute; async callers sign through `sign_off_loop`, which
-runs such calls on a worker thread so the event loop keeps serving the other workers
-meanwhile, and runs in-memory signers inline (a thread hop would cost more than the
-signature).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Mapping
-from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
-
-P = ParamSpec("P")
-T = TypeVar("T")
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -48,17 +38,3 @@ class Signer(Protocol):
     def sign_transaction(self, transaction: Mapping[str, Any]) -> bytes:
         """Sign a transaction dict (web3 field names); return the raw signed bytes."""
         ...
-
-
-def is_blocking(signer: object) -> bool:
-    """Whether `signer`'s calls wait on a device or the network."""
-    return getattr(signer, "blocking", False) is True
-
-
-async def sign_off_loop(
-    signer: object, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs
-) -> T:
-    """`function(*args, **kwargs)`, on a thread when `signer` is blocking."""
-    if is_blocking(signer):
-        return await asyncio.to_thread(function, *args, **kwargs)
-    return function(*args, **kwargs)
