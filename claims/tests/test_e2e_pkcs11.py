@@ -16,6 +16,7 @@ import json
 import nats
 import pytest
 from asgiref.sync import sync_to_async
+from eth_typing import HexStr
 
 from assets.models import AssetKey, SignerBackend
 from assets.services import asset_generate
@@ -127,7 +128,8 @@ async def test_pipeline_with_keys_in_the_token(
         document = await integrations.chain.resolve_document(asset.did)
         entry = flows.find_service_by_hash(document, flows.token_sha256(token))
         assert entry is not None and entry["serviceEndpoint"] == record.cid
-        sent = peers.chain_web3(anvil.rpc_url).eth.get_transaction(record.tx_hash)
+        web3 = peers.chain_web3(anvil.rpc_url)
+        sent = web3.eth.get_transaction(HexStr(record.tx_hash))
         if chain_mode == "asset":
             # The token signed the transaction itself: it comes from the asset.
             assert sent["from"] == asset.address
