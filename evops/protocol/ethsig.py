@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from coincurve import PublicKey
+from coincurve._libsecp256k1 import ffi, lib
+from coincurve.context import GLOBAL_CONTEXT
 
 from evops.protocol.errors import SignatureError
 
@@ -35,6 +36,30 @@ ERR_NO_RECOVERY = (
 )
 
 SignDigest = Callable[[bytes], bytes]
+
+
+def _recover(compact: bytes, recovery_id: int, digest: bytes) -> bytes | None:
+    """The uncompressed public key (65 bytes) a signature recovers to, if any.
+
+    Straight through libsecp256k1 (as `assets.crypto` signs): coincurve's
+    `PublicKey.from_signature_and_message` costs about twice as much, and every
+    token signature needs one or two recoveries.
+    """
+    context = GLOBAL_CONTEXT.ctx
+    signature = ffi.new("secp256k1_ecdsa_recoverable_signature *")
+    if not lib.secp256k1_ecdsa_recoverable_signature_parse_compact(
+        context, signature, compact, recovery_id
+    ):
+        return None
+    public = ffi.new("secp256k1_pubkey *")
+    if not lib.secp256k1_ecdsa_recover(context, public, signature, digest):
+        return None
+    out = ffi.new("unsigned char[65]")
+    size = ffi.new("size_t *", 65)
+    lib.secp256k1_ec_pubkey_serialize(
+        context, out, size, public, lib.SECP256K1_EC_UNCOMPRESSED
+    )
+    return bytes(ffi.buffer(out, 65))
 
 
 def low_s(r: int, s: int) -> tuple[int, int]:
@@ -66,13 +91,7 @@ def to_ethereum_signature(raw: bytes, digest: bytes, public_key: bytes) -> bytes
     compact = r.to_bytes(32, "big") + s.to_bytes(32, "big")
     wanted = b"\x04" + bytes(public_key)
     for recovery_id in (0, 1):
-        try:
-            recovered = PublicKey.from_signature_and_message(
-                compact + bytes((recovery_id,)), bytes(digest), hasher=None
-            )
-        except Exception:  # noqa: S112 - coincurve raises plain Exception
-            continue
-        if recovered.format(compressed=False) == wanted:
+        if _recover(compact, recovery_id, bytes(digest)) == wanted:
             return compact + bytes((27 + recovery_id,))
     raise SignatureError(ERR_NO_RECOVERY)
 
