@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Warning
+from django.core.checks import CheckMessage, Error, Warning
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.models import Count
 
+E001 = "assets.E001"
 W001 = "assets.W001"
 W002 = "assets.W002"
 UNKNOWN_MASTER_KEY = (
@@ -154,3 +155,46 @@ def check_assets_chain(
         chain_id=settings.CHAIN_ID,
     )
     return [Warning(message, hint=ASSETS_ON_OTHER_CHAIN_HINT, id=W003)]
+
+
+PKCS11_MISSING = "SIGNER_BACKEND=pkcs11 needs {names}."
+PKCS11_MISSING_HINT = (
+    "Set PKCS11_MODULE (the module's .so, e.g. /usr/lib/softhsm/libsofthsm2.so), "
+    "PKCS11_TOKEN_LABEL and PKCS11_PIN_FILE or the PKCS11_PIN environment variable."
+)
+PKCS11_NO_MODULE = "PKCS11_MODULE {path} is not a file."
+
+
+def check_pkcs11_configured(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """SIGNER_BACKEND=pkcs11 needs a module, a token label and a PIN source."""
+    import os
+
+    module = settings.PKCS11_MODULE
+    if settings.SIGNER_BACKEND != "pkcs11" and not module:
+        return []
+    missing = [
+        name
+        for name, value in (
+            ("PKCS11_MODULE", module),
+            ("PKCS11_TOKEN_LABEL", settings.PKCS11_TOKEN_LABEL),
+            (
+                "PKCS11_PIN_FILE or PKCS11_PIN",
+                settings.PKCS11_PIN_FILE or os.environ.get("PKCS11_PIN", ""),
+            ),
+        )
+        if not value
+    ]
+    errors: list[CheckMessage] = []
+    if missing:
+        errors.append(
+            Error(
+                PKCS11_MISSING.format(names=", ".join(missing)),
+                hint=PKCS11_MISSING_HINT,
+                id=E001,
+            )
+        )
+    if module and not os.path.isfile(module):
+        errors.append(Error(PKCS11_NO_MODULE.format(path=module), id=E001))
+    return errors

@@ -23,7 +23,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coincurve._libsecp256k1 import ffi, lib
 from coincurve.context import GLOBAL_CONTEXT
@@ -34,6 +34,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.views.decorators.debug import sensitive_variables
 
 from evops.protocol.hashing import keccak256
+
+if TYPE_CHECKING:
+    from assets.pkcs11 import TokenKey, TokenPool
 
 ALGORITHM = "aes-256-gcm/v1"
 SETTING = "EVOPS_KEY_ENCRYPTION_KEYS"
@@ -354,6 +357,19 @@ def reseal(sealed: SealedKey, *, address: str, purpose: str = ASSET_KEY) -> Seal
     fresh = _seal(secret, address, purpose)
     _open(fresh, address, purpose)
     return fresh
+
+
+@sensitive_variables()
+def move_into_token(
+    sealed: SealedKey, *, address: str, pool: TokenPool, purpose: str = ASSET_KEY
+) -> TokenKey:
+    """Open a sealed key and store it in a PKCS#11 token (`assets.pkcs11`).
+
+    The plaintext goes from here straight into `C_CreateObject` as a sensitive,
+    non-extractable key; the caller gets the token's key id and the public key.
+    """
+    secret = _open(sealed, address, purpose)
+    return pool.create_from_secret(secret, _public_key(secret))
 
 
 # --- signing -------------------------------------------------------------------------

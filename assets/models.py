@@ -4,6 +4,8 @@ An asset is an Ethereum account and a DID. Its private key lives in a separate t
 (`AssetKey`) so that nothing that lists or renders assets ever loads key material: the
 admin, exports and selectors work on `Asset` alone. The key row holds only AES-256-GCM
 ciphertext, sealed by `assets.crypto` with the asset's address as associated data.
+An asset whose key lives in a PKCS#11 token (`assets.pkcs11`) has no key row: the
+asset records the token's label, the key's CKA_ID and its public key.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class SignerBackend(models.TextChoices):
     """Where an asset's key is held; `assets.signers` maps each to a Signer class."""
 
     LOCAL_ENCRYPTED = "local", "Encrypted in the database"
+    PKCS11 = "pkcs11", "PKCS#11 token"
 
 
 class Asset(models.Model):
@@ -53,6 +56,23 @@ class Asset(models.Model):
         max_length=20,
         choices=SignerBackend.choices,
         default=SignerBackend.LOCAL_ENCRYPTED,
+    )
+    # PKCS#11 backend only: where the key lives and its public half (never the key).
+    token_label = models.CharField(
+        "token", max_length=64, blank=True, default="", help_text="PKCS#11 token label."
+    )
+    token_key_id = models.CharField(
+        "token key id",
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="CKA_ID of the private key in the token (hex).",
+    )
+    public_key = models.CharField(
+        max_length=128,
+        blank=True,
+        default="",
+        help_text="Uncompressed secp256k1 public key x || y (hex), token keys only.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

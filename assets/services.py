@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -17,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from assets import crypto, importers
+from assets import crypto, importers, pkcs11
 from assets.importers import KeyEntry
-from assets.models import Asset, AssetKey, AssetKind, OperatorAccount
+from assets.models import Asset, AssetKey, AssetKind, OperatorAccount, SignerBackend
 from assets.selectors import operator_chain_default
 from assets.signers import sealed_from_row
 from evops.protocol.dids import DID, ERR_SHAPE, VOLTA, chain_id_for, chain_name_for
@@ -51,6 +53,16 @@ ERR_RACE = (
     "was written. Run the import again."
 )
 ERR_ROTATION_FAILED = "Re-encryption stopped at {did}; nothing was changed. {reason}"
+ERR_MOVE_FAILED = (
+    "Moving the keys into the token stopped at {did}; nothing was changed and the "
+    "keys created in the token were removed. {reason}"
+)
+ERR_MOVE_CLEANUP = (
+    " Removing the keys already created in the token failed too ({reason}); delete "
+    "the objects with these CKA_IDs by hand: {ids}"
+)
+ERR_MOVE_CHANGED = "{did} changed while its key was being moved; run the command again."
+ERR_BAD_BACKEND = "unknown signer backend {backend!r}; use local or pkcs11"
 ERR_OPERATOR_EXISTS = "An operator account with address {address} already exists."
 ERR_OPERATOR_IS_ASSET = (
     "{address} is the address of asset {did}; the operator must be its own account."
@@ -228,23 +240,39 @@ def asset_generate(
     kind: str = AssetKind.OTHER,
     label_prefix: str = "",
     chain: str = VOLTA,
+    backend: str | None = None,
     progress: Progress = _no_progress,
 ) -> list[Asset]:
     """Create `count` assets with fresh random keys, in one transaction.
 
     Labels are `label_prefix` followed by a running number that continues after the
-    assets already labelled with that prefix.
+    assets already labelled with that prefix. `backend` (default `SIGNER_BACKEND`):
+    `local` seals each key in the database; `pkcs11` makes each key inside the token
+    and stores only its id and public key (keys already made are removed from the
+    token if anything fails before the rows are written).
     """
     if count < 1:
         raise ValueError("count must be at least 1")
     if kind not in AssetKind.values:
         raise ValueError(ERR_BAD_KIND.format(choices=", ".join(AssetKind.values)))
+    backend = backend or settings.SIGNER_BACKEND
+    if backend not in SignerBackend.values:
+        raise ValueError(ERR_BAD_BACKEND.format(backend=backend))
     chain_id_for(chain)
     start = (
         Asset.objects.filter(label__startswith=label_prefix).count() + 1
         if label_prefix
         else 1
     )
+    if backend == SignerBackend.PKCS11:
+        return _generate_in_token(
+            count=count,
+            kind=kind,
+            label_prefix=label_prefix,
+            chain=chain,
+            start=start,
+            progress=progress,
+        )
     pairs = []
     for number in progress(range(start, start + count), count, "generating"):
         address, sealed = crypto.seal_new_key()
@@ -254,6 +282,170 @@ def asset_generate(
         _write(pairs, progress)
     logger.info("assets generated", extra={"asset_count": count, "asset_kind": kind})
     return [asset for asset, _ in pairs]
+
+
+def _token_fields(key: pkcs11.TokenKey) -> dict[str, str]:
+    return {
+        "signer_backend": SignerBackend.PKCS11,
+        "token_label": key.label,
+        "token_key_id": key.key_id.hex(),
+        "public_key": key.public_key.hex(),
+    }
+
+
+def _remove_from_token(
+    pool: pkcs11.TokenPool, keys: Sequence[pkcs11.TokenKey]
+) -> str | None:
+    """Delete keys made by a step that failed; the error text if that failed too."""
+    if not keys:
+        return None
+    try:
+        pool.destroy([key.key_id for key in keys])
+    except Exception as exc:  # report, never mask the original failure
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _generate_in_token(
+    *,
+    count: int,
+    kind: str,
+    label_prefix: str,
+    chain: str,
+    start: int,
+    progress: Progress,
+) -> list[Asset]:
+    pool = pkcs11.pool_for()
+    made: list[pkcs11.TokenKey] = []
+    assets = []
+    try:
+        for number in progress(range(start, start + count), count, "generating"):
+            key = pool.generate()
+            made.append(key)
+            address = key.address
+            assets.append(
+                Asset(
+                    did=f"did:ethr:{chain}:{address}",
+                    address=address,
+                    chain=chain,
+                    kind=kind,
+                    label=f"{label_prefix}{number}" if label_prefix else "",
+                    **_token_fields(key),
+                )
+            )
+        with transaction.atomic():
+            for batch in _batches(assets, BATCH_SIZE):
+                Asset.objects.bulk_create(batch)
+    except BaseException:
+        problem = _remove_from_token(pool, made)
+        if problem:
+            logger.error("could not remove generated token keys: %s", problem)
+        raise
+    logger.info(
+        "assets generated in token",
+        extra={"asset_count": count, "asset_kind": kind, "token": pool.label},
+    )
+    return assets
+
+
+class MoveFailed(crypto.KeyCustodyError):
+    """Keys could not all be moved into the token; nothing was changed."""
+
+
+@dataclass
+class MoveReport:
+    moved: int = 0
+    token: str = ""
+
+
+def assets_move_keys_to_token(
+    *, dids: Sequence[str] = (), progress: Progress = _no_progress
+) -> MoveReport:
+    """Move locally sealed asset keys into the PKCS#11 token, all or nothing.
+
+    Every key (or those of `dids`) is opened, stored in the token as a sensitive,
+    non-extractable key and checked by signing with the token and recovering the
+    asset's address. Only when every key made it are the rows switched to the token
+    backend and their sealed keys deleted, in one transaction holding the row locks;
+    if anything fails, the keys already created in the token are removed and no row
+    changes. No plaintext is written anywhere: it goes from the decrypt straight into
+    the token (`crypto.move_into_token`).
+    """
+    pool = pkcs11.pool_for()
+    report = MoveReport(token=pool.label)
+    made: list[pkcs11.TokenKey] = []
+    current = ""
+    try:
+        with transaction.atomic():
+            rows = AssetKey.objects.select_for_update(of=("self",)).select_related(
+                "asset"
+            )
+            if dids:
+                rows = rows.filter(asset__did__in=list(dids))
+            keys = list(rows.order_by("pk"))
+            if dids and len(keys) != len(set(dids)):
+                found = {row.asset.did for row in keys}
+                missing = sorted(set(dids) - found)
+                raise MoveFailed(
+                    f"no locally sealed key for: {', '.join(missing[:10])}"
+                )
+            assets = []
+            for row in progress(keys, len(keys), "moving into the token"):
+                asset = row.asset
+                current = asset.did
+                if asset.signer_backend != SignerBackend.LOCAL_ENCRYPTED:
+                    raise MoveFailed(ERR_MOVE_CHANGED.format(did=asset.did))
+                key = crypto.move_into_token(
+                    sealed_from_row(row), address=asset.address, pool=pool
+                )
+                made.append(key)
+                if key.address != asset.address:
+                    raise crypto.KeyAddressMismatch(
+                        crypto.ADDRESS_MISMATCH.format(address=asset.address)
+                    )
+                _check_token_key(key, asset.address)
+                for name, value in _token_fields(key).items():
+                    setattr(asset, name, value)
+                assets.append(asset)
+            current = ""
+            Asset.objects.bulk_update(
+                assets,
+                ["signer_backend", "token_label", "token_key_id", "public_key"],
+                batch_size=500,
+            )
+            AssetKey.objects.filter(pk__in=[row.pk for row in keys]).delete()
+            report.moved = len(assets)
+    except BaseException as exc:
+        problem = _remove_from_token(pool, made)
+        reason = str(exc) if isinstance(exc, Exception) else type(exc).__name__
+        message = ERR_MOVE_FAILED.format(
+            did=current or "the final write", reason=reason
+        )
+        if problem:
+            message += ERR_MOVE_CLEANUP.format(
+                reason=problem, ids=", ".join(key.key_id.hex() for key in made)
+            )
+        if isinstance(exc, Exception):
+            raise MoveFailed(message) from None
+        raise
+    logger.info(
+        "asset keys moved into the token",
+        extra={"asset_count": report.moved, "token": pool.label},
+    )
+    return report
+
+
+def _check_token_key(key: pkcs11.TokenKey, address: str) -> None:
+    """Sign a random digest with the token key; it must recover to `address`."""
+    from evops.protocol._crypto import recover_address_bytes
+
+    signer = pkcs11.TokenSigner(
+        address=address, label=key.label, key_id=key.key_id, public_key=key.public_key
+    )
+    digest = os.urandom(32)
+    signature = signer.sign_hash(digest)
+    if "0x" + recover_address_bytes(digest, signature).hex() != address.lower():
+        raise crypto.KeyAddressMismatch(crypto.ADDRESS_MISMATCH.format(address=address))
 
 
 def asset_import_keys(

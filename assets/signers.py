@@ -5,6 +5,9 @@ factory for that backend. The first backend, `EncryptedKeySigner`, keeps the sea
 envelope from the database and decrypts it (in `assets.crypto`) for each signature
 only; nothing here ever holds a plaintext key. A remote backend (KMS, HSM, Vault)
 registers a factory under a new `SignerBackend` value and needs no other change.
+`TokenSigner` (`assets.pkcs11`) serves assets whose key lives in a PKCS#11 token;
+it is built from the asset row alone (key id, token label, public key), with no
+database call, and checks that the recorded public key derives the asset's address.
 
 `operator_signer()` gives relay mode's sender: the stored `OperatorAccount` chosen by
 `assets.selectors.operator_account_for`, its envelope sealed with the operator purpose.
@@ -17,11 +20,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from django.conf import settings
 from django.db import connections
 
-from assets import crypto
+from assets import crypto, pkcs11
 from assets.models import Asset, AssetKey, OperatorAccount, SignerBackend
 from assets.selectors import OperatorNotConfigured, operator_account_for
+from evops.protocol.hashing import keccak256
 from evops.protocol.signer import Signer
 
 __all__ = [
@@ -30,10 +35,12 @@ __all__ = [
     "operator_signer",
     "register_backend",
     "signer_for_asset",
+    "signer_health",
 ]
 
 NO_KEY = "Asset {did} has no stored key."
 UNKNOWN_BACKEND = "Asset {did} uses signer backend {backend!r}, which is not available."
+BAD_ROW = "Asset {did} uses the PKCS#11 backend but has no valid key id or public key."
 
 SignerFactory = Callable[[Asset], Signer]
 _backends: dict[str, SignerFactory] = {}
@@ -127,6 +134,41 @@ def signer_for_asset(asset: Asset) -> Signer:
 
 
 register_backend(SignerBackend.LOCAL_ENCRYPTED, EncryptedKeySigner.for_asset)
+
+
+def token_signer_for_asset(asset: Asset) -> pkcs11.TokenSigner:
+    """The PKCS#11 signer of `asset`, from the ids and public key on its row."""
+    try:
+        key_id = bytes.fromhex(asset.token_key_id)
+        public_key = bytes.fromhex(asset.public_key)
+    except ValueError:
+        raise crypto.KeyCustodyError(BAD_ROW.format(did=asset.did)) from None
+    if not key_id or len(public_key) != 64 or not asset.token_label:
+        raise crypto.KeyCustodyError(BAD_ROW.format(did=asset.did))
+    if crypto.checksum_address(keccak256(public_key)[-20:]) != asset.address:
+        raise crypto.KeyAddressMismatch(
+            crypto.ADDRESS_MISMATCH.format(address=asset.address)
+        )
+    return pkcs11.TokenSigner(
+        address=asset.address,
+        label=asset.token_label,
+        key_id=key_id,
+        public_key=public_key,
+    )
+
+
+register_backend(SignerBackend.PKCS11, token_signer_for_asset)
+
+
+def signer_health() -> dict[str, Any]:
+    """The signer backend's state for the heartbeat: {"backend", "ok", "error", ...}.
+
+    With a PKCS#11 token configured it asks the token (a random-number call on a
+    pooled session), so an unplugged or locked token shows in `listener_health`.
+    """
+    if settings.SIGNER_BACKEND != SignerBackend.PKCS11 and not settings.PKCS11_MODULE:
+        return {"backend": settings.SIGNER_BACKEND, "ok": True, "error": ""}
+    return {"backend": settings.SIGNER_BACKEND, **pkcs11.token_health()}
 
 
 def _operator_signer_closing(chain: str | None) -> Signer:

@@ -8,13 +8,17 @@ database, imports into it and deletes the benchmark's assets afterwards). Prints
   tool's schema (goal: 10,000 in under 10 s), through the real management command;
 - EIP-191 signing throughput through the encrypted signer (decrypt, check address,
   sign) next to raw coincurve signing of the same message in the same run (goal:
-  within 2x).
+  within 2x);
+- with `--token` (default on when SoftHSM2 is installed), EIP-191 signing through
+  the PKCS#11 backend (`CKM_ECDSA` in a throw-away SoftHSM2 token, or the HSM that
+  `PKCS11_MODULE` etc. name), next to the encrypted local backend.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import os
 import secrets
@@ -85,8 +89,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--token",
+        action=argparse.BooleanOptionalAction,
+        default=Path("/usr/lib/softhsm/libsofthsm2.so").is_file()
+        or bool(os.environ.get("PKCS11_MODULE")),
+        help="also measure the PKCS#11 backend",
+    )
     args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "bench"))
+    from hsm import softhsm_token
 
+    with contextlib.ExitStack() as stack:
+        token = stack.enter_context(softhsm_token()) if args.token else ""
+        _run(args, token)
+
+
+def _run(args: argparse.Namespace, token: str) -> None:
     with tempfile.TemporaryDirectory(prefix="evops-bench-") as tmp:
         workdir = Path(tmp)
         own_database = _configure(workdir)
@@ -140,10 +159,40 @@ def main() -> None:
         print(f"raw coincurve EIP-191 signing:   {raw_rate:9,.0f} signatures/s")
         print(f"decrypt-and-sign (encrypted key): {sealed_rate:8,.0f} signatures/s")
         print(f"ratio: {raw_rate / sealed_rate:.2f}x slower (goal: within 2x)")
+        if token:
+            _token_rate(args, token, sealed_rate, message)
 
         if not own_database:
             addresses = [signer_address(bytes.fromhex(k[2:])) for k in keys]
             Asset.objects.filter(address__in=addresses).delete()
+
+
+def _token_rate(
+    args: argparse.Namespace, token: str, sealed_rate: float, message: bytes
+) -> None:
+    """EIP-191 signatures per second through the PKCS#11 backend."""
+    from assets.crypto import eip191_digest
+    from assets.services import asset_generate
+    from assets.signers import signer_for_asset
+    from evops.protocol._crypto import recover_address_bytes
+
+    assets = asset_generate(count=8, backend="pkcs11")
+    signers = [signer_for_asset(asset) for asset in assets]
+    digest = eip191_digest(message)
+    for signer in signers:
+        recovered = recover_address_bytes(digest, signer.sign_message(message))
+        assert "0x" + recovered.hex() == signer.address.lower()
+    turn = [0]
+
+    def in_token() -> bytes:
+        turn[0] += 1
+        return signers[turn[0] % len(signers)].sign_message(message)
+
+    token_rate = 0.0
+    for _ in range(5):
+        token_rate = max(token_rate, _rate(in_token, args.seconds / 5))
+    print(f"PKCS#11 token ({token}) EIP-191 signing: {token_rate:8,.0f} signatures/s")
+    print(f"token vs encrypted local key: {sealed_rate / token_rate:.2f}x slower")
 
 
 def signer_address(secret: bytes) -> str:

@@ -210,7 +210,11 @@ async def start_listener(listener: Any) -> Any:
     async def connected() -> bool:
         if task.done():
             task.result()
-        return bool(listener.state == ConnectionState.CONNECTED)
+        # Connected is not enough: core NATS drops what is published before the
+        # subscriptions exist (the state flips first, and the heartbeat written on
+        # that change, which asks the signer backend, can take a moment).
+        subscribed = bool(listener._subscriptions) or bool(listener.config.stream)
+        return bool(listener.state == ConnectionState.CONNECTED) and subscribed
 
     if not await wait_for(connected, 60):
         raise RuntimeError("the listener did not connect")

@@ -1,7 +1,11 @@
 """Benchmark 1: a burst of prequalification requests, stand-in adding 20 ms per call.
 
 Run: .venv/bin/python bench/pipeline_requests.py [--small] [--count N]
-(`NATS_JETSTREAM_STREAM=BENCH` in the environment: the listener in JetStream mode.)
+     [--signer-backend local|pkcs11]
+(`NATS_JETSTREAM_STREAM=BENCH` in the environment: the listener in JetStream mode.
+`--signer-backend pkcs11`, or `SIGNER_BACKEND=pkcs11`: the assets' keys are made in a
+throw-away SoftHSM2 token, or the HSM `PKCS11_MODULE` etc. name, and every login and
+claim-request signature comes from it.)
 
 Publishes N `{"did"}` messages on the prequalification subject at once to a running
 `Listener` (built as `run_nats_listener` builds it: settings, real integrations,
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -110,8 +116,23 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="100 requests")
     parser.add_argument("--count", type=int, default=0)
+    parser.add_argument(
+        "--signer-backend",
+        choices=("local", "pkcs11"),
+        default=os.environ.get("SIGNER_BACKEND", "local"),
+    )
     args = parser.parse_args(argv)
     count = args.count or (100 if args.small else 1000)
+    with contextlib.ExitStack() as stack:
+        if args.signer_backend == "pkcs11":
+            from hsm import softhsm_token
+
+            token = stack.enter_context(softhsm_token())
+            print(f"signer backend: PKCS#11, {token}", flush=True)
+        _run(count, args.signer_backend)
+
+
+def _run(count: int, backend: str) -> None:
 
     from evops.protocol.dids import DID
     from evops.protocol.keys import LocalKeySigner
@@ -137,6 +158,7 @@ def main(argv: list[str]) -> None:
                 NATS_PREQUALIFICATION_SUBJECT="*.prequalification.exchange",
                 NATS_CLAIM_EXCHANGE_SUBJECTS=f"*.claim-exchange.*.{ENV}",
                 PREQUALIFICATION_ROLE=ROLE,
+                SIGNER_BACKEND=backend,
             )
             from django.conf import settings
 
@@ -150,7 +172,8 @@ def main(argv: list[str]) -> None:
         f"prequalification burst: {count} requests, stand-in +{LATENCY * 1000:.0f} ms "
         f"per call; workers {settings.WORKER_CONCURRENCY}, cache-server "
         f"concurrency {settings.CACHE_SERVER_MAX_CONCURRENCY}, NATS "
-        f"{'JetStream stream ' + stream if stream else 'core'}",
+        f"{'JetStream stream ' + stream if stream else 'core'}; signer backend "
+        f"{settings.SIGNER_BACKEND}",
         flush=True,
     )
     print(

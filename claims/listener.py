@@ -28,6 +28,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from assets.signers import signer_health
 from claims import (
     consumer,
     inbox,
@@ -440,6 +441,9 @@ class Listener:
             await sync_to_async(transitions.leases_renew)(
                 message_ids=held_messages, record_ids=held_records
             )
+        # The signer backend's state (a PKCS#11 token unplugged or locked shows here
+        # and in `listener_health`); asked off the loop, a token call may block.
+        signer = await asyncio.to_thread(signer_health)
         await sync_to_async(ListenerHeartbeat.objects.beat)(
             name=self.config.name,
             state=self.state,
@@ -456,6 +460,7 @@ class Listener:
                 "reader_deaths": self.watchdog.deaths if self.watchdog else 0,
                 "stream_changes": self.stream_changes,
                 "problems": self.problems(),
+                "signer": signer,
             },
         )
         backlog, oldest = await sync_to_async(selectors.inbox_backlog)()

@@ -442,6 +442,24 @@ CHAIN_OPERATOR_ADDRESS = env.str("CHAIN_OPERATOR_ADDRESS", default="").strip()
 if CHAIN_OPERATOR_ADDRESS and not _ADDRESS_RE.match(CHAIN_OPERATOR_ADDRESS):
     raise ImproperlyConfigured("CHAIN_OPERATOR_ADDRESS must be a 0x-prefixed address.")
 
+# --- Signer backend (assets) ---------------------------------------------------------
+# Where new asset keys are made (generate_asset_keys, the sandbox): `local` (sealed in
+# the database) or `pkcs11` (in the token below). Each asset row records where its own
+# key lives, so both kinds can be used at once. The PIN is read by assets.pkcs11 from
+# PKCS11_PIN_FILE or the PKCS11_PIN environment variable when a session opens; it is
+# deliberately not a Django setting (settings are listed on the debug page).
+SIGNER_BACKEND = env.str("SIGNER_BACKEND", default="local").strip().lower()
+if SIGNER_BACKEND not in {"local", "pkcs11"}:
+    raise ImproperlyConfigured(
+        f"SIGNER_BACKEND must be local or pkcs11, not {SIGNER_BACKEND!r}."
+    )
+PKCS11_MODULE = env.str("PKCS11_MODULE", default="").strip()
+PKCS11_TOKEN_LABEL = env.str("PKCS11_TOKEN_LABEL", default="").strip()
+if len(PKCS11_TOKEN_LABEL) > 32:
+    raise ImproperlyConfigured("PKCS11_TOKEN_LABEL is at most 32 characters.")
+PKCS11_PIN_FILE = env.str("PKCS11_PIN_FILE", default="").strip()
+PKCS11_POOL_SIZE = _int("PKCS11_POOL_SIZE", 4, minimum=1)
+
 # --- Pipeline (NATS listener, claim lifecycle, reconciliation) --------------------
 
 

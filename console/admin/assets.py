@@ -24,7 +24,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from assets.models import Asset, AssetKey, OperatorAccount
+from assets.models import Asset, AssetKey, OperatorAccount, SignerBackend
 from claims.inbox import CONSOLE_LISTENER
 from claims.models import (
     OPEN_STATUSES,
@@ -542,6 +542,11 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
 
     @admin.display(description="key")
     def key_custody(self, obj: Asset) -> str:
+        if obj.signer_backend == SignerBackend.PKCS11:
+            return (
+                f"in PKCS#11 token {obj.token_label!r}, key id {obj.token_key_id} "
+                "(non-extractable)"
+            )
         try:
             key = obj.key
         except AssetKey.DoesNotExist:

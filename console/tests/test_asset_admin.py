@@ -149,3 +149,16 @@ def test_assets_cannot_be_added_in_the_admin_and_keys_are_not_registered(
     assert Asset.objects.filter(pk=car.pk).exists()
     index = admin_client.get(reverse("admin:index")).content.decode()
     assert "assetkey" not in index.lower()
+
+
+def test_change_form_shows_where_a_token_key_lives(admin_client, token_settings):
+    from assets.models import SignerBackend
+    from assets.services import asset_generate
+
+    (asset,) = asset_generate(count=1, backend=SignerBackend.PKCS11)
+    response = admin_client.get(reverse("admin:assets_asset_change", args=[asset.pk]))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert f"in PKCS#11 token &#x27;{token_settings.label}&#x27;" in html
+    assert f"key id {asset.token_key_id}" in html
+    assert token_settings.pin not in html

@@ -2,9 +2,10 @@
 
 For process supervisors and readiness probes: healthy means the named listener (or,
 without `--name`, every listener seen in the last hour) wrote a heartbeat within
-`--max-age` seconds, is connected to NATS, and reports no problem of its own (a dead
-NATS read loop, received messages dropped before they were stored). Exit status 1
-otherwise, with the reason on stderr.
+`--max-age` seconds, is connected to NATS, its signer backend answers (a PKCS#11
+token that is unplugged or locked makes it unhealthy), and it reports no problem of
+its own (a dead NATS read loop, received messages dropped before they were stored).
+Exit status 1 otherwise, with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def _problem(beat: ListenerHeartbeat, now: Any, max_age: float) -> str:
         return f"{beat.name}: last heartbeat {age:.0f}s ago"
     if beat.state != ConnectionState.CONNECTED:
         return f"{beat.name}: {beat.state}"
+    signer = (beat.details or {}).get("signer") or {}
+    if signer.get("ok") is False:
+        return f"{beat.name}: signer unavailable: {signer.get('error', '')}"
     # What the listener itself found wrong: a dead NATS read loop, messages lost
     # before they were stored (see `claims.listener.Listener.problems`).
     reported = (beat.details or {}).get("problems") or []
