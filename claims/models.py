@@ -219,6 +219,7 @@ class EventActor(models.TextChoices):
     RECONCILER = "reconciler", "Reconciler"
     STAFF = "staff", "Staff"
     SYSTEM = "system", "System"
+    LIFECYCLE = "lifecycle", "Lifecycle sweep"
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,7 @@ class Actor:
 LISTENER = Actor(EventActor.LISTENER, "listener")
 RECONCILER = Actor(EventActor.RECONCILER, "reconciler")
 SYSTEM = Actor(EventActor.SYSTEM, "system")
+LIFECYCLE = Actor(EventActor.LIFECYCLE, "lifecycle")
 
 
 def staff_actor(user: Any) -> Actor:

@@ -185,9 +185,7 @@ def parse_status_list(document: Any, *, limit: int = MAX_LIST_BYTES) -> StatusLi
     if not isinstance(document, Mapping):
         raise StatusListError(ERR_LIST_NOT_OBJECT)
     types = document.get("type")
-    if not (
-        types == LIST_TYPE or (isinstance(types, list) and LIST_TYPE in types)
-    ):
+    if not (types == LIST_TYPE or (isinstance(types, list) and LIST_TYPE in types)):
         raise StatusListError(ERR_LIST_TYPE)
     subject = document.get("credentialSubject")
     if not isinstance(subject, Mapping):
@@ -219,7 +217,9 @@ def role_revokers(definition: Mapping[str, Any] | None) -> tuple[str, tuple[str,
         return "", ()
     kind = str(spec.get(kind_key) or "").upper()
     dids = spec.get(list_key)
-    listed = tuple(d for d in dids if isinstance(d, str)) if isinstance(dids, list) else ()
+    listed = (
+        tuple(d for d in dids if isinstance(d, str)) if isinstance(dids, list) else ()
+    )
     return kind, listed
 
 
