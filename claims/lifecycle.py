@@ -13,9 +13,10 @@ progress bar):
    hub's status list (its `credentialStatus`) and, when `REVOCATION_REGISTRY_ADDRESS`
    is set, the on-chain `ClaimsRevocationRegistry`; a list signed by someone who is
    not among the role's revokers is reported, never obeyed;
-4. expiry: a record past its expiry becomes expired;
-5. renewal: inside `RENEWAL_WINDOW_SECONDS` of its expiry, a new prequalification
-   request is filed for the asset, once (a revoked role never is);
+4. renewal: inside `RENEWAL_WINDOW_SECONDS` of its expiry (or past it, when no
+   sweep saw it in the window), a new prequalification request is filed for the
+   asset, once (a revoked role never is);
+5. expiry: a record past its expiry becomes expired;
 6. removal: the entry of every expired, revoked or superseded record is removed from
    the DID document with exactly the bytes that were written (ERC-1056
    `revokeAttribute`, or `revokeAttributeSigned` through the operator in relay
@@ -180,8 +181,6 @@ async def lifecycle_sweep(
         if await db(records.claim_mark_expired)(record_id=pk, actor=actor):
             result.expired += 1
 
-    await each("expiry", await db(records.expired_due)(), expire)
-
     async def renew(pk: int) -> None:
         if await renew_claim(pk, integrations=integrations, actor=actor):
             result.renewals += 1
@@ -191,6 +190,9 @@ async def lifecycle_sweep(
         await db(records.renewal_due)(window=config.renewal_window),
         renew,
     )
+    # After the renewals: one that expired before any sweep saw it in the window is
+    # still renewed (once) before it is marked expired.
+    await each("expiry", await db(records.expired_due)(), expire)
 
     async def remove(pk: int) -> None:
         if await remove_entry(pk, integrations=integrations, actor=actor):

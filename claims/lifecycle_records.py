@@ -204,14 +204,9 @@ def backfill_facts(*, actor: Actor) -> int:
     return count
 
 
-def _expiry_order(record: ClaimRecord) -> tuple[float, int]:
-    expires = record.expires_at.timestamp() if record.expires_at else float("inf")
-    return expires, record.pk
-
-
 def supersede_replaced(*, actor: Actor, asset_ids: Iterable[int] = ()) -> list[int]:
-    """Where an asset has two published records of one role, keep the one valid
-    longest (no expiry beats any; then the newer) and supersede the others.
+    """Where an asset has two published records of one role, keep the newest (a
+    renewal, a re-issue: the issuer's latest word) and supersede the others.
 
     Both are published (confirmed from chain), so removing the older entry never
     leaves the role without one.
@@ -226,7 +221,7 @@ def supersede_replaced(*, actor: Actor, asset_ids: Iterable[int] = ()) -> list[i
     for records in groups.values():
         if len(records) < 2:
             continue
-        keeper = max(records, key=_expiry_order)
+        keeper = max(records, key=lambda record: record.pk)
         for record in records:
             if record.pk == keeper.pk:
                 continue
@@ -340,7 +335,6 @@ def renewal_due(*, window: timedelta, now: datetime | None = None) -> list[int]:
             renewal_requested_at__isnull=True,
             expires_at__isnull=False,
             expires_at__lte=now + window,
-            expires_at__gt=now,
         ).values_list("pk", flat=True)
     )
 
