@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -19,16 +20,7 @@ from asgiref.sync import sync_to_async
 from claims import pipeline
 from claims.lifecycle import LifecycleConfig, lifecycle_sweep
 from claims.models import LIFECYCLE, LISTENER, ClaimRecord, ClaimStatus
-from claims.tests.test_end_to_end import (  # noqa: F401 (fixtures)
-    ROLE,
-    _issue,
-    _request,
-    _token,
-    chain_mode,
-    env_name,
-    funded_asset,
-    real,
-)
+from claims.tests import test_end_to_end as e2e
 from evops.integrations.chain import Chain
 from evops.integrations.revocation import RevocationRegistry, StatusListClient
 from evops.protocol import erc1056
@@ -36,6 +28,15 @@ from evops.protocol.credentials import token_sha256
 from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
 from evops.sandbox import peers
+
+# The end-to-end module's fixtures (the real integrations, funded assets, both
+# chain modes), shared rather than copied.
+real = e2e.real
+funded_asset = e2e.funded_asset
+chain_mode = e2e.chain_mode
+env_name = e2e.env_name
+ROLE = e2e.ROLE
+_issue, _request, _token = e2e._issue, e2e._request, e2e._token
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -59,7 +60,9 @@ async def _sweep(real, config: LifecycleConfig):
         await config.aclose()
 
 
-async def _published(real, stand_in, issuer, anvil, asset, **token_fields):
+async def _published(
+    real: Any, stand_in: Any, issuer: Any, anvil: Any, asset: Any, **token_fields: Any
+) -> tuple[ClaimRecord, str]:
     """Request, issue (with `token_fields`) and publish one credential."""
     record = await _request(asset, real)
     token = _token(issuer, asset, **token_fields)
@@ -72,7 +75,7 @@ async def _published(real, stand_in, issuer, anvil, asset, **token_fields):
     return record, token
 
 
-async def _services(real, asset) -> list[dict]:
+async def _services(real: Any, asset: Any) -> list[dict[str, Any]]:
     document = await real.chain.resolve_document(asset.did)
     return list(document.get("service") or [])
 
@@ -86,8 +89,9 @@ async def test_short_expiry_is_renewed_once_and_old_entry_removed(
 ):
     asset = await sync_to_async(funded_asset)()
     exp = int(time.time()) + 600
-    old, first = await _published(real, stand_in, issuer, anvil, asset, exp=exp)
+    old, _ = await _published(real, stand_in, issuer, anvil, asset, exp=exp)
     assert old.expires_at == datetime.fromtimestamp(exp, tz=UTC)
+    assert old.attribute_name is not None and old.attribute_value is not None
     assert bytes(old.attribute_name) == erc1056.attribute_name()
     assert bytes(old.attribute_value) == erc1056.service_value(
         service_id=old.service_id, cid=old.cid, token_sha256=old.token_sha256
