@@ -143,6 +143,11 @@ async def test_expiry_marks_expired_and_removes_the_entry(
     asset = await sync_to_async(funded_asset)()
     exp = int(time.time()) + 4
     record, _ = await _published(real, stand_in, issuer, anvil, asset, exp=exp)
+    # As for a record published before the lifecycle existed: the bytes written are
+    # not on the row, so the removal finds them in the registry's history.
+    await ClaimRecord.objects.filter(pk=record.pk).aupdate(
+        attribute_name=None, attribute_value=None
+    )
 
     async def passed() -> bool:
         return time.time() > exp
@@ -157,6 +162,10 @@ async def test_expiry_marks_expired_and_removes_the_entry(
     assert result.renewals == 1
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.EXPIRED and record.entry_removed_at
+    assert record.attribute_value is not None
+    assert bytes(record.attribute_value) == erc1056.service_value(
+        service_id=record.service_id, cid=record.cid, token_sha256=record.token_sha256
+    )
     assert await _services(real, asset) == []
 
 
