@@ -32,6 +32,11 @@ from console.admin.site import (
     searched_address,
     searched_tx_hash,
 )
+from console.lifecycle import (
+    ExpiresWithinFilter,
+    LifecycleAdminMixin,
+    LifecycleEndedFilter,
+)
 
 if TYPE_CHECKING:
     _ClaimAdmin = admin.ModelAdmin[ClaimRecord]
@@ -96,7 +101,9 @@ def _short(text: str, chars: int) -> str:
 
 
 @admin.register(ClaimRecord)
-class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
+class ClaimRecordAdmin(
+    LifecycleAdminMixin, ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin
+):
     list_display = (
         "claim_id",
         "status_badge",
@@ -107,13 +114,25 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
         "updated_at",
     )
     list_select_related = ("asset",)
-    list_filter = ("status", "role", "created_at", AssetKindFilter)
+    list_filter = (
+        "status",
+        "role",
+        "created_at",
+        AssetKindFilter,
+        ExpiresWithinFilter,
+        LifecycleEndedFilter,
+    )
     search_fields = ("=asset__did", "claim_id", "=tx_hash", "=cid")
     date_hierarchy = "created_at"
     ordering = ("-id",)
     show_full_result_count = False
     list_per_page = 100
-    actions = ("retry_publication", "export_csv")
+    actions = ("retry_publication", "export_csv", "renew_now")
+
+    def get_urls(self) -> list[Any]:
+        # The expiry calendar (console.lifecycle) before the model's own URLs.
+        return [*self.lifecycle_urls(), *super().get_urls()]
+
     inlines = (ClaimEventInline,)
     fieldsets = (
         (None, {"fields": ("asset_link", "claim_id", "role", "role_version")}),
