@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from assets.models import Asset
 from claims import lifecycle_records as records
@@ -69,16 +69,6 @@ ERR_REVOKER_ROLE = (
 ERR_NO_BYTES = "the written attribute cannot be found in the registry's history"
 ERR_NOT_REMOVED = "transaction {tx} mined but the entry is still in the document"
 ERR_NOT_RENEWABLE = "no automatic renewal for role {role} (only {prequalification})"
-
-
-class LifecycleChain(Protocol):
-    async def revoke_attribute(
-        self, asset: Any, *, name: bytes, value: bytes
-    ) -> Any: ...
-
-    async def changed(self, identity: str, block: str = "latest") -> int: ...
-
-    async def logs(self, identity: str, block_number: int) -> Sequence[Any]: ...
 
 
 @dataclass

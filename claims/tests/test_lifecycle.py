@@ -308,23 +308,22 @@ async def test_unreachable_sources_are_transient_and_remove_nothing(
     assert record.status == ClaimStatus.PUBLISHED
     assert len(await _services(real, asset)) == 1
 
+    dead_rpc = Chain(
+        f"http://127.0.0.1:{peers.free_port()}",
+        chain_id=73799,
+        registry_address=real.chain.registry_address,
+        max_fee_gwei=100,
+        request_timeout=2,
+    )
     result = await _sweep(
         real,
         LifecycleConfig(
             renewal_window=timedelta(0),
             status_lists=None,
-            registry=RevocationRegistry(
-                Chain(
-                    f"http://127.0.0.1:{peers.free_port()}",
-                    chain_id=73799,
-                    registry_address=real.chain.registry_address,
-                    max_fee_gwei=100,
-                    request_timeout=2,
-                ),
-                "0x" + "11" * 20,
-            ),
+            registry=RevocationRegistry(dead_rpc, "0x" + "11" * 20),
         ),
     )
+    await dead_rpc.aclose()
     assert any("revocation registry unreachable" in e for e in result.errors)
     await record.arefresh_from_db()
     assert record.status == ClaimStatus.PUBLISHED
