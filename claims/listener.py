@@ -42,7 +42,13 @@ from claims import (
 from claims.batches import BATCHED
 from claims.dbthreads import DatabaseThreads, using
 from claims.integrations import Integrations
-from claims.models import LISTENER, RECONCILER, ConnectionState, ListenerHeartbeat
+from claims.models import (
+    LIFECYCLE,
+    LISTENER,
+    RECONCILER,
+    ConnectionState,
+    ListenerHeartbeat,
+)
 from evops.integrations import nats as nats_integration
 from evops.integrations.nats import NatsOptions
 from evops.protocol.messages import subjects_for
@@ -70,6 +76,8 @@ class ListenerConfig:
     reconcile_on_start: bool = True
     reconcile_concurrency: int = 20
     heartbeat_interval: float = 5.0
+    # Seconds between lifecycle sweeps (claims.lifecycle); 0: none.
+    lifecycle_interval: float = 0.0
     drain_timeout: float = 30.0
     lease_seconds: float = 30.0
     # Received messages waiting to be stored, at most (core mode).
@@ -105,6 +113,7 @@ class ListenerConfig:
             "reconcile_interval": float(settings.RECONCILE_INTERVAL),
             "reconcile_concurrency": settings.RECONCILE_CONCURRENCY,
             "heartbeat_interval": float(settings.HEARTBEAT_INTERVAL),
+            "lifecycle_interval": float(settings.LIFECYCLE_INTERVAL),
             "drain_timeout": float(settings.DRAIN_TIMEOUT),
             "lease_seconds": float(settings.INBOX_LEASE_SECONDS),
             "intake_limit": int(settings.INTAKE_QUEUE_LIMIT),
@@ -515,6 +524,8 @@ class Listener:
         ]
         if self.config.stream:
             loops.append(asyncio.create_task(self._fetch_loop()))
+        if self.config.lifecycle_interval > 0:
+            loops.append(asyncio.create_task(self._lifecycle_loop()))
         await self.stop.wait()
         await self.shutdown(loops)
 
@@ -563,6 +574,32 @@ class Listener:
                 await asyncio.wait_for(
                     self.stop.wait(), timeout=self.config.reconcile_interval
                 )
+
+    async def lifecycle_once(self) -> Any:
+        """One lifecycle sweep (claims.lifecycle) on this listener's threads."""
+        from claims import lifecycle
+
+        config = lifecycle.lifecycle_from_settings(self.integrations)
+        try:
+            with using(self.db_threads):
+                return await lifecycle.lifecycle_sweep(
+                    integrations=self.integrations, config=config, actor=LIFECYCLE
+                )
+        finally:
+            await config.aclose()
+
+    async def _lifecycle_loop(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.stop.wait(), timeout=self.config.lifecycle_interval
+                )
+            if self.stop.is_set():
+                return
+            try:
+                await self.lifecycle_once()
+            except Exception as exc:
+                log.warning("lifecycle sweep failed: %s", exc)
 
     async def shutdown(self, loops: Sequence[asyncio.Task[Any]] = ()) -> None:
         """Stop taking messages, finish or hand back in-flight work, drain NATS."""

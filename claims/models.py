@@ -35,6 +35,10 @@ class ClaimStatus(models.TextChoices):
     PUBLISHED = "published", "Published"
     REJECTED = "rejected", "Rejected"
     FAILED = "failed", "Failed"
+    # After publication (claims.lifecycle): the entry is removed from the document.
+    EXPIRED = "expired", "Expired"
+    REVOKED = "revoked", "Revoked"
+    SUPERSEDED = "superseded", "Superseded"
 
 
 # Every move a claim may make (`claims.transitions` refuses any other): forward along
@@ -71,7 +75,14 @@ ALLOWED_TRANSITIONS: dict[ClaimStatus, frozenset[ClaimStatus]] = {
     ClaimStatus.PUBLISHING: frozenset(
         {ClaimStatus.PUBLISHED, ClaimStatus.STORED, ClaimStatus.FAILED}
     ),
-    ClaimStatus.PUBLISHED: frozenset(),
+    # A published credential ends by expiry, revocation, or a renewal taking its
+    # place (claims.lifecycle); a superseded or expired one may still be revoked.
+    ClaimStatus.PUBLISHED: frozenset(
+        {ClaimStatus.EXPIRED, ClaimStatus.REVOKED, ClaimStatus.SUPERSEDED}
+    ),
+    ClaimStatus.EXPIRED: frozenset({ClaimStatus.REVOKED}),
+    ClaimStatus.REVOKED: frozenset(),
+    ClaimStatus.SUPERSEDED: frozenset({ClaimStatus.REVOKED}),
     ClaimStatus.REJECTED: frozenset(),
     ClaimStatus.FAILED: frozenset(
         {
@@ -169,6 +180,35 @@ class ClaimRecord(models.Model):
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
     issued_at = models.DateTimeField(null=True, blank=True)
     published_at = models.DateTimeField(null=True, blank=True)
+    # --- after publication (claims.lifecycle) ---
+    expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="The token's exp; empty when it never expires.",
+    )
+    status_list_url = models.CharField(max_length=2000, blank=True, default="")
+    status_list_index = models.PositiveIntegerField(null=True, blank=True)
+    # The exact attribute bytes written (the removal must carry exactly these).
+    attribute_name = models.BinaryField(null=True, blank=True, editable=False)
+    attribute_value = models.BinaryField(null=True, blank=True, editable=False)
+    renewal_requested_at = models.DateTimeField(null=True, blank=True)
+    renewal_claim_id = models.CharField(max_length=100, blank=True, default="")
+    superseded_by = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="supersedes",
+    )
+    ended_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it expired, was revoked or replaced."
+    )
+    revoked_by = models.CharField(max_length=100, blank=True, default="")
+    # Set once the service entry is gone from the document resolved from chain.
+    entry_removed_at = models.DateTimeField(null=True, blank=True)
+    removal_tx_hash = models.CharField(max_length=66, blank=True, default="")
+    lifecycle_checked_at = models.DateTimeField(null=True, blank=True)
 
     objects = ClaimRecordQuerySet.as_manager()
 
@@ -202,6 +242,7 @@ class EventActor(models.TextChoices):
     RECONCILER = "reconciler", "Reconciler"
     STAFF = "staff", "Staff"
     SYSTEM = "system", "System"
+    LIFECYCLE = "lifecycle", "Lifecycle sweep"
 
 
 @dataclass(frozen=True)
@@ -216,6 +257,7 @@ class Actor:
 LISTENER = Actor(EventActor.LISTENER, "listener")
 RECONCILER = Actor(EventActor.RECONCILER, "reconciler")
 SYSTEM = Actor(EventActor.SYSTEM, "system")
+LIFECYCLE = Actor(EventActor.LIFECYCLE, "lifecycle")
 
 
 def staff_actor(user: Any) -> Actor:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from assets.models import Asset
-from claims import history, leases, metrics, selectors, transitions
+from claims import history, leases, lifecycle_records, metrics, selectors, transitions
 from claims.dbthreads import db
 from claims.integrations import Integrations
 from claims.models import (
@@ -198,6 +198,15 @@ async def claim_accept_issued(
     token = claim.issued_token
     if result.issuer_proof:
         details["issuer_proof"] = list(result.issuer_proof)
+    # A re-issue on a claim id whose record holds an earlier credential
+    # (claims.lifecycle_records): that record keeps its entry until this one is on
+    # chain, under a renamed claim id.
+    await db(lifecycle_records.claim_prepare_reissue)(
+        asset=asset,
+        claim_id=claim_id,
+        token_sha256=result.token_sha256 or token_sha256(token),
+        actor=actor,
+    )
     record, _ = await db(transitions.claim_record_issued)(
         asset=asset,
         claim_id=claim_id,
@@ -209,6 +218,13 @@ async def claim_accept_issued(
         actor=actor,
         details=details,
     )
+    if record.token_sha256 == (result.token_sha256 or token_sha256(token)):
+        await db(lifecycle_records.record_credential_facts)(
+            record.pk,
+            token,
+            hub_expiry=claim.raw.get("expirationTimestamp") if claim else None,
+            actor=actor,
+        )
     status = await claim_advance(
         record_id=record.pk, integrations=integrations, actor=actor
     )
@@ -396,7 +412,11 @@ async def _publish(
     # Keep what was written on the row now: if confirmation fails, the next attempt
     # finds the entry by hash and must not write again.
     await db(ClaimRecord.objects.filter(pk=record.pk).update)(
-        tx_hash=tx_hash, block_number=result.block_number, service_id=service_id
+        tx_hash=tx_hash,
+        block_number=result.block_number,
+        service_id=service_id,
+        attribute_name=erc1056.attribute_name(),  # what the removal must carry
+        attribute_value=value,
     )
     try:
         confirmed = find_service_by_hash(

@@ -51,6 +51,14 @@ def assets_for_reconciliation(dids: Sequence[str] | None = None) -> list[Asset]:
     return list(query.order_by("id"))
 
 
+LIFECYCLE_MANAGED = (
+    ClaimStatus.PUBLISHED,
+    ClaimStatus.EXPIRED,
+    ClaimStatus.REVOKED,
+    ClaimStatus.SUPERSEDED,
+)
+
+
 def reusable_service_id(
     *,
     asset_id: int,
@@ -80,6 +88,11 @@ def reusable_service_id(
             token_sha256__in=list(by_hash),
         )
         .exclude(pk=exclude_pk)
+        # Entries the lifecycle removes itself (claims.lifecycle) are not reused:
+        # the renewal gets its own id, and the old entry is removed once the new
+        # one is on chain, so readers keyed by id and those keyed by name and
+        # value both see exactly one entry.
+        .exclude(status__in=LIFECYCLE_MANAGED)
         .order_by("-id")
         .values_list("token_sha256", flat=True)
         .first()

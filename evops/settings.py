@@ -520,6 +520,21 @@ DUPLICATE_WINDOW_SECONDS = _seconds("DUPLICATE_WINDOW_SECONDS", 300.0)
 HEARTBEAT_INTERVAL = _seconds("HEARTBEAT_INTERVAL", 5.0)
 DRAIN_TIMEOUT = _seconds("DRAIN_TIMEOUT", 30.0)
 METRICS_PORT = _int("METRICS_PORT", 0)
+# The credential after publication (claims.lifecycle): how often the listener sweeps
+# (seconds; 0: never, run `manage.py lifecycle_sweep` instead), how long before its
+# expiry a credential is renewed, how many records are checked at once, and the
+# on-chain ClaimsRevocationRegistry to ask (empty: none; Volta
+# 0x9876d992D124f8E05e3eB35132226a819aaC840A, EWC
+# 0xd72B4c8D5B1a1A4C7085259548bDF1A175CFc48D).
+LIFECYCLE_INTERVAL = _seconds("LIFECYCLE_INTERVAL", 300.0)
+RENEWAL_WINDOW_SECONDS = _seconds("RENEWAL_WINDOW_SECONDS", 14 * 24 * 3600.0)
+LIFECYCLE_CONCURRENCY = _int("LIFECYCLE_CONCURRENCY", 10, minimum=1)
+REVOCATION_REGISTRY_ADDRESS = env.str("REVOCATION_REGISTRY_ADDRESS", default="").strip()
+if REVOCATION_REGISTRY_ADDRESS and not _ADDRESS_RE.match(REVOCATION_REGISTRY_ADDRESS):
+    raise ImproperlyConfigured(
+        "REVOCATION_REGISTRY_ADDRESS must be empty or a 0x-prefixed address, not "
+        f"{REVOCATION_REGISTRY_ADDRESS!r}."
+    )
 
 # --- Credential store ----------------------------------------------------------------
 

@@ -381,9 +381,12 @@ async def test_the_assets_loaded_with_the_lease_are_the_ones_used(make_asset, fa
     assert len(cache.requests) == 1
 
 
-async def test_second_credential_of_the_same_role_reuses_the_service_id(
+async def test_second_credential_of_the_same_role_gets_its_own_service_id(
     make_asset, fakes, settings
 ):
+    # A published credential's entry is removed by the lifecycle sweep once its
+    # replacement is on chain (claims.lifecycle): the replacement must not reuse
+    # its id, or a reader keyed by id would lose both with the removal.
     settings.DUPLICATE_WINDOW_SECONDS = 0
     integrations, cache, _, chain = fakes
     asset = await sync_to_async(make_asset)()
@@ -397,7 +400,7 @@ async def test_second_credential_of_the_same_role_reuses_the_service_id(
         cache.issue(record.claim_id, exp=int(time.time()) + 3600 + n)
         await _notify_issued(asset, record, integrations)
     assert len(chain.writes) == 2
-    assert chain.writes[0][1]["id"] == chain.writes[1][1]["id"]
+    assert chain.writes[0][1]["id"] != chain.writes[1][1]["id"]
     assert chain.writes[0][1]["hash"] != chain.writes[1][1]["hash"]
 
 

@@ -44,6 +44,11 @@ from console.admin.site import (
     short_did,
     wei_in_chain_unit,
 )
+from console.lifecycle import (
+    ExpiresWithinFilter,
+    LifecycleAdminMixin,
+    LifecycleEndedFilter,
+)
 
 if TYPE_CHECKING:
     _ClaimAdmin = admin.ModelAdmin[ClaimRecord]
@@ -181,7 +186,9 @@ def claim_reason(
 
 
 @admin.register(ClaimRecord)
-class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
+class ClaimRecordAdmin(
+    LifecycleAdminMixin, ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin
+):
     list_display = (
         "asset_name",
         "asset_did",
@@ -191,7 +198,14 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
     )
     list_display_links = ("status_badge",)
     list_select_related = ("asset",)
-    list_filter = ("status", FailedSinceFilter, AssetKindFilter, "role")
+    list_filter = (
+        "status",
+        FailedSinceFilter,
+        AssetKindFilter,
+        "role",
+        ExpiresWithinFilter,
+        LifecycleEndedFilter,
+    )
     # The search box: see get_search_results (exact, indexed lookups only).
     search_fields = ("=claim_id",)
     search_help_text = (
@@ -203,8 +217,13 @@ class ClaimRecordAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _ClaimAdmin):
     # A laptop screen shows about 12 rows; 50 keeps the page fast at any size.
     list_per_page = 50
     list_fullwidth = True
-    actions = ("retry_publication", "export_csv")
+    actions = ("retry_publication", "export_csv", "renew_now")
     actions_detail = ("retry_detail",)
+
+    def get_urls(self) -> list[Any]:
+        # The expiry calendar (console.lifecycle) before the model's own URLs.
+        return [*self.lifecycle_urls(), *super().get_urls()]
+
     inlines = (ClaimEventInline,)
     fieldsets = (
         (None, {"fields": ("asset_link", "claim_id", "role", "role_version")}),

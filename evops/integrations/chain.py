@@ -141,6 +141,9 @@ class _InFlight:
     tx_hash: str
     name: bytes
     value: bytes
+    # "set" (setAttribute) or "revoke" (revokeAttribute): a lost revoke must never
+    # pass for a lost publication of the same bytes, nor the other way round.
+    kind: str = "set"
 
 
 @dataclass(frozen=True)
@@ -514,8 +517,69 @@ class Chain:
                 data = erc1056.set_attribute_calldata(identity, name, value, validity)
             return await self._transact(sender, identity, data, name, value)
 
+    async def revoke_attribute(
+        self, asset: Signer, *, name: bytes, value: bytes
+    ) -> PublishResult:
+        """Remove one attribute from `asset`'s DID document and wait for it to be mined.
+
+        `name` and `value` must be exactly the bytes that were published: the
+        registry's event carries them with `validTo` 0, and a reader keyed by name
+        and value drops only that entry. Asset mode sends `revokeAttribute` as the
+        asset; relay mode sends `revokeAttributeSigned`, signed by the asset over the
+        registry's digest with the nonce read just before signing. Idempotent across
+        a lost outcome like `publish_attribute`.
+        """
+        await self._ensure_chain()
+        identity = to_checksum_address(asset.address)
+        async with self._identity_lock(identity):
+            previous = await self._settle_inflight(identity, name, value, "revoke")
+            if previous is not None:
+                return previous
+            await self._wait_identity_free(identity)
+            if self.mode == "relay":
+                assert self.operator is not None
+                sender = self.operator
+                registry_nonce = await self.registry_nonce(identity)
+                digest = erc1056.revoke_attribute_signed_digest(
+                    registry=self.registry_address,
+                    nonce=registry_nonce,
+                    identity=identity,
+                    name=name,
+                    value=value,
+                )
+                v, r, s = erc1056.split_signature(asset.sign_hash(digest))
+                data = erc1056.revoke_attribute_signed_calldata(
+                    identity, v, r, s, name, value
+                )
+            else:
+                sender = asset
+                data = erc1056.revoke_attribute_calldata(identity, name, value)
+            return await self._transact(sender, identity, data, name, value, "revoke")
+
+    async def call(self, to: str, data: bytes, block: str = "latest") -> bytes:
+        """`eth_call` of any contract view: the raw return bytes.
+
+        For the views of contracts other than the registry (the claims revocation
+        registry); the same deadline, size limit and error classification apply.
+        """
+        call = {"to": to_checksum_address(to), "data": _hex(data)}
+        result = await self._request("eth_call", [call, block])
+        if not isinstance(result, str) or not result.startswith("0x"):
+            raise ChainError(RPC_BAD_ANSWER, permanent=False)
+        try:
+            return bytes.fromhex(result[2:])
+        except ValueError:
+            raise ChainError(RPC_BAD_ANSWER, permanent=False) from None
+
+    async def code_size(self, address: str) -> int:
+        """Bytes of code at `address` (0: no contract there)."""
+        code = await self._request(
+            "eth_getCode", [to_checksum_address(address), "latest"]
+        )
+        return max(0, (len(str(code)) - 2) // 2)
+
     async def _settle_inflight(
-        self, identity: str, name: bytes, value: bytes
+        self, identity: str, name: bytes, value: bytes, kind: str = "set"
     ) -> PublishResult | None:
         """Learn the outcome of a change sent earlier whose receipt never came."""
         inflight = self._inflight.get(identity)
@@ -534,7 +598,11 @@ class Chain:
                 PREVIOUS_PENDING, permanent=False, tx_hash=inflight.tx_hash
             )
         del self._inflight[identity]
-        if receipt.status == 1 and (inflight.name, inflight.value) == (name, value):
+        if receipt.status == 1 and (inflight.name, inflight.value, inflight.kind) == (
+            name,
+            value,
+            kind,
+        ):
             await self._wait_confirmations(receipt, inflight.tx_hash)
             return PublishResult(
                 tx_hash=inflight.tx_hash,
@@ -625,7 +693,13 @@ class Chain:
         return {"type": 2, "maxFeePerGas": max_fee, "maxPriorityFeePerGas": priority}
 
     async def _transact(
-        self, sender: Signer, identity: str, data: bytes, name: bytes, value: bytes
+        self,
+        sender: Signer,
+        identity: str,
+        data: bytes,
+        name: bytes,
+        value: bytes,
+        kind: str = "set",
     ) -> PublishResult:
         sender_address = to_checksum_address(sender.address)
         call = {"from": sender_address, "to": self.registry_address, "data": _hex(data)}
@@ -666,7 +740,7 @@ class Chain:
         }
         for _ in range(_DROP_RESENDS + 1):
             tx_hash, nonce = await self._send(sender, transaction)
-            self._inflight[identity] = _InFlight(tx_hash, name, value)
+            self._inflight[identity] = _InFlight(tx_hash, name, value, kind)
             try:
                 receipt = await self._wait_receipt(tx_hash, sender_address, nonce)
             except _Dropped:

@@ -306,6 +306,71 @@ def set_attribute_signed_calldata(
     )
 
 
+REVOKE_ATTRIBUTE_SIGNATURE = "revokeAttribute(address,bytes32,bytes)"
+REVOKE_ATTRIBUTE_SIGNED_SIGNATURE = (
+    "revokeAttributeSigned(address,uint8,bytes32,bytes32,bytes32,bytes)"
+)
+REVOKE_ATTRIBUTE_SELECTOR = keccak256(REVOKE_ATTRIBUTE_SIGNATURE.encode())[:4]
+REVOKE_ATTRIBUTE_SIGNED_SELECTOR = keccak256(
+    REVOKE_ATTRIBUTE_SIGNED_SIGNATURE.encode()
+)[:4]
+
+
+def revoke_attribute_calldata(identity: str, name: bytes, value: bytes) -> bytes:
+    """Calldata of `revokeAttribute(identity, name, value)`.
+
+    The registry emits `DIDAttributeChanged` with `validTo` 0 for exactly these name
+    and value bytes; a reader keyed by name and value (ethr-did-resolver) drops only
+    that entry, so the bytes must be the ones that were published.
+    """
+    return REVOKE_ATTRIBUTE_SELECTOR + abi_encode(
+        ["address", "bytes32", "bytes"],
+        ["0x" + _address20(identity).hex(), _bytes32(name), bytes(value)],
+    )
+
+
+def revoke_attribute_signed_digest(
+    *, registry: str, nonce: int, identity: str, name: bytes, value: bytes
+) -> bytes:
+    """The raw hash the identity owner signs for `revokeAttributeSigned`.
+
+    Mirrors the 0.0.3 registry's `keccak256(byte(0x19), byte(0), this,
+    nonce[identity], identity, "revokeAttribute", name, value)` with tight packing
+    (the same nonce as `setAttributeSigned`). Sign with `Signer.sign_hash`.
+    """
+    packed = b"".join(
+        (
+            b"\x19\x00",
+            _address20(registry),
+            _uint256(nonce),
+            _address20(identity),
+            b"revokeAttribute",
+            _bytes32(name),
+            bytes(value),
+        )
+    )
+    return keccak256(packed)
+
+
+def revoke_attribute_signed_calldata(
+    identity: str, v: int, r: bytes, s: bytes, name: bytes, value: bytes
+) -> bytes:
+    """Calldata of `revokeAttributeSigned(identity, v, r, s, name, value)`."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
+        raise EncodingError("v must be a uint8")
+    return REVOKE_ATTRIBUTE_SIGNED_SELECTOR + abi_encode(
+        ["address", "uint8", "bytes32", "bytes32", "bytes32", "bytes"],
+        [
+            "0x" + _address20(identity).hex(),
+            v,
+            _bytes32(r),
+            _bytes32(s),
+            _bytes32(name),
+            bytes(value),
+        ],
+    )
+
+
 @dataclass(frozen=True)
 class AttributeChanged:
     """`DIDAttributeChanged(identity, name, value, validTo, previousChange)`."""

@@ -303,6 +303,9 @@ class CacheServerStandIn:
         self.refresh_tokens: dict[str, str] = {}  # tokenId -> user DID
         self.siwe_nonces: dict[str, tuple[bool, float]] = {}  # nonce -> (open, exp)
         self.published: list[tuple[str, dict[str, Any]]] = []
+        # credentialId -> the StatusList2021Credential `GET /v1/status-list/<id>`
+        # answers (absent: 204, not revoked).
+        self.status_lists: dict[str, dict[str, Any]] = {}
 
         self.login_count = 0
         self.siwe_login_count = 0
@@ -384,6 +387,57 @@ class CacheServerStandIn:
             "isAccepted": True,
         }
         return claim_id
+
+    def status_entry(
+        self, credential_id: str | None = None, index: int = 0
+    ) -> dict[str, Any]:
+        """A `credentialStatus` pointing at this server's status list, for a token.
+
+        As iam-client-lib 6+ writes it (`StatusList2021Entry`, the index a string).
+        """
+        credential_id = credential_id or f"urn:uuid:{uuid.uuid4()}"
+        url = f"{self.url}/v1/status-list/{credential_id}"
+        return {
+            "id": f"{url}#list",
+            "type": "StatusList2021Entry",
+            "statusPurpose": "revocation",
+            "statusListIndex": str(index),
+            "statusListCredential": url,
+        }
+
+    def revoke_credential(
+        self, credential_id: str, *, revoker: str, index: int = 0, size: int = 1
+    ) -> None:
+        """Mark the credential revoked in its status list, as the hub does when a
+        revoker revokes it: the list (one byte per entry, 1 = revoked) is kept as a
+        `StatusList2021Credential` whose issuer is the revoker. No NATS message."""
+        from evops.protocol.status_list import encode_list
+
+        entries = bytearray(max(size, index + 1))
+        existing = self.status_lists.get(credential_id)
+        if existing is not None:
+            from evops.protocol.status_list import decode_list
+
+            old = decode_list(existing["credentialSubject"]["encodedList"])
+            entries[: len(old)] = old
+        entries[index] = 1
+        url = f"{self.url}/v1/status-list/{credential_id}"
+        self.status_lists[credential_id] = {
+            "@context": [
+                "https://www.w3.org/2018/credentials/v1",
+                "https://w3id.org/vc/status-list/2021/v1",
+            ],
+            "id": url,
+            "type": ["VerifiableCredential", "StatusList2021Credential"],
+            "issuer": revoker,
+            "issuanceDate": _now_iso(),
+            "credentialSubject": {
+                "id": f"{url}#list",
+                "type": "StatusList2021",
+                "statusPurpose": "revocation",
+                "encodedList": encode_list(bytes(entries)),
+            },
+        }
 
     def revoke_access_tokens(self) -> None:
         """Invalidate every access token issued so far; refresh tokens stay valid.
@@ -527,6 +581,7 @@ class CacheServerStandIn:
         r.add_post("/v1/store", self._auth(self._store_put))
         r.add_get("/v1/store/{cid}", self._auth(self._store_get))
         r.add_get("/v1/DID/{did}", self._auth(self._did_document))
+        r.add_get("/v1/status-list/{credential_id}", self._status_list)
 
     @web.middleware
     async def _faults_middleware(
@@ -1084,6 +1139,13 @@ class CacheServerStandIn:
         if data is None:
             return _nest_error(404, "Credential not found", "Not Found")
         return _text(data)
+
+    async def _status_list(self, request: web.Request) -> web.StreamResponse:
+        """Public, as on the hub: 204 while not revoked, else the signed list."""
+        found = self.status_lists.get(request.match_info["credential_id"])
+        if found is None:
+            return web.Response(status=204)
+        return web.json_response(found)
 
     async def _did_document(
         self, request: web.Request, user: str

@@ -443,6 +443,57 @@ def deploy_registry(
     return address
 
 
+def deploy_revocation_registry(
+    rpc_url: str, *, did_registry: str, timeout: float = 30.0
+) -> ChecksumAddress:
+    """Deploy the vendored `ClaimsRevocationRegistry` (@energyweb/onchain-claims
+    2.2.0) from anvil account 0 and return its address.
+
+    Its constructor takes the DID registry, ENS registry and claim manager; only
+    `revokeClaim` uses the latter two, which the tests bypass by writing the
+    revocation into storage (`mark_claim_revoked`).
+    """
+    from evops.integrations.registry import CONTRACTS_DIR
+
+    artifact = json.loads(
+        (CONTRACTS_DIR / "ClaimsRevocationRegistry.json").read_text(encoding="utf-8")
+    )
+    w3 = chain_web3(rpc_url, timeout=timeout)
+    contract = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+    zero = "0x" + "00" * 20
+    tx_hash = contract.constructor(
+        to_checksum_address(did_registry), zero, zero
+    ).transact({"from": ANVIL_ACCOUNT_0})
+    receipt = w3.eth.wait_for_transaction_receipt(
+        tx_hash, timeout=timeout, poll_latency=0.05
+    )
+    if receipt["status"] != 1 or receipt["contractAddress"] is None:
+        raise PeerError(f"Revocation registry deployment failed: {receipt!r}")
+    return to_checksum_address(receipt["contractAddress"])
+
+
+def mark_claim_revoked(
+    rpc_url: str, registry: str, *, role: str, subject: str, revoker: str, block: int
+) -> None:
+    """Write `revokedClaims[namehash(role)][subject] = (revoker, block)` into the
+    revocation registry's storage (anvil_setStorageAt), as `revokeClaim` would."""
+    from evops.integrations.revocation import revocation_storage_slots
+
+    w3 = chain_web3(rpc_url)
+    revoker_slot, block_slot = revocation_storage_slots(role, subject)
+    for slot, word in (
+        (
+            revoker_slot,
+            bytes.fromhex(to_checksum_address(revoker)[2:]).rjust(32, b"\0"),
+        ),
+        (block_slot, block.to_bytes(32, "big")),
+    ):
+        w3.manager.request_blocking(
+            RPCEndpoint("anvil_setStorageAt"),
+            [to_checksum_address(registry), hex(slot), "0x" + word.hex()],
+        )
+
+
 def fund(rpc_url: str, address: str, wei: int) -> None:
     """Set `address`'s balance to `wei` (anvil_setBalance): replaces, does not add."""
     w3 = chain_web3(rpc_url)
