@@ -64,6 +64,18 @@ class ListenerState:
     mode: str
     host: str
     pid: int
+    # What the listener itself reports wrong (a dead NATS read loop, messages
+    # dropped before they were stored, the signer backend unavailable).
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrustPolicyView:
+    """The local trust policy (settings), shown so staff know what is accepted."""
+
+    allowed_claim_types: list[str]
+    trusted_issuers: list[str]
+    role_chain_max_depth: int
 
 
 HISTORY_HOURS = 24
@@ -94,6 +106,7 @@ class Dashboard:
     backlog_chart: str = ""
     oldest_chart: str = ""
     latency: dict[str, Any] = field(default_factory=dict)
+    trust: TrustPolicyView | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,19 +268,35 @@ def _listeners(now: datetime) -> list[ListenerState]:
     states = []
     for beat in selectors.listener_heartbeats():
         age = (now - beat.last_heartbeat).total_seconds()
+        details = beat.details if isinstance(beat.details, dict) else {}
+        problems = [str(p) for p in details.get("problems") or []]
+        signer = details.get("signer") or {}
+        if isinstance(signer, dict) and signer.get("ok") is False:
+            problems.append(f"signer unavailable: {signer.get('error', '')}")
         states.append(
             ListenerState(
                 name=beat.name,
                 state=beat.state,
                 last_heartbeat=beat.last_heartbeat.isoformat(),
                 age_seconds=round(age, 1),
-                stale=age > stale_after or beat.state != ConnectionState.CONNECTED,
+                stale=age > stale_after
+                or beat.state != ConnectionState.CONNECTED
+                or bool(problems),
                 mode=beat.mode,
                 host=beat.host,
                 pid=beat.pid,
+                problems=problems,
             )
         )
     return states
+
+
+def _trust_policy() -> TrustPolicyView:
+    return TrustPolicyView(
+        allowed_claim_types=list(settings.ALLOWED_CLAIM_TYPES),
+        trusted_issuers=list(settings.TRUSTED_ISSUERS),
+        role_chain_max_depth=int(settings.ROLE_CHAIN_MAX_DEPTH),
+    )
 
 
 def _read_only_chain() -> Chain:
@@ -370,6 +399,7 @@ def dashboard_data(*, with_balance: bool = True) -> Dashboard:
         backlog_chart=json.dumps(backlog),
         oldest_chart=json.dumps(oldest),
         latency=_latency(now),
+        trust=_trust_policy(),
         links={
             "claims": _changelist("claimrecord"),
             "inbox": _changelist("inboundmessage"),

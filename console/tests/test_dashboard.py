@@ -177,3 +177,38 @@ def test_did_document_resolved_from_anvil(settings, anvil, registry_address):
     assert resolved.document is not None
     assert resolved.document["id"] == asset.did
     assert resolved.services == []
+
+
+@pytest.mark.django_db
+def test_dashboard_shows_listener_problems_and_the_trust_policy(
+    client, viewer, settings
+):
+    settings.ALLOWED_CLAIM_TYPES = ["prequalified.roles.tso.apps.elia.iam.ewc"]
+    settings.TRUSTED_ISSUERS = [
+        "did:ethr:volta:0x8661eFD973dDF5d471BA0A49a625d60A726784Cd"
+    ]
+    now = timezone.now()
+    ListenerHeartbeat.objects.create(
+        name="listener-sick",
+        state="connected",
+        last_heartbeat=now,
+        started_at=now,
+        details={
+            "problems": ["NATS read loop ended; reconnecting"],
+            "signer": {"ok": False, "error": "token not present"},
+        },
+    )
+    response = client.get(reverse(URL))
+    data = response.context["dashboard"]
+    [sick] = data.listeners
+    # Connected and beating, but unhealthy by its own word: shown as such.
+    assert sick.stale is True
+    assert sick.problems == [
+        "NATS read loop ended; reconnecting",
+        "signer unavailable: token not present",
+    ]
+    assert data.trust.allowed_claim_types == settings.ALLOWED_CLAIM_TYPES
+    content = response.content.decode()
+    assert "NATS read loop ended; reconnecting" in content
+    assert "only did:ethr:volta:0x8661eFD973dDF5d471BA0A49a625d60A726784Cd" in content
+    assert "prequalified.roles.tso.apps.elia.iam.ewc" in content
