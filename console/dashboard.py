@@ -32,6 +32,8 @@ from claims.models import (
     ClaimRecord,
     ClaimStatus,
     ConnectionState,
+    InboundMessage,
+    MessageKind,
     MessageOutcome,
 )
 from console.display import exact_time
@@ -107,6 +109,9 @@ class Dashboard:
     oldest_chart: str = ""
     latency: dict[str, Any] = field(default_factory=dict)
     trust: TrustPolicyView | None = None
+    # Prequalification requests that gave up (no claim exists for them yet).
+    failed_requests: int = 0
+    failed_requests_url: str = ""
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -389,6 +394,14 @@ def dashboard_data(*, with_balance: bool = True) -> Dashboard:
         failures_24h=failures,
         failures_url=_changelist("claimrecord", failed_since=since.isoformat()),
         inbox_pending=pending,
+        failed_requests=InboundMessage.objects.filter(
+            kind=MessageKind.PREQUALIFICATION, outcome=MessageOutcome.FAILED
+        ).count(),
+        failed_requests_url=_changelist(
+            "inboundmessage",
+            kind__exact=MessageKind.PREQUALIFICATION,
+            outcome__exact=MessageOutcome.FAILED,
+        ),
         inbox_oldest_seconds=round(oldest_seconds, 1),
         inbox_url=_changelist("inboundmessage", outcome__exact=MessageOutcome.PENDING),
         listeners=_listeners(now),

@@ -26,6 +26,7 @@ from claims.models import (
     ClaimEvent,
     ClaimRecord,
     ClaimStatus,
+    InboundMessage,
     MessageOutcome,
     staff_actor,
 )
@@ -284,3 +285,22 @@ def assets_request_prequalification(
 
     _run(work, integrations)
     return result
+
+
+def messages_retry_failed(
+    *, messages: Sequence[InboundMessage], actor_user: Any
+) -> list[InboundMessage]:
+    """Hand failed inbound messages back to the listener (staff retry).
+
+    A prequalification request that gave up has no claim yet: retrying the message
+    files it again; a notice that gave up is read again from the cache server. Only
+    messages still failed are handed back (a double click hands back once).
+    """
+    # One conditional update each: of two operators clicking at once, each message
+    # is handed back (and reported) by exactly one.
+    return [
+        m
+        for m in messages
+        if m.outcome == MessageOutcome.FAILED
+        and inbox.inbound_requeue(message_ids=[m.pk]) == 1
+    ]

@@ -587,6 +587,12 @@ def _concerned(queryset: QuerySet[InboundMessage]) -> QuerySet[InboundMessage]:
     )
 
 
+MSG_MESSAGE_RETRIED = "Handed back to the listener (staff retry)."
+MSG_MESSAGES_RETRIED = (
+    "Retry: {retried} handed back to the listener; {skipped} skipped: not failed."
+)
+
+
 @admin.register(InboundMessage)
 class InboundMessageAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _InboundAdmin):
     list_display = (
@@ -608,7 +614,7 @@ class InboundMessageAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _InboundAdmin):
     # A laptop screen shows about 12 rows; 50 keeps the page fast at any size.
     list_per_page = 50
     list_fullwidth = True
-    actions = ("export_csv",)
+    actions = ("retry_failed_messages", "export_csv")
     fields = (
         "subject",
         "kind_label",
@@ -721,6 +727,31 @@ class InboundMessageAdmin(ConsoleAdminMixin, ReadOnlyAdmin, _InboundAdmin):
         )
 
     @admin.display(description="outcome", ordering="outcome")
+    @admin.action(
+        description="Retry selected failed messages (a failed request is filed again)",
+        permissions=["retry_publication"],
+    )
+    def retry_failed_messages(
+        self, request: HttpRequest, queryset: QuerySet[InboundMessage]
+    ) -> None:
+        """A message that gave up (a prequalification request with the cache server
+        or the chain down past MAX_ATTEMPTS has no claim to retry) goes back to the
+        listener, which handles it like a new one."""
+        selected = queryset.count()
+        retried = console_services.messages_retry_failed(
+            messages=list(queryset.filter(outcome=MessageOutcome.FAILED)),
+            actor_user=request.user,
+        )
+        for message in retried:
+            self.log_change(request, message, MSG_MESSAGE_RETRIED)
+        self.message_user(
+            request,
+            MSG_MESSAGES_RETRIED.format(
+                retried=len(retried), skipped=selected - len(retried)
+            ),
+            messages.SUCCESS if retried else messages.WARNING,
+        )
+
     def outcome_badge(self, obj: InboundMessage) -> SafeString:
         return badge(obj.outcome, obj.get_outcome_display())
 

@@ -8,10 +8,12 @@ concerns, and chain amounts in the chain's unit with the address to fund.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
@@ -319,3 +321,51 @@ def test_times_show_seconds_and_zone(client, viewer):
     ).content.decode()
     stamp = claim.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     assert stamp in html
+
+
+def _failed_request(asset) -> InboundMessage:
+    return InboundMessage.objects.create(
+        subject="dashboard.prequalification.exchange",
+        payload=json.dumps({"did": asset.did}),
+        dedupe_key=f"k{asset.pk}",
+        kind="prequalification",
+        asset_did=asset.did,
+        outcome=MessageOutcome.FAILED,
+        reason="gave up after 10 attempts: chain RPC down",
+        attempts=10,
+    )
+
+
+def test_failed_requests_are_retried_from_the_inbox_once(client, operator):
+    asset = make_asset(label="EVSE-DE-0009")
+    failed = _failed_request(asset)
+    done = InboundMessage.objects.create(
+        subject="x.prequalification.exchange", dedupe_key="k-done", outcome="processed"
+    )
+    url = reverse("admin:claims_inboundmessage_changelist")
+    data = {
+        "action": "retry_failed_messages",
+        ACTION_CHECKBOX_NAME: [failed.pk, done.pk],
+    }
+    response = client.post(url, data, follow=True)
+    assert "Retry: 1 handed back to the listener; 1 skipped: not failed." in (
+        response.content.decode()
+    )
+    failed.refresh_from_db()
+    assert (failed.outcome, failed.attempts) == (MessageOutcome.PENDING, 0)
+    assert LogEntry.objects.filter(object_id=str(failed.pk)).count() == 1
+    # A second click hands back nothing: it is no longer failed.
+    response = client.post(url, data, follow=True)
+    assert "Retry: 0 handed back to the listener; 2 skipped" in (
+        response.content.decode()
+    )
+
+
+def test_a_viewer_cannot_retry_failed_messages(client, viewer):
+    failed = _failed_request(make_asset())
+    url = reverse("admin:claims_inboundmessage_changelist")
+    client.post(
+        url, {"action": "retry_failed_messages", ACTION_CHECKBOX_NAME: [failed.pk]}
+    )
+    failed.refresh_from_db()
+    assert failed.outcome == MessageOutcome.FAILED

@@ -212,3 +212,26 @@ def test_dashboard_shows_listener_problems_and_the_trust_policy(
     assert "NATS read loop ended; reconnecting" in content
     assert "only did:ethr:volta:0x8661eFD973dDF5d471BA0A49a625d60A726784Cd" in content
     assert "prequalified.roles.tso.apps.elia.iam.ewc" in content
+
+
+@pytest.mark.django_db
+def test_dashboard_lists_prequalification_requests_that_failed(client, viewer):
+    InboundMessage.objects.create(
+        subject="d.prequalification.exchange",
+        dedupe_key="k-failed",
+        kind="prequalification",
+        outcome="failed",
+        reason="gave up after 10 attempts: chain RPC down",
+    )
+    InboundMessage.objects.create(
+        subject="d.prequalification.exchange",
+        dedupe_key="k-ok",
+        kind="prequalification",
+    )
+    data = client.get(reverse(URL)).context["dashboard"]
+    assert data.failed_requests == 1
+    listed = client.get(data.failed_requests_url)
+    assert listed.status_code == 200
+    assert [m.pk for m in listed.context["cl"].result_list] == [
+        InboundMessage.objects.get(dedupe_key="k-failed").pk
+    ]
