@@ -200,21 +200,15 @@ async def wait_for(predicate: Any, seconds: float, interval: float = 0.02) -> bo
 
 
 async def start_listener(listener: Any) -> Any:
-    """Start `listener.run()` as a task and return it once NATS is connected."""
+    """Start `listener.run()` as a task and return it once it is subscribed."""
     import asyncio
-
-    from claims.models import ConnectionState
 
     task = asyncio.create_task(listener.run())
 
     async def connected() -> bool:
         if task.done():
             task.result()
-        # Connected is not enough: core NATS drops what is published before the
-        # subscriptions exist (the state flips first, and the heartbeat written on
-        # that change, which asks the signer backend, can take a moment).
-        subscribed = bool(listener._subscriptions) or bool(listener.config.stream)
-        return bool(listener.state == ConnectionState.CONNECTED) and subscribed
+        return bool(listener.listening.is_set())
 
     if not await wait_for(connected, 60):
         raise RuntimeError("the listener did not connect")

@@ -161,6 +161,10 @@ class Listener:
         self._last_drop: float | None = None
         self._reader_dead_since: float | None = None
         self.stream_changes: list[str] = []
+        # Set once the subscriptions are in place (or the durable is bound): what
+        # is published from then on reaches this listener. Being connected is not
+        # enough: a message published between connecting and subscribing is lost.
+        self.listening = asyncio.Event()
 
     @property
     def db_threads(self) -> DatabaseThreads:
@@ -218,6 +222,8 @@ class Listener:
                 queue=self.config.queue_group,
                 cb=self.on_message,
             )
+        self.listening.set()
+        await self.heartbeat_once()
         log.info(
             "listening",
             extra={
@@ -462,6 +468,7 @@ class Listener:
                 "subjects": list(self.config.subjects),
                 "queue_group": self.config.queue_group,
                 "stream": self.config.stream,
+                "listening": self.listening.is_set(),
                 "inflight": len(self._inflight),
                 "recorded": self.recorded,
                 "intake_queue": len(self._intake),
@@ -605,6 +612,7 @@ class Listener:
         """Stop taking messages, finish or hand back in-flight work, drain NATS."""
         log.info("shutting down", extra={"listener": self.config.name})
         self._taking = False
+        self.listening.clear()
         await self._set_state(ConnectionState.DRAINING)
         for subscription in self._subscriptions:
             try:

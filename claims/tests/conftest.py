@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asgiref.sync import SyncToAsync
@@ -26,6 +28,33 @@ def _close_sync_thread_connection():
     # Async tests reach the database from asgiref's single sync thread; close its
     # connection so the test database can be dropped.
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+@pytest.fixture
+def jetstream_stream(nats_server: peers.NatsServer) -> Iterator[str]:
+    """A JetStream stream name of this test only, deleted (durables with it) after.
+
+    The NATS server lives for the whole session: a stream a failed test left behind
+    would still capture its subjects and hold its durable consumers.
+    """
+    name = f"T{uuid.uuid4().hex[:12]}"
+    yield name
+
+    async def delete() -> None:
+        import nats
+        from nats.js.errors import NotFoundError
+
+        client = await nats.connect(nats_server.url)
+        try:
+            await client.jetstream().delete_stream(name)
+        except NotFoundError:
+            pass  # the test never created it
+        finally:
+            await client.close()
+
+    # In a thread of its own: the test's event loop may still be set here.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, delete()).result(timeout=30)
 
 
 @pytest.fixture

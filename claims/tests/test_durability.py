@@ -99,10 +99,7 @@ async def _rows() -> list[InboundMessage]:
 
 async def _running(listener: Listener) -> asyncio.Task[None]:
     task = asyncio.create_task(listener.run())
-    await _until(
-        lambda: _true(listener.client is not None and listener.client.is_connected),
-        "connected",
-    )
+    await _until(lambda: _true(listener.listening.is_set()), "subscribed")
     return task
 
 
@@ -297,6 +294,9 @@ async def test_a_dead_read_loop_is_reported_and_reconnected(
             )
 
         await _until(recovered, "the reconnect")
+        # nats-py says connected before the server has answered the replayed SUBs;
+        # a message from another connection could otherwise overtake them.
+        await nats_integration.written_and_flushed(listener.client)
         client = await nats.connect(nats_server.url)
         await client.publish(
             f"{prefix}.prequalification.exchange",

@@ -188,7 +188,13 @@ class _ListenerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             beat = ListenerHeartbeat.objects.filter(name=self.name).first()
-            if beat is not None and beat.state == ConnectionState.CONNECTED:
+            # Subscribed, not only connected: a message published in between
+            # would be lost (core NATS).
+            if (
+                beat is not None
+                and beat.state == ConnectionState.CONNECTED
+                and beat.details.get("listening")
+            ):
                 return
             if self.proc.poll() is not None:
                 raise AssertionError(f"listener exited early:\n{self.finish()}")
@@ -378,12 +384,12 @@ def test_sigint_hands_back_what_does_not_finish_and_a_restart_does_it(
 async def _start(listener: Listener) -> asyncio.Task[None]:
     task = asyncio.create_task(listener.run())
 
-    async def connected() -> bool:
+    async def listening() -> bool:
         if task.done():
             task.result()
-        return listener.state == ConnectionState.CONNECTED
+        return listener.listening.is_set()
 
-    await _until(connected, "listener connected")
+    await _until(listening, "listener subscribed")
     return task
 
 
@@ -404,9 +410,16 @@ async def _records(assets: list[Asset]) -> list[ClaimRecord]:
 
 @pytest.mark.asyncio
 async def test_jetstream_listener_down_while_credentials_are_issued(
-    real_settings, sealed_asset, stand_in, issuer, anvil, nats_server, subjects
+    real_settings,
+    sealed_asset,
+    stand_in,
+    issuer,
+    anvil,
+    nats_server,
+    subjects,
+    jetstream_stream,
 ):
-    stream = f"E2E{uuid.uuid4().hex[:8]}"
+    stream = jetstream_stream
     durable = f"d{uuid.uuid4().hex[:8]}"
     assets = [await sync_to_async(sealed_asset)() for _ in range(3)]
     integrations = integrations_from_settings()
@@ -460,9 +473,6 @@ async def test_jetstream_listener_down_while_credentials_are_issued(
     assert await notices.filter(outcome=MessageOutcome.PROCESSED).acount() >= 3
     assert not await ClaimEvent.objects.filter(actor="reconciler").aexists()
     await integrations.aclose()
-    client = await nats.connect(nats_server.url)
-    await client.jetstream().delete_stream(stream)
-    await client.close()
 
 
 @pytest.mark.asyncio

@@ -187,12 +187,12 @@ async def test_two_listeners_in_a_queue_group_share_the_work(
 
 
 async def test_jetstream_keeps_messages_while_no_listener_runs(
-    nats_server, make_asset, fakes
+    nats_server, make_asset, fakes, jetstream_stream
 ):
     integrations, _, _, _ = fakes
     asset = await sync_to_async(make_asset)()
     token = uuid.uuid4().hex
-    stream = f"S{token[:8]}"
+    stream = jetstream_stream
     config = _config(nats_server.url, token, stream=stream, durable=f"d{token[:8]}")
     # This test's own subjects only: a shared wildcard would overlap the streams of
     # other tests (JetStream refuses two streams on one subject).
@@ -227,8 +227,66 @@ async def test_jetstream_keeps_messages_while_no_listener_runs(
     await again.connect()
     assert await again.fetch_once(wait=0.5) == 0
     await again.shutdown()
-    await js.delete_stream(stream)
     await client.close()
+
+
+async def test_subscriptions_are_in_place_when_subscribe_returns(nats_server):
+    """What `listening` rests on: the server has the SUBs when `subscribe` returns.
+
+    Published from another connection at once: core NATS drops a message that
+    reaches the server before the SUB. nats-py only queues the SUB for its flusher
+    task, and its `flush()` writes the PING ahead of it, so without
+    `written_and_flushed` some of these were lost (2 runs of 3 failed).
+    """
+    from evops.integrations import nats as nats_integration
+
+    client = await nats.connect(nats_server.url)
+    publisher = await nats.connect(nats_server.url)
+    received: list[bytes] = []
+
+    async def cb(msg: Any) -> None:
+        received.append(msg.data)
+
+    try:
+        for n in range(100):
+            subject = f"{uuid.uuid4().hex}.prequalification.exchange"
+            await nats_integration.subscribe(client, [subject], queue="", cb=cb)
+            await publisher.publish(subject, str(n).encode())
+            await publisher.flush()
+
+        async def all_received() -> bool:
+            return len(received) == 100
+
+        await _until(all_received, "every message published after subscribe")
+    finally:
+        await publisher.close()
+        await client.close()
+
+
+async def test_a_message_published_once_listening_is_received(
+    nats_server, make_asset, fakes
+):
+    integrations, _, _, _ = fakes
+    asset = await sync_to_async(make_asset)()
+    publisher = await nats.connect(nats_server.url)
+    try:
+        prefix = uuid.uuid4().hex
+        listener = Listener(_config(nats_server.url, prefix), integrations)
+        await listener.connect()
+        assert listener.listening.is_set()
+        await publisher.publish(
+            f"{prefix}.prequalification.exchange",
+            json.dumps({"did": asset.did}).encode(),
+        )
+        await publisher.flush()
+
+        async def recorded() -> bool:
+            return listener.recorded == 1
+
+        await _until(recorded, "the message published once listening")
+        await listener.shutdown()
+    finally:
+        await publisher.close()
 
 
 async def test_run_stops_cleanly_when_told(nats_server, fakes):
@@ -239,14 +297,20 @@ async def test_run_stops_cleanly_when_told(nats_server, fakes):
     )
     task = asyncio.create_task(listener.run())
 
-    async def connected() -> bool:
-        return listener.state == ConnectionState.CONNECTED
+    async def listening() -> bool:
+        return listener.listening.is_set()
 
-    await _until(connected, "connected")
+    await _until(listening, "subscribed")
+    # Connected is not enough for a publisher to rely on; the heartbeat says when
+    # the subscriptions are in place (what tests and operators wait for).
+    beat = await ListenerHeartbeat.objects.aget(name=listener.config.name)
+    assert beat.state == ConnectionState.CONNECTED
+    assert beat.details["listening"] is True
     listener.stop.set()
     await asyncio.wait_for(task, timeout=30)
     beat = await ListenerHeartbeat.objects.aget(name=listener.config.name)
     assert beat.state == ConnectionState.STOPPED
+    assert beat.details["listening"] is False
 
 
 async def test_unreachable_nats_is_retried_until_stopped(fakes):

@@ -237,8 +237,14 @@ async def subscribe(
     queue: str,
     cb: Callable[[Any], Awaitable[None]],
 ) -> list[Any]:
-    """Core NATS: one subscription per subject, in `queue` when set."""
-    return [
+    """Core NATS: one subscription per subject, in `queue` when set.
+
+    Returns once the server has them (`written_and_flushed`): a message another
+    connection publishes from then on is delivered. Otherwise it may reach the
+    server before the SUBs and be lost, and the caller would say "listening" too
+    early.
+    """
+    subscriptions = [
         await client.subscribe(
             subject,
             queue=queue,
@@ -248,6 +254,26 @@ async def subscribe(
         )
         for subject in subjects
     ]
+    await written_and_flushed(client)
+    return subscriptions
+
+
+FLUSH_SECONDS = 10
+
+
+async def written_and_flushed(client: Any) -> None:
+    """Wait until the server has processed every command queued so far.
+
+    nats-py 2.16's `flush()` is not enough: it writes its PING straight to the
+    socket while queued commands (SUB, PUB) wait for the client's flusher task, so
+    the PONG can come back before they are even written. So first wait for the
+    flusher to write what is queued (the future `_flush_pending(force_flush=True)`
+    awaits), then PING: the server answers it after the commands before it.
+    """
+    # Bounded: should the connection drop meanwhile, the flusher may never take
+    # the future (nats-py waits forever without a `flush_timeout`).
+    await asyncio.wait_for(client._flush_pending(force_flush=True), FLUSH_SECONDS)
+    await client.flush(timeout=FLUSH_SECONDS)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -146,13 +147,16 @@ async def test_private_nats_has_jetstream(nats_server):
     nc = await nats.connect(
         nats_server.url, connect_timeout=5, max_reconnect_attempts=0
     )
+    js = nc.jetstream()
+    stream = f"EVOPS_{uuid.uuid4().hex[:8]}"
     try:
-        js = nc.jetstream()
-        stream = f"EVOPS_{uuid.uuid4().hex[:8]}"
         await js.add_stream(name=stream, subjects=[f"{stream}.>"])
         ack = await js.publish(f"{stream}.one", b"payload")
         assert (ack.stream, ack.seq) == (stream, 1)
     finally:
+        # The server lives for the session: leave no stream behind.
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
         await nc.close()
 
 
