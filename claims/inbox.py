@@ -27,7 +27,7 @@ from claims.models import (
     MessageKind,
     MessageOutcome,
 )
-from claims.retry import REASON_GAVE_UP, readable_error, retry_delay
+from claims.retry import REASON_GAVE_UP, readable_error, retry_policy
 from evops.protocol import messages as wire
 from evops.protocol.dedupe import message_key
 from evops.protocol.dids import DID
@@ -527,7 +527,8 @@ def inbound_defer(*, message_id: int, error: BaseException | str) -> str:
         .values_list("attempts", flat=True)
         .first()
     ) or 0
-    if attempts >= settings.MAX_ATTEMPTS:
+    policy = retry_policy()
+    if policy.gives_up(attempts):
         inbound_finish(
             message_id=message_id,
             outcome=MessageOutcome.FAILED,
@@ -536,7 +537,7 @@ def inbound_defer(*, message_id: int, error: BaseException | str) -> str:
         return MessageOutcome.FAILED
     InboundMessage.objects.filter(pk=message_id).update(
         reason=text,
-        next_attempt_at=timezone.now() + timedelta(seconds=retry_delay(attempts)),
+        next_attempt_at=timezone.now() + timedelta(seconds=policy.delay(attempts)),
     )
     return MessageOutcome.PENDING
 

@@ -140,6 +140,17 @@ def test_retry_delay_is_jittered_exponential_and_capped(settings):
     assert retry.retry_delay(30) <= 15
 
 
+def test_the_policy_follows_the_settings_at_each_call(settings):
+    settings.RETRY_BASE_SECONDS = 3
+    settings.RETRY_MAX_SECONDS = 7
+    settings.MAX_ATTEMPTS = 4
+    policy = retry.retry_policy()
+    assert (policy.backoff.base, policy.backoff.cap) == (3.0, 7.0)
+    assert not policy.gives_up(3) and policy.gives_up(4)
+    settings.MAX_ATTEMPTS = 6
+    assert not retry.retry_policy().gives_up(4)
+
+
 def test_staff_retry_returns_to_the_failed_step(make_asset, admin_user):
     asset = make_asset()
     with_cid = _record(asset, status=ClaimStatus.FAILED, claim_id="a", cid="bafy")
