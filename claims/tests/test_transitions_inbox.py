@@ -30,6 +30,14 @@ from evops.protocol.keys import LocalKeySigner
 pytestmark = pytest.mark.django_db
 
 
+def leased_ids(*, limit: int, lease_seconds: float) -> list[int]:
+    """Lease as the listener does; the ids of the leased messages."""
+    leased = inbox.inbound_lease_due_with_assets(
+        limit=limit, lease_seconds=lease_seconds
+    )
+    return [message.pk for message in leased.messages]
+
+
 def _record(asset, status=ClaimStatus.STORED, **fields) -> ClaimRecord:
     return ClaimRecord.objects.create(
         asset=asset, claim_id=fields.pop("claim_id", "c-1"), status=status, **fields
@@ -193,7 +201,7 @@ def test_inbound_duplicates_within_the_window_are_ignored():
     assert first.outcome == MessageOutcome.PENDING
     assert second.outcome == MessageOutcome.IGNORED
     assert second.reason == inbox.REASON_DUPLICATE.format(id=first.pk)
-    assert inbox.inbound_lease_due(limit=10, lease_seconds=60) == [first.pk]
+    assert leased_ids(limit=10, lease_seconds=60) == [first.pk]
 
 
 def test_inbound_jetstream_redelivery_is_one_row():
@@ -231,7 +239,7 @@ def test_huge_and_binary_payloads_are_rejected_when_recorded(settings):
 def test_inbound_defer_then_fail(settings):
     settings.MAX_ATTEMPTS = 1
     message = inbox.inbound_record(subject="t.prequalification.exchange", payload=b"{}")
-    inbox.inbound_lease_due(limit=1, lease_seconds=60)
+    leased_ids(limit=1, lease_seconds=60)
     assert inbox.inbound_defer(message_id=message.pk, error="boom") == "failed"
     message.refresh_from_db()
     assert message.outcome == MessageOutcome.FAILED
@@ -260,7 +268,7 @@ def test_request_notices_are_recorded_as_ignored_on_arrival():
         assert (row.asset_did, row.claim_id) == (issuer, claim_id)
         assert row.next_attempt_at is None
         assert row.processed_at is not None
-    assert inbox.inbound_lease_due(limit=10, lease_seconds=60) == []
+    assert leased_ids(limit=10, lease_seconds=60) == []
 
 
 def test_request_notices_that_do_not_parse_are_left_for_the_worker():
@@ -279,7 +287,7 @@ def test_request_notices_that_do_not_parse_are_left_for_the_worker():
         payload=json.dumps({"type": "issue-credential", "claimId": "c-2"}).encode(),
     )
     assert issue.outcome == MessageOutcome.PENDING
-    leased = inbox.inbound_lease_due(limit=10, lease_seconds=60)
+    leased = leased_ids(limit=10, lease_seconds=60)
     assert leased == [r.pk for r in rows] + [issue.pk]
 
 
@@ -385,7 +393,7 @@ def test_outcomes_are_recorded_together(make_asset):
         )
         for n in range(3)
     ]
-    inbox.inbound_lease_due(limit=10, lease_seconds=60)
+    leased_ids(limit=10, lease_seconds=60)
     finishes = [
         batches.Finish(
             rows[0].pk,
@@ -406,7 +414,7 @@ def test_outcomes_are_recorded_together(make_asset):
         assert row.processed_at is not None
     assert rows[0].kind == MessageKind.PREQUALIFICATION
     assert rows[0].asset_did == "did:ethr:a"
-    assert inbox.inbound_lease_due(limit=10, lease_seconds=0) == []
+    assert leased_ids(limit=10, lease_seconds=0) == []
 
 
 def test_an_outcome_without_context_keeps_what_the_row_has(make_asset):
