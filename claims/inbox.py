@@ -27,7 +27,7 @@ from claims.models import (
     MessageKind,
     MessageOutcome,
 )
-from claims.retry import REASON_GAVE_UP, readable_error, retry_delay
+from claims.retry import REASON_GAVE_UP, readable_error, retry_policy
 from evops.protocol import messages as wire
 from evops.protocol.dedupe import message_key
 from evops.protocol.dids import DID
@@ -443,23 +443,6 @@ def _unstorable(subject: str, payload: bytes, limit: int) -> str:
     return ""
 
 
-def inbound_lease_due(*, limit: int, lease_seconds: float) -> list[int]:
-    """Take up to `limit` pending messages (SKIP LOCKED), leasing them to a worker."""
-    return [
-        message.pk
-        for message in inbound_lease_due_messages(
-            limit=limit, lease_seconds=lease_seconds
-        )
-    ]
-
-
-def inbound_lease_due_messages(
-    *, limit: int, lease_seconds: float
-) -> list[InboundMessage]:
-    """`inbound_lease_due`, returning the leased rows."""
-    return InboundMessage.objects.lease_due(limit=limit, lease_seconds=lease_seconds)
-
-
 @dataclass(frozen=True)
 class LeasedMessages:
     """Messages leased to a worker, with the assets they name (one database call).
@@ -476,12 +459,15 @@ class LeasedMessages:
 def inbound_lease_due_with_assets(
     *, limit: int, lease_seconds: float
 ) -> LeasedMessages:
-    """`inbound_lease_due_messages`, and the assets those messages name.
+    """Take up to `limit` due messages (SKIP LOCKED), leasing them to a worker for
+    `lease_seconds`, with the assets they name: the inbox's one lease.
 
     A burst of prequalification requests then costs one asset query per lease
     instead of one per message.
     """
-    messages = inbound_lease_due_messages(limit=limit, lease_seconds=lease_seconds)
+    messages = InboundMessage.objects.lease_due(
+        limit=limit, lease_seconds=lease_seconds
+    )
     addresses: set[str] = set()
     for message in messages:
         try:
@@ -527,7 +513,8 @@ def inbound_defer(*, message_id: int, error: BaseException | str) -> str:
         .values_list("attempts", flat=True)
         .first()
     ) or 0
-    if attempts >= settings.MAX_ATTEMPTS:
+    policy = retry_policy()
+    if policy.gives_up(attempts):
         inbound_finish(
             message_id=message_id,
             outcome=MessageOutcome.FAILED,
@@ -536,7 +523,7 @@ def inbound_defer(*, message_id: int, error: BaseException | str) -> str:
         return MessageOutcome.FAILED
     InboundMessage.objects.filter(pk=message_id).update(
         reason=text,
-        next_attempt_at=timezone.now() + timedelta(seconds=retry_delay(attempts)),
+        next_attempt_at=timezone.now() + timedelta(seconds=policy.delay(attempts)),
     )
     return MessageOutcome.PENDING
 

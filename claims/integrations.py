@@ -122,6 +122,7 @@ def integrations_from_settings(*, operator: Signer | None = None) -> Integration
     from django.conf import settings
 
     import assets.signers
+    import claims.retry
     from evops.integrations.cache_server import cache_server_client_from_settings
     from evops.integrations.chain import chain_from_settings
     from evops.integrations.credential_store import credential_store_from_settings
@@ -132,10 +133,13 @@ def integrations_from_settings(*, operator: Signer | None = None) -> Integration
 
     if operator is None and settings.CHAIN_WRITE_MODE == "relay":
         operator = assets.signers.operator_signer()
-    chain = chain_from_settings(operator=operator)
+    policy = claims.retry.retry_policy()
+    chain = chain_from_settings(operator=operator, retry=policy)
     allowed = tuple(getattr(settings, "ALLOWED_CLAIM_TYPES", ()) or ())
     role = settings.PREQUALIFICATION_ROLE
-    cache = cache_server_client_from_settings(block_number=chain.block_number)
+    cache = cache_server_client_from_settings(
+        block_number=chain.block_number, retry=policy
+    )
     store: CredentialStore | None = None
     store_factory: Callable[[Signer, str], CredentialStore] | None = None
     if settings.CREDENTIAL_STORE == "cache-server":

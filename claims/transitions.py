@@ -29,7 +29,7 @@ from claims.models import (
     ClaimRecord,
     ClaimStatus,
 )
-from claims.retry import MAX_ERROR, REASON_GAVE_UP, readable_error, retry_delay
+from claims.retry import MAX_ERROR, REASON_GAVE_UP, readable_error, retry_policy
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +449,8 @@ def claim_schedule_retry(
     if row is None:
         return ""
     attempts = row if expected == ClaimStatus.PUBLISHING else row + 1
-    if attempts >= settings.MAX_ATTEMPTS:
+    policy = retry_policy()
+    if policy.gives_up(attempts):
         moved = claim_transition(
             record_id=record_id,
             expected=[expected],
@@ -463,7 +464,7 @@ def claim_schedule_retry(
             next_retry_at=None,
         )
         return ClaimStatus.FAILED if moved else ""
-    delay = retry_delay(attempts)
+    delay = policy.delay(attempts)
     moved = claim_transition(
         record_id=record_id,
         expected=[expected],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
@@ -27,11 +27,13 @@ from claims.models import (
     ClaimRecord,
     ClaimStatus,
     InboundMessage,
+    MessageKind,
     MessageOutcome,
     staff_actor,
 )
 
 IntegrationsFactory = Callable[[], Integrations]
+ReportT = TypeVar("ReportT")
 
 # The asset actions call the cache server and the chain (and may wait for a receipt)
 # while a web worker waits, so they run in the request for a bounded selection only.
@@ -50,6 +52,15 @@ class SelectionTooLarge(ValueError):
 def sync_asset_limit() -> int:
     """Most assets one in-request reconcile / prequalification action takes."""
     return int(settings.CONSOLE_SYNC_ASSET_LIMIT)
+
+
+def selection_is_queued(count: int) -> bool:
+    """The console's run-now-or-queue decision for `count` selected assets.
+
+    Up to `sync_asset_limit()` the action runs in the request and the page shows its
+    result; beyond it the assets are queued for the listener.
+    """
+    return count > sync_asset_limit()
 
 
 def too_many_assets(action: str, count: int) -> str:
@@ -304,3 +315,51 @@ def messages_retry_failed(
         if m.outcome == MessageOutcome.FAILED
         and inbox.inbound_requeue(message_ids=[m.pk]) == 1
     ]
+
+
+@dataclass
+class RunOrQueue(Generic[ReportT]):
+    """What an asset action did: ran now (`report`) or queued (`queued`)."""
+
+    report: ReportT | None = None
+    queued: QueueResult | None = None
+
+
+def assets_reconcile_or_queue(
+    *,
+    assets: Sequence[Asset],
+    actor_user: Any,
+    integrations: IntegrationsFactory | None = None,
+) -> RunOrQueue[ReconcileReport]:
+    """The console's Reconcile: now for a small selection, else queued.
+
+    `selection_is_queued` decides; either way the claim history names the user.
+    """
+    if selection_is_queued(len(assets)):
+        queued = assets_enqueue(
+            kind=MessageKind.RECONCILE, assets=assets, actor_user=actor_user
+        )
+        return RunOrQueue(queued=queued)
+    report = assets_reconcile(
+        assets=assets, actor_user=actor_user, integrations=integrations
+    )
+    return RunOrQueue(report=report)
+
+
+def assets_prequalify_or_queue(
+    *,
+    assets: Sequence[Asset],
+    actor_user: Any,
+    integrations: IntegrationsFactory | None = None,
+) -> RunOrQueue[PrequalificationResult]:
+    """The console's Request prequalification: now for a small selection, else
+    queued (`selection_is_queued` decides)."""
+    if selection_is_queued(len(assets)):
+        queued = assets_enqueue(
+            kind=MessageKind.PREQUALIFICATION, assets=assets, actor_user=actor_user
+        )
+        return RunOrQueue(queued=queued)
+    report = assets_request_prequalification(
+        assets=assets, actor_user=actor_user, integrations=integrations
+    )
+    return RunOrQueue(report=report)

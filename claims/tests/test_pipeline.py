@@ -31,6 +31,14 @@ from evops.protocol.keys import LocalKeySigner
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
+def leased_ids(*, limit: int, lease_seconds: float) -> list[int]:
+    """Lease as the listener does; the ids of the leased messages."""
+    leased = inbox.inbound_lease_due_with_assets(
+        limit=limit, lease_seconds=lease_seconds
+    )
+    return [message.pk for message in leased.messages]
+
+
 async def _message(subject: str, payload) -> InboundMessage:
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return await sync_to_async(inbox.inbound_record)(subject=subject, payload=raw)
@@ -199,10 +207,10 @@ async def test_cache_server_outage_defers_the_message(make_asset, fakes, fast_re
     asset = await sync_to_async(make_asset)()
     cache.fail_next = [FakeError("502", permanent=False)]
     message = await _message("t.prequalification.exchange", {"did": asset.did})
-    await sync_to_async(inbox.inbound_lease_due)(limit=10, lease_seconds=60)
+    await sync_to_async(leased_ids)(limit=10, lease_seconds=60)
     outcome = await _process(message, integrations)
     assert outcome.outcome == MessageOutcome.PENDING
-    ids = await sync_to_async(inbox.inbound_lease_due)(limit=10, lease_seconds=60)
+    ids = await sync_to_async(leased_ids)(limit=10, lease_seconds=60)
     assert ids == [message.pk]
     outcome = await _process(message, integrations)
     assert outcome.outcome == MessageOutcome.PROCESSED
@@ -477,7 +485,7 @@ async def test_queued_reconciliation_of_a_failing_peer_is_retried(
     asset = await sync_to_async(make_asset)()
     cache.fail_next = [FakeError("502 Bad Gateway", permanent=False)]
     [message] = await _queued("reconcile", [asset], admin_user)
-    await sync_to_async(inbox.inbound_lease_due)(limit=10, lease_seconds=60)
+    await sync_to_async(leased_ids)(limit=10, lease_seconds=60)
     outcome = await _process(message, integrations)
     assert outcome.outcome == MessageOutcome.PENDING
     assert "502 Bad Gateway" in outcome.reason

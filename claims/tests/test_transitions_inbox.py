@@ -30,6 +30,14 @@ from evops.protocol.keys import LocalKeySigner
 pytestmark = pytest.mark.django_db
 
 
+def leased_ids(*, limit: int, lease_seconds: float) -> list[int]:
+    """Lease as the listener does; the ids of the leased messages."""
+    leased = inbox.inbound_lease_due_with_assets(
+        limit=limit, lease_seconds=lease_seconds
+    )
+    return [message.pk for message in leased.messages]
+
+
 def _record(asset, status=ClaimStatus.STORED, **fields) -> ClaimRecord:
     return ClaimRecord.objects.create(
         asset=asset, claim_id=fields.pop("claim_id", "c-1"), status=status, **fields
@@ -140,6 +148,17 @@ def test_retry_delay_is_jittered_exponential_and_capped(settings):
     assert retry.retry_delay(30) <= 15
 
 
+def test_the_policy_follows_the_settings_at_each_call(settings):
+    settings.RETRY_BASE_SECONDS = 3
+    settings.RETRY_MAX_SECONDS = 7
+    settings.MAX_ATTEMPTS = 4
+    policy = retry.retry_policy()
+    assert (policy.backoff.base, policy.backoff.cap) == (3.0, 7.0)
+    assert not policy.gives_up(3) and policy.gives_up(4)
+    settings.MAX_ATTEMPTS = 6
+    assert not retry.retry_policy().gives_up(4)
+
+
 def test_staff_retry_returns_to_the_failed_step(make_asset, admin_user):
     asset = make_asset()
     with_cid = _record(asset, status=ClaimStatus.FAILED, claim_id="a", cid="bafy")
@@ -182,7 +201,7 @@ def test_inbound_duplicates_within_the_window_are_ignored():
     assert first.outcome == MessageOutcome.PENDING
     assert second.outcome == MessageOutcome.IGNORED
     assert second.reason == inbox.REASON_DUPLICATE.format(id=first.pk)
-    assert inbox.inbound_lease_due(limit=10, lease_seconds=60) == [first.pk]
+    assert leased_ids(limit=10, lease_seconds=60) == [first.pk]
 
 
 def test_inbound_jetstream_redelivery_is_one_row():
@@ -220,7 +239,7 @@ def test_huge_and_binary_payloads_are_rejected_when_recorded(settings):
 def test_inbound_defer_then_fail(settings):
     settings.MAX_ATTEMPTS = 1
     message = inbox.inbound_record(subject="t.prequalification.exchange", payload=b"{}")
-    inbox.inbound_lease_due(limit=1, lease_seconds=60)
+    leased_ids(limit=1, lease_seconds=60)
     assert inbox.inbound_defer(message_id=message.pk, error="boom") == "failed"
     message.refresh_from_db()
     assert message.outcome == MessageOutcome.FAILED
@@ -249,7 +268,7 @@ def test_request_notices_are_recorded_as_ignored_on_arrival():
         assert (row.asset_did, row.claim_id) == (issuer, claim_id)
         assert row.next_attempt_at is None
         assert row.processed_at is not None
-    assert inbox.inbound_lease_due(limit=10, lease_seconds=60) == []
+    assert leased_ids(limit=10, lease_seconds=60) == []
 
 
 def test_request_notices_that_do_not_parse_are_left_for_the_worker():
@@ -268,7 +287,7 @@ def test_request_notices_that_do_not_parse_are_left_for_the_worker():
         payload=json.dumps({"type": "issue-credential", "claimId": "c-2"}).encode(),
     )
     assert issue.outcome == MessageOutcome.PENDING
-    leased = inbox.inbound_lease_due(limit=10, lease_seconds=60)
+    leased = leased_ids(limit=10, lease_seconds=60)
     assert leased == [r.pk for r in rows] + [issue.pk]
 
 
@@ -374,7 +393,7 @@ def test_outcomes_are_recorded_together(make_asset):
         )
         for n in range(3)
     ]
-    inbox.inbound_lease_due(limit=10, lease_seconds=60)
+    leased_ids(limit=10, lease_seconds=60)
     finishes = [
         batches.Finish(
             rows[0].pk,
@@ -395,7 +414,7 @@ def test_outcomes_are_recorded_together(make_asset):
         assert row.processed_at is not None
     assert rows[0].kind == MessageKind.PREQUALIFICATION
     assert rows[0].asset_did == "did:ethr:a"
-    assert inbox.inbound_lease_due(limit=10, lease_seconds=0) == []
+    assert leased_ids(limit=10, lease_seconds=0) == []
 
 
 def test_an_outcome_without_context_keeps_what_the_row_has(make_asset):

@@ -31,7 +31,6 @@ from claims.models import (
     ClaimEvent,
     ClaimRecord,
     ClaimStatus,
-    MessageKind,
 )
 from console import services as console_services
 from console.admin.claims import (
@@ -276,11 +275,6 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             ),
         }
 
-    def _queues(self, queryset: QuerySet[Asset]) -> bool:
-        """Is this selection too large to run in the request (so it is queued)?"""
-
-        return queryset.count() > console_services.sync_asset_limit()
-
     def _queued_summary(self, what: str) -> str:
 
         return (
@@ -300,14 +294,14 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         for error in errors[:10]:
             self.message_user(request, error, messages.ERROR)
 
-    def _queue(
-        self, request: HttpRequest, queryset: QuerySet[Asset], *, kind: str, label: str
+    def _report_queued(
+        self,
+        request: HttpRequest,
+        assets: list[Asset],
+        result: console_services.QueueResult,
+        *,
+        label: str,
     ) -> None:
-
-        assets = list(queryset)
-        result = console_services.assets_enqueue(
-            kind=kind, assets=assets, actor_user=request.user
-        )
         self.log_staff_action(request, assets, f"{label} queued for the listener.")
         parts = [f"{result.queued} assets queued for the listener"]
         if result.already_queued:
@@ -333,7 +327,7 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[Asset]
     ) -> HttpResponse | None:
 
-        queued = self._queues(queryset)
+        queued = console_services.selection_is_queued(queryset.count())
         confirm = self.confirm_or_none(
             request,
             queryset,
@@ -352,18 +346,18 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         )
         if confirm is not None:
             return confirm
-        if queued:
-            self._queue(
-                request, queryset, kind=MessageKind.RECONCILE, label="Reconcile"
-            )
-            return None
-        self._reconcile_now(request, list(queryset))
+        self._reconcile(request, list(queryset))
         return None
 
-    def _reconcile_now(self, request: HttpRequest, assets: list[Asset]) -> None:
-        result = console_services.assets_reconcile(
+    def _reconcile(self, request: HttpRequest, assets: list[Asset]) -> None:
+        outcome = console_services.assets_reconcile_or_queue(
             assets=assets, actor_user=request.user
         )
+        result = outcome.report
+        if result is None:
+            assert outcome.queued is not None
+            self._report_queued(request, assets, outcome.queued, label="Reconcile")
+            return
         self.log_staff_action(request, assets, "Reconciled with the chain.")
         parts = [
             f"{result.assets} assets",
@@ -384,7 +378,7 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[Asset]
     ) -> HttpResponse | None:
 
-        queued = self._queues(queryset)
+        queued = console_services.selection_is_queued(queryset.count())
         confirm = self.confirm_or_none(
             request,
             queryset,
@@ -399,21 +393,20 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         )
         if confirm is not None:
             return confirm
-        if queued:
-            self._queue(
-                request,
-                queryset,
-                kind=MessageKind.PREQUALIFICATION,
-                label="Prequalification",
-            )
-            return None
-        self._prequalify_now(request, list(queryset))
+        self._prequalify(request, list(queryset))
         return None
 
-    def _prequalify_now(self, request: HttpRequest, assets: list[Asset]) -> None:
-        result = console_services.assets_request_prequalification(
+    def _prequalify(self, request: HttpRequest, assets: list[Asset]) -> None:
+        outcome = console_services.assets_prequalify_or_queue(
             assets=assets, actor_user=request.user
         )
+        result = outcome.report
+        if result is None:
+            assert outcome.queued is not None
+            self._report_queued(
+                request, assets, outcome.queued, label="Prequalification"
+            )
+            return
         self.log_staff_action(request, assets, "Prequalification requested.")
         parts = [
             f"{result.filed} filed",
@@ -467,7 +460,7 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
                 "document on chain; what is missing is published (never twice). "
                 "This calls the cache server and the chain now."
             ),
-            run=lambda request, asset: self._reconcile_now(request, [asset]),
+            run=lambda request, asset: self._reconcile(request, [asset]),
         )
 
     @detail_action(
@@ -487,7 +480,7 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
                 "this asset, signed by the asset. A request already pending there is "
                 "left as it is."
             ),
-            run=lambda request, asset: self._prequalify_now(request, [asset]),
+            run=lambda request, asset: self._prequalify(request, [asset]),
         )
 
     @detail_action(

@@ -498,3 +498,28 @@ def test_in_request_services_refuse_more_than_the_limit(operator, fakes, setting
             run(assets=assets, actor_user=operator)
         assert "for at most 2 assets; 3 are selected" in str(info.value)
     assert cache.requests == [] and chain.writes == []
+
+
+def test_the_run_or_queue_decision_lives_in_the_services(operator, fakes, settings):
+    """Up to the limit the service runs now; past it, it queues and calls no peer."""
+    from console import services as console_services
+
+    _, cache, _, chain = fakes
+    settings.CONSOLE_SYNC_ASSET_LIMIT = 2
+    assert not console_services.selection_is_queued(2)
+    assert console_services.selection_is_queued(3)
+    few = [make_asset() for _ in range(2)]
+    ran = console_services.assets_prequalify_or_queue(assets=few, actor_user=operator)
+    assert ran.queued is None and ran.report is not None
+    assert ran.report.filed == 2
+    requests = len(cache.requests)
+    many = [make_asset() for _ in range(3)]
+    for service, kind in (
+        (console_services.assets_prequalify_or_queue, "prequalification"),
+        (console_services.assets_reconcile_or_queue, "reconcile"),
+    ):
+        queued = service(assets=many, actor_user=operator)
+        assert queued.report is None and queued.queued is not None
+        assert queued.queued.queued == 3
+        assert InboundMessage.objects.filter(kind=kind, outcome="pending").count() == 3
+    assert len(cache.requests) == requests and chain.writes == []

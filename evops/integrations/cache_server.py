@@ -7,8 +7,9 @@ in per operation, and a per-asset lock makes concurrent calls for one asset shar
 single login or refresh.
 
 Failures raise `CacheServerError` whose `permanent` flag tells services whether a retry
-can help. Transient ones (connect errors, timeouts, 5xx, 429) are already retried here
-with jittered exponential backoff before they surface.
+can help. Transient ones (connect errors, timeouts, 5xx, 429) are already retried here,
+as the retry policy's `cache_server` part says (`evops.integrations.retry`: jittered
+exponential backoff, a 429's `Retry-After` honoured), before they surface.
 
 Peer quirks handled here, each named where it is handled: empty 200 bodies for unknown
 roles and claims, the claim id returned as bare text, 403 "Claim request already
@@ -23,7 +24,6 @@ import asyncio
 import functools
 import json
 import logging
-import random
 import re
 import time
 import uuid
@@ -36,12 +36,14 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+from tenacity import RetryCallState
 
 from evops.integrations.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     AiohttpTransport,
     ResponseTooLarge,
 )
+from evops.integrations.retry import DEFAULT_RETRY, RetryableAnswer, RetryPolicy
 from evops.protocol import siwe
 from evops.protocol.dids import DID
 from evops.protocol.jwt import (
@@ -81,10 +83,8 @@ _OUTDATED = "outdated"
 _REFRESH_MARGIN_SECONDS = 30.0
 # Lifetime assumed when an access token carries no readable `exp`.
 _DEFAULT_TOKEN_LIFETIME = 300.0
-_MAX_BACKOFF_SECONDS = 5.0
 # How long one read of the chain's block number serves identity-token logins.
 _BLOCK_MAX_AGE_SECONDS = 1.0
-_MAX_RETRY_AFTER_SECONDS = 30.0
 
 
 # `CacheServerClient.store_requester`: one authenticated request of one asset.
@@ -264,6 +264,13 @@ def _canonical(did: DID | str) -> tuple[str, str]:
     return _canonical_text(did)
 
 
+def _retryable(response: httpx.Response, reason: str) -> RetryableAnswer:
+    """A 5xx or 429 answer as a retryable outcome (a 429's Retry-After kept)."""
+    status = response.status_code
+    retry_after = response.headers.get("Retry-After", "") if status == 429 else ""
+    return RetryableAnswer(reason, status=status, retry_after=retry_after)
+
+
 class _NoCookies(DefaultCookiePolicy):
     """Refuse every cookie.
 
@@ -393,10 +400,9 @@ class CacheServerClient:
         block_number: Callable[[], Awaitable[int]],
         timeout: float = 10.0,
         max_concurrency: int = 50,
-        max_retries: int = 4,
+        retry: RetryPolicy = DEFAULT_RETRY,
         login_mode: str = LOGIN_AUTO,
         max_sessions: int = 10_000,
-        backoff_base: float = 0.2,
         chain_id: int | None = None,
         refresh_margin: float = _REFRESH_MARGIN_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -406,15 +412,14 @@ class CacheServerClient:
     ) -> None:
         if login_mode not in LOGIN_MODES:
             raise ValueError(f"login_mode must be one of {LOGIN_MODES}")
-        if max_concurrency < 1 or max_sessions < 1 or max_retries < 0:
+        if max_concurrency < 1 or max_sessions < 1:
             raise ValueError("max_concurrency and max_sessions must be positive")
         self._base = base_url.rstrip("/").removesuffix("/v1")
         parts = urlsplit(self._base)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._domain = parts.netloc
         self._block = _RecentBlock(block_number, block_max_age)
-        self._max_retries = max_retries
-        self._backoff_base = backoff_base
+        self._retry = retry.cache_server
         # One call, its retries included, ends by `deadline` (default: room for a
         # few full attempts); each attempt ends by `timeout` however slowly the
         # server drips its answer.
@@ -459,16 +464,6 @@ class CacheServerClient:
         await self.aclose()
 
     # --- transport with retries ------------------------------------------------------
-
-    async def _backoff(self, attempt: int, response: httpx.Response | None) -> None:
-        delay = random.uniform(  # noqa: S311 - jitter, not cryptography
-            0, min(_MAX_BACKOFF_SECONDS, self._backoff_base * 2**attempt)
-        )
-        if response is not None and response.status_code == 429:
-            retry_after = response.headers.get("Retry-After", "")
-            if retry_after.isdigit():
-                delay = max(delay, min(float(retry_after), _MAX_RETRY_AFTER_SECONDS))
-        await asyncio.sleep(delay)
 
     async def _send(
         self,
@@ -521,40 +516,65 @@ class CacheServerClient:
         retries: int | None,
     ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        last: str = ""
-        last_status: int | None = None
-        max_retries = self._max_retries if retries is None else retries
-        for attempt in range(max_retries + 1):
-            response: httpx.Response | None = None
-            try:
-                async with self._semaphore:
-                    response = await self._http.request(
-                        method, path, json=json_body, params=params, headers=headers
+
+        def log(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            logger.info(
+                "cache server %s %s: %s; retry %d",
+                method,
+                path,
+                error,
+                state.attempt_number,
+            )
+
+        try:
+            async for attempt in self._retry.retrying(retries=retries, log=log):
+                with attempt:
+                    return await self._attempt(
+                        method,
+                        path,
+                        json_body=json_body,
+                        params=params,
+                        headers=headers,
+                        retry_statuses=retry_statuses,
                     )
-            except ResponseTooLarge as exc:
-                # Not retried: the same request would bring the same flood.
-                raise CacheServerError(
-                    f"{ERR_TOO_LARGE}: {method} {path}: {exc}", permanent=False
-                ) from None
-            except httpx.TimeoutException as exc:
-                last, last_status = f"timeout ({type(exc).__name__})", None
-            except httpx.TransportError as exc:
-                last, last_status = f"connection failed ({type(exc).__name__})", None
-            else:
-                status = response.status_code
-                if (status < 500 and status != 429) or not retry_statuses:
-                    return response
-                last, last_status = f"HTTP {status}", status
-            if attempt < max_retries:
-                logger.info(
-                    "cache server %s %s: %s; retry %d", method, path, last, attempt + 1
+        except RetryableAnswer as exc:
+            raise CacheServerError(
+                f"{ERR_TRANSIENT}: {method} {path}: {exc.reason}",
+                permanent=False,
+                status=exc.status,
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        retry_statuses: bool,
+    ) -> httpx.Response:
+        """One exchange; raises `RetryableAnswer` for what a retry may mend."""
+        try:
+            async with self._semaphore:
+                response = await self._http.request(
+                    method, path, json=json_body, params=params, headers=headers
                 )
-                await self._backoff(attempt, response)
-        raise CacheServerError(
-            f"{ERR_TRANSIENT}: {method} {path}: {last}",
-            permanent=False,
-            status=last_status,
-        )
+        except ResponseTooLarge as exc:
+            # Not retried: the same request would bring the same flood.
+            raise CacheServerError(
+                f"{ERR_TOO_LARGE}: {method} {path}: {exc}", permanent=False
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise RetryableAnswer(f"timeout ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise RetryableAnswer(f"connection failed ({type(exc).__name__})") from None
+        status = response.status_code
+        if (status < 500 and status != 429) or not retry_statuses:
+            return response
+        raise _retryable(response, f"HTTP {status}")
 
     # --- sessions --------------------------------------------------------------------
 
@@ -821,53 +841,65 @@ class CacheServerClient:
             "claimIssuer": [NULL_ISSUER],
             "registrationTypes": [OFF_CHAIN],
         }
-        for attempt in range(self._max_retries + 1):
-            response = await self._call(
-                signer,
-                did_text,
-                "POST",
-                "/v1/claim/request",
-                json_body=body,
-                retry_statuses=False,
-            )
-            status = response.status_code
-            if status in (200, 201):
-                return ClaimRequestResult(
-                    claim_id=_text_body(response) or claim_id, already_existed=False
-                )
-            message = _error_message(response)
-            if status >= 500 or status == 429:
-                if status == 500:
-                    # Quirk: an unknown role is a bare 500. Read the role: it raises
-                    # UnknownRoleError when missing; otherwise this was an outage.
-                    await self.role(signer, did_text, role.namespace)
-                if attempt < self._max_retries:
-                    await self._backoff(attempt, response)
-                    continue
-                raise CacheServerError(
-                    f"{ERR_TRANSIENT}: claim request: HTTP {status} {message}",
-                    permanent=False,
-                    status=status,
-                )
-            if status == 403 and ALREADY_EXISTS.lower() in message.lower():
-                existing = await self._pending_claim_id(
-                    signer, did_text, subject_text, role
-                )
-                return ClaimRequestResult(claim_id=existing, already_existed=True)
-            if status == 400:
-                stored = await self.get_claim(signer, did_text, claim_id)
-                if stored is not None:
-                    # Our id is taken: by this very request if an earlier attempt
-                    # landed before its answer was lost, else by an older one.
-                    return ClaimRequestResult(
-                        claim_id=claim_id, already_existed=stored.token != token
+        try:
+            async for attempt in self._retry.retrying():
+                with attempt:
+                    response = await self._post_claim_request(
+                        signer, did_text, body, role
                     )
+        except RetryableAnswer as exc:
             raise CacheServerError(
-                f"{ERR_CLAIM_REJECTED}: HTTP {status} {message}",
-                permanent=True,
-                status=status,
+                f"{ERR_TRANSIENT}: claim request: {exc.reason}",
+                permanent=False,
+                status=exc.status,
+            ) from None
+        status = response.status_code
+        if status in (200, 201):
+            return ClaimRequestResult(
+                claim_id=_text_body(response) or claim_id, already_existed=False
             )
-        raise AssertionError("unreachable")  # pragma: no cover
+        message = _error_message(response)
+        if status == 403 and ALREADY_EXISTS.lower() in message.lower():
+            existing = await self._pending_claim_id(
+                signer, did_text, subject_text, role
+            )
+            return ClaimRequestResult(claim_id=existing, already_existed=True)
+        if status == 400:
+            stored = await self.get_claim(signer, did_text, claim_id)
+            if stored is not None:
+                # Our id is taken: by this very request if an earlier attempt
+                # landed before its answer was lost, else by an older one.
+                return ClaimRequestResult(
+                    claim_id=claim_id, already_existed=stored.token != token
+                )
+        raise CacheServerError(
+            f"{ERR_CLAIM_REJECTED}: HTTP {status} {message}",
+            permanent=True,
+            status=status,
+        )
+
+    async def _post_claim_request(
+        self, signer: Signer, did: str, body: Mapping[str, Any], role: Role
+    ) -> httpx.Response:
+        """One POST of the claim request; raises `RetryableAnswer` on 5xx and 429.
+
+        Quirk: an unknown role is a bare 500. The role is read then: that raises
+        `UnknownRoleError` when it is missing; otherwise the 500 was an outage.
+        """
+        response = await self._call(
+            signer,
+            did,
+            "POST",
+            "/v1/claim/request",
+            json_body=body,
+            retry_statuses=False,
+        )
+        status = response.status_code
+        if status >= 500 or status == 429:
+            if status == 500:
+                await self.role(signer, did, role.namespace)
+            raise _retryable(response, f"HTTP {status} {_error_message(response)}")
+        return response
 
     async def _pending_claim_id(
         self, signer: Signer, did: str, subject: str, role: Role
@@ -1014,6 +1046,8 @@ class CacheServerClient:
 
 def cache_server_client_from_settings(
     block_number: Callable[[], Awaitable[int]],
+    *,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> CacheServerClient:
     """A client configured from Django settings (read lazily, here only)."""
     from django.conf import settings
@@ -1026,4 +1060,5 @@ def cache_server_client_from_settings(
         login_mode=settings.CACHE_SERVER_LOGIN,
         max_response_bytes=settings.CACHE_SERVER_MAX_RESPONSE_BYTES,
         deadline=settings.CACHE_SERVER_DEADLINE,
+        retry=retry,
     )

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import aiohttp
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
+from tenacity import RetryCallState
 from web3 import AsyncWeb3
 from web3.exceptions import TimeExhausted, Web3Exception, Web3RPCError
 from web3.providers.rpc import AsyncHTTPProvider
@@ -57,6 +58,7 @@ from evops.integrations.http import (
     read_limited,
 )
 from evops.integrations.registry import REGISTRY_ADDRESSES
+from evops.integrations.retry import DEFAULT_RETRY, RetryPolicy
 from evops.protocol import erc1056
 from evops.protocol.dids import DID
 from evops.protocol.resolver import resolve_did_document_async
@@ -99,8 +101,6 @@ _CHANGED = keccak(b"changed(address)")[:4]
 _NONCE = keccak(b"nonce(address)")[:4]
 _IDENTITY_OWNER = keccak(b"identityOwner(address)")[:4]
 _TRANSPORT_ERRORS = (Web3Exception, aiohttp.ClientError, OSError, TimeoutError)
-_SEND_ATTEMPTS = 4
-_DROP_RESENDS = 2
 # Consecutive "unknown transaction" answers before a sent transaction counts as dropped;
 # a load-balanced RPC can briefly answer from a node that has not seen it yet.
 _DROP_OBSERVATIONS = 3
@@ -154,6 +154,10 @@ class _Head:
     base_fee: int | None
     priority_fee: int
     gas_price: int
+
+
+class _NonceRejected(Exception):
+    """The node refused our nonce (used elsewhere): resync and sign again."""
 
 
 class _Dropped(Exception):
@@ -241,6 +245,7 @@ class Chain:
         poll_interval: float = 0.25,
         max_connections: int = 50,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -260,10 +265,12 @@ class Chain:
         self.poll_interval = poll_interval
         self.request_timeout = request_timeout
         self.max_response_bytes = max_response_bytes
+        self._retry = retry
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[str, str] = {}
         # No automatic retries inside web3: a dead RPC must become a transient
-        # ChainError promptly, and retry policy belongs to the caller.
+        # ChainError promptly, and the caller schedules the retry. The only
+        # in-call retries (a rejected nonce, a dropped transaction) follow `retry`.
         self._provider = AsyncHTTPProvider(
             rpc_url,
             request_kwargs={"timeout": aiohttp.ClientTimeout(total=request_timeout)},
@@ -738,20 +745,27 @@ class Chain:
             "gas": gas,
             **fees,
         }
-        for _ in range(_DROP_RESENDS + 1):
-            tx_hash, nonce = await self._send(sender, transaction)
-            self._inflight[identity] = _InFlight(tx_hash, name, value, kind)
-            try:
-                receipt = await self._wait_receipt(tx_hash, sender_address, nonce)
-            except _Dropped:
-                self._inflight.pop(identity, None)
-                logger.warning(
-                    "transaction %s dropped by the node; sending it again", tx_hash
-                )
-                continue
-            del self._inflight[identity]
-            return self._result(receipt, tx_hash, gas)
-        raise ChainError(TX_DROPPED, permanent=False)
+
+        def dropped(state: RetryCallState) -> None:
+            self._inflight.pop(identity, None)
+            error = state.outcome.exception() if state.outcome else None
+            logger.warning(
+                "transaction %s dropped by the node; sending it again", error
+            )
+
+        try:
+            async for attempt in self._retry.chain_dropped.retrying(
+                on=_Dropped, log=dropped
+            ):
+                with attempt:
+                    tx_hash, nonce = await self._send(sender, transaction)
+                    self._inflight[identity] = _InFlight(tx_hash, name, value, kind)
+                    receipt = await self._wait_receipt(tx_hash, sender_address, nonce)
+        except _Dropped:
+            self._inflight.pop(identity, None)
+            raise ChainError(TX_DROPPED, permanent=False) from None
+        del self._inflight[identity]
+        return self._result(receipt, tx_hash, gas)
 
     def _result(self, receipt: _Receipt, tx_hash: str, gas: int) -> PublishResult:
         if receipt.status != 1:
@@ -780,50 +794,63 @@ class Chain:
         address = to_checksum_address(sender.address)
         account = self._accounts.setdefault(address, _Account())
         async with account.lock:
-            for _ in range(_SEND_ATTEMPTS):
-                if account.next_nonce is None:
-                    account.next_nonce = _quantity(
-                        await self._request(
-                            "eth_getTransactionCount", [address, "pending"]
+            try:
+                async for attempt in self._retry.chain_nonce.retrying(
+                    on=_NonceRejected
+                ):
+                    with attempt:
+                        return await self._send_once(
+                            sender, transaction, address, account
                         )
-                    )
-                nonce = account.next_nonce
-                raw = sender.sign_transaction({**transaction, "nonce": nonce})
-                tx_hash = _hex(keccak(raw))
-                try:
-                    response = await self._raw(
-                        "eth_sendRawTransaction", [_hex(raw)], tx_hash=tx_hash
-                    )
-                except ChainError:
-                    # The node may or may not have the transaction: resync next time
-                    # rather than guess.
-                    account.next_nonce = None
-                    raise
-                error = response.get("error")
-                if not error:
-                    account.next_nonce = nonce + 1
-                    return tx_hash, nonce
-                exc = Web3RPCError(str(error), rpc_response=response)  # type: ignore[arg-type]
-                message = _rpc_message(exc).lower()
-                if "already known" in message or "already imported" in message:
-                    # Our exact bytes are in the pool (an earlier send whose answer
-                    # got lost): that is a successful send.
-                    account.next_nonce = nonce + 1
-                    return tx_hash, nonce
-                if "nonce too low" in message or "underpriced" in message:
-                    # Someone else used this nonce (another process, a manual
-                    # transfer): resync from the node and sign again.
-                    logger.warning(
-                        "nonce %s rejected for %s (%s); resyncing",
-                        nonce,
-                        address,
-                        message,
-                    )
-                    account.next_nonce = None
-                    continue
-                reason, permanent = _classify_rpc_error(exc)
-                raise ChainError(reason, permanent=permanent) from exc
+            except _NonceRejected:
+                pass
         raise ChainError(NONCE_RETRIES_EXHAUSTED, permanent=False)
+
+    async def _send_once(
+        self,
+        sender: Signer,
+        transaction: Mapping[str, Any],
+        address: str,
+        account: _Account,
+    ) -> tuple[str, int]:
+        """One signed send under the account lock; `_NonceRejected` to sign again."""
+        if account.next_nonce is None:
+            account.next_nonce = _quantity(
+                await self._request("eth_getTransactionCount", [address, "pending"])
+            )
+        nonce = account.next_nonce
+        raw = sender.sign_transaction({**transaction, "nonce": nonce})
+        tx_hash = _hex(keccak(raw))
+        try:
+            response = await self._raw(
+                "eth_sendRawTransaction", [_hex(raw)], tx_hash=tx_hash
+            )
+        except ChainError:
+            # The node may or may not have the transaction: resync next time rather
+            # than guess.
+            account.next_nonce = None
+            raise
+        error = response.get("error")
+        if not error:
+            account.next_nonce = nonce + 1
+            return tx_hash, nonce
+        exc = Web3RPCError(str(error), rpc_response=response)  # type: ignore[arg-type]
+        message = _rpc_message(exc).lower()
+        if "already known" in message or "already imported" in message:
+            # Our exact bytes are in the pool (an earlier send whose answer got
+            # lost): that is a successful send.
+            account.next_nonce = nonce + 1
+            return tx_hash, nonce
+        if "nonce too low" in message or "underpriced" in message:
+            # Someone else used this nonce (another process, a manual transfer):
+            # resync from the node and sign again.
+            logger.warning(
+                "nonce %s rejected for %s (%s); resyncing", nonce, address, message
+            )
+            account.next_nonce = None
+            raise _NonceRejected(nonce)
+        reason, permanent = _classify_rpc_error(exc)
+        raise ChainError(reason, permanent=permanent) from exc
 
     async def _receipt_or_none(self, tx_hash: str) -> _Receipt | None:
         receipt = await self._request(
@@ -918,6 +945,7 @@ def chain_from_settings(
     operator: Signer | None = None,
     read_only: bool = False,
     request_timeout: float | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> Chain:
     """Build the process's `Chain` from Django settings (read only here).
 
@@ -943,5 +971,6 @@ def chain_from_settings(
         confirmations=settings.CHAIN_CONFIRMATIONS,
         receipt_timeout=settings.CHAIN_RECEIPT_TIMEOUT,
         gas_margin=settings.CHAIN_GAS_MARGIN,
+        retry=retry,
         **extra,
     )

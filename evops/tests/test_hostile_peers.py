@@ -17,6 +17,7 @@ import time
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from evops.integrations.credential_store import (
     IpfsStore,
     confirm_stored,
 )
+from evops.integrations.retry import CACHE_SERVER_RETRY, RetryPolicy
 from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
 
@@ -125,6 +127,11 @@ async def bounded(
     return error, peak, elapsed
 
 
+def retries(count: int) -> RetryPolicy:
+    """The default policy with `count` in-call retries of the cache server."""
+    return RetryPolicy(cache_server=replace(CACHE_SERVER_RETRY, retries=count))
+
+
 def cache_client(url: str, **kw: Any) -> CacheServerClient:
     async def block() -> int:
         return 1
@@ -132,7 +139,7 @@ def cache_client(url: str, **kw: Any) -> CacheServerClient:
     options: dict[str, Any] = {
         "block_number": block,
         "timeout": 5.0,
-        "max_retries": 0,
+        "retry": retries(0),
         "max_response_bytes": LIMIT,
     }
     options.update(kw)
@@ -208,7 +215,9 @@ async def test_cache_server_drip_ends_at_the_deadline(hostile):
     signer = LocalKeySigner.generate()
     # Each read arrives within 50 ms, far inside the 5 s read timeout; retries would
     # run for minutes. The call's deadline ends it.
-    async with cache_client(url, timeout=5.0, max_retries=10, deadline=1.5) as client:
+    async with cache_client(
+        url, timeout=5.0, retry=retries(10), deadline=1.5
+    ) as client:
         error, _, elapsed = await bounded(
             lambda: client.role(signer, DID.for_address(signer.address), "x")
         )
@@ -223,7 +232,7 @@ async def test_cache_server_attempt_ends_at_its_timeout_even_when_dripping(hosti
     url, behaviour = hostile
     behaviour.mode = "drip"
     signer = LocalKeySigner.generate()
-    async with cache_client(url, timeout=1.0, max_retries=0, deadline=30) as client:
+    async with cache_client(url, timeout=1.0, retry=retries(0), deadline=30) as client:
         error, _, elapsed = await bounded(
             lambda: client.role(signer, DID.for_address(signer.address), "x")
         )

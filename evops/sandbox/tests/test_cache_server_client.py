@@ -7,12 +7,14 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import httpx
 import pytest
 from django.test import override_settings
 
 from evops.integrations.cache_server import (
+    ERR_TRANSIENT,
     ERR_UNAUTHORIZED,
     CacheServerClient,
     CacheServerError,
@@ -23,6 +25,7 @@ from evops.integrations.cache_server import (
     cache_server_client_from_settings,
 )
 from evops.integrations.http import AiohttpTransport
+from evops.integrations.retry import CACHE_SERVER_RETRY, RetryPolicy
 from evops.protocol.dids import DID
 from evops.protocol.jwt import issued_token
 from evops.protocol.keys import LocalKeySigner
@@ -31,19 +34,28 @@ from evops.sandbox.cache_server import CacheServerStandIn, eth_block_number, iss
 from .conftest import ROLE
 
 
+def fast_retry(retries: int = 4) -> RetryPolicy:
+    """The cache server's in-call retries with short waits, for tests."""
+    quick = replace(CACHE_SERVER_RETRY.backoff, base=0.01)
+    return RetryPolicy(
+        cache_server=replace(CACHE_SERVER_RETRY, retries=retries, backoff=quick)
+    )
+
+
 @pytest.fixture
 async def client(stand_in, block_number):
     async with CacheServerClient(
-        stand_in.url, block_number=block_number, backoff_base=0.01
+        stand_in.url, block_number=block_number, retry=fast_retry()
     ) as c:
         yield c
 
 
 def make_client(
-    server: CacheServerStandIn, block_number, **kwargs
+    server: CacheServerStandIn, block_number, *, retries: int = 4, **kwargs
 ) -> CacheServerClient:
-    kwargs.setdefault("backoff_base", 0.01)
-    return CacheServerClient(server.url, block_number=block_number, **kwargs)
+    return CacheServerClient(
+        server.url, block_number=block_number, retry=fast_retry(retries), **kwargs
+    )
 
 
 # --- login and sessions --------------------------------------------------------------
@@ -139,7 +151,7 @@ async def test_siwe_verify_whose_answer_is_lost_is_not_repeated(asset, asset_did
         "http://cache.test",
         block_number=block_number,
         login_mode="siwe",
-        backoff_base=0.01,
+        retry=fast_retry(),
         transport=httpx.MockTransport(handler),
     ) as client:
         with pytest.raises(CacheServerError) as info:
@@ -598,7 +610,7 @@ async def test_injected_5xx_are_retried_until_success(
     make_stand_in, block_number, asset, asset_did
 ):
     server = make_stand_in(fail_rate=0.5, seed=7)
-    async with make_client(server, block_number, max_retries=8) as client:
+    async with make_client(server, block_number, retries=8) as client:
         role = await client.role(asset, asset_did, ROLE)
         result = await client.request_claim(asset, asset_did, role=role)
         claims = [await client.get_claim(asset, asset_did, result.claim_id or "")]
@@ -618,7 +630,7 @@ async def test_5xx_beyond_the_retry_limit_is_transient(
         await client.role(asset, asset_did, ROLE)
     assert info.value.permanent is False
     assert info.value.status in (500, 503)
-    assert stand_in.request_count - before == 5  # 1 + max_retries
+    assert stand_in.request_count - before == 5  # 1 + the client's retries
 
 
 async def test_claim_request_500s_of_an_outage_stay_transient(
@@ -635,9 +647,7 @@ async def test_claim_request_500s_of_an_outage_stay_transient(
 async def test_timeouts_are_transient_and_recover(
     stand_in, block_number, asset, asset_did
 ):
-    async with make_client(
-        stand_in, block_number, timeout=0.3, max_retries=1
-    ) as client:
+    async with make_client(stand_in, block_number, timeout=0.3, retries=1) as client:
         await client.auth_status(asset, asset_did)
         stand_in.set_faults(hang_rate=1.0)
         with pytest.raises(CacheServerError) as info:
@@ -658,8 +668,7 @@ async def test_connection_refused_is_transient(block_number, asset, asset_did):
     async with CacheServerClient(
         f"http://127.0.0.1:{port}",
         block_number=block_number,
-        max_retries=2,
-        backoff_base=0.01,
+        retry=fast_retry(2),
     ) as client:
         with pytest.raises(CacheServerError) as info:
             await client.auth_status(asset, asset_did)
@@ -680,11 +689,65 @@ async def test_429_is_retried(asset, asset_did, block_number):
     async with CacheServerClient(
         "http://cache.test",
         block_number=block_number,
-        backoff_base=0.01,
+        retry=fast_retry(),
         transport=httpx.MockTransport(handler),
     ) as client:
         assert await client.auth_status(asset, asset_did) == asset_did
     assert calls["n"] == 4
+
+
+async def test_429_waits_for_retry_after_up_to_the_policys_cap(
+    asset, asset_did, block_number
+):
+    """A 429's Retry-After (here far above the cap) stretches the wait to the cap."""
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/login":
+            return httpx.Response(201, json={"token": "a.e30.c", "refreshToken": "r"})
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return httpx.Response(429, headers={"Retry-After": "3600"})
+        return httpx.Response(200, json={"user": asset_did})
+
+    policy = fast_retry()
+    capped = replace(policy.cache_server, retry_after_cap=0.3)
+    async with CacheServerClient(
+        "http://cache.test",
+        block_number=block_number,
+        retry=replace(policy, cache_server=capped),
+        transport=httpx.MockTransport(handler),
+    ) as client:
+        started = asyncio.get_running_loop().time()
+        assert await client.auth_status(asset, asset_did) == asset_did
+        waited = asyncio.get_running_loop().time() - started
+    assert calls["n"] == 2
+    assert 0.3 <= waited < 5.0
+
+
+async def test_429_beyond_the_retries_is_transient_with_its_status(
+    asset, asset_did, block_number
+):
+    statuses: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/login":
+            return httpx.Response(201, json={"token": "a.e30.c", "refreshToken": "r"})
+        statuses.append(429)
+        return httpx.Response(429, headers={"Retry-After": "0"})
+
+    async with CacheServerClient(
+        "http://cache.test",
+        block_number=block_number,
+        retry=fast_retry(2),
+        transport=httpx.MockTransport(handler),
+    ) as client:
+        with pytest.raises(CacheServerError) as info:
+            await client.auth_status(asset, asset_did)
+    assert info.value.permanent is False
+    assert info.value.status == 429
+    assert str(info.value).startswith(ERR_TRANSIENT)
+    assert len(statuses) == 3  # the first try and two retries
 
 
 # --- settings ------------------------------------------------------------------------
