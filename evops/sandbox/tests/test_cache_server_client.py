@@ -698,11 +698,13 @@ async def test_client_from_settings(block_number):
         CACHE_SERVER_TIMEOUT=2.5,
         CACHE_SERVER_MAX_CONCURRENCY=3,
         CACHE_SERVER_LOGIN="siwe",
+        CACHE_SERVER_MAX_SESSIONS=123_456,
     ):
         client = cache_server_client_from_settings(block_number)
     try:
         assert client._base == "http://127.0.0.1:9"
         assert client._login_mode == "siwe"
+        assert client._max_sessions == 123_456
     finally:
         await client.aclose()
 
