@@ -31,11 +31,13 @@ async def test_a_burst_fetches_the_role_definition_once(make_asset, fakes):
         # gather starts the tasks in order: by now every one has missed and joined.
         release.set()
 
-    *roles, _ = await asyncio.gather(
+    *results, _ = await asyncio.gather(
         *(peer_calls.role_definition(integrations, asset, ROLE) for asset in assets),
         release_when_all_missed(),
     )
     assert fetched == 1
+    roles = [role for role in results if role is not None]
+    assert len(roles) == 50
     assert {role.namespace for role in roles} == {ROLE}
     # Cached afterwards: no flight, no fetch.
     await peer_calls.role_definition(integrations, assets[0], ROLE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
@@ -26,7 +27,7 @@ async def test_concurrent_callers_share_one_fetch_per_key():
         return 0
 
     results = await asyncio.gather(
-        *(flights.run(key, lambda key=key: fetch(key)) for key in ["a", "bb"] * 20),
+        *(flights.run(key, functools.partial(fetch, key)) for key in ["a", "bb"] * 20),
         release_after_all_joined(),
     )
     assert results[:-1] == [1, 2] * 20
