@@ -22,9 +22,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--asset", action="append", default=[], metavar="DID", dest="dids"
+            "--asset",
+            action="append",
+            default=[],
+            metavar="DID",
+            dest="dids",
+            help="move only this asset's key (repeatable; default: every sealed key)",
         )
-        parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument(
+            "--no-progress", action="store_true", help="no progress bar on stderr"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
