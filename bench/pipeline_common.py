@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import os
+import platform
 import resource
 import signal
 import statistics
@@ -109,6 +111,7 @@ def stand_in_process(
     issuer_did: str,
     latency: float,
     registry_address: str | None = None,
+    seed_endpoint: bool = False,
 ) -> Iterator[StandIn]:
     """The cache-server stand-in in its own process."""
     from evops.sandbox.peers import free_port
@@ -125,6 +128,8 @@ def stand_in_process(
         command += ["--nats-url", nats_url]
     if registry_address:
         command += ["--registry-address", registry_address]
+    if seed_endpoint:
+        command += ["--seed-endpoint"]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT
     )
@@ -146,6 +151,73 @@ def mine(rpc_url: str, blocks: int = 32) -> None:
     chain_web3(rpc_url).manager.request_blocking(
         RPCEndpoint("anvil_mine"), [hex(blocks)]
     )
+
+
+class BenchFailure(SystemExit):
+    """A bench that cannot give an honest figure stops loud, with a non-zero code."""
+
+    def __init__(self, message: str) -> None:
+        print(f"BENCH FAILED: {message}", file=sys.stderr, flush=True)
+        super().__init__(2)
+
+
+def raw_signature_seconds(rounds: int = 5, per_round: int = 2000) -> float:
+    """CPU seconds of one raw secp256k1 signature (coincurve, recoverable), now.
+
+    The yardstick every pipeline bench divides its CPU by: a figure in "raw
+    signatures" means the same on a fast idle machine and on a slow shared one.
+    Measured in CPU time (not wall) and the best of a few rounds, so other
+    processes on the machine move it little.
+    """
+    from coincurve import PrivateKey
+
+    key = PrivateKey()
+    digest = os.urandom(32)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.thread_time()
+        for _ in range(per_round):
+            key.sign_recoverable(digest, hasher=None)
+        best = min(best, (time.thread_time() - start) / per_round)
+    return best
+
+
+class Yardstick:
+    """The raw signature measured at the start and at the end of a run."""
+
+    def __init__(self) -> None:
+        self.samples = [raw_signature_seconds()]
+
+    def close(self) -> None:
+        self.samples.append(raw_signature_seconds())
+
+    @property
+    def seconds(self) -> float:
+        return min(self.samples)
+
+    def ratio(self, cpu_seconds: float) -> float:
+        """`cpu_seconds` as a count of raw signatures."""
+        return cpu_seconds / self.seconds
+
+    def describe(self) -> str:
+        return (
+            "raw secp256k1 signature (coincurve, this run): "
+            + " / ".join(f"{s * 1e6:.1f} us" for s in self.samples)
+            + " CPU (start / end; the smaller is the unit)"
+        )
+
+
+def machine_line() -> str:
+    """CPU model, cores, load average and date: what bench/README.md records."""
+    model = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"machine: {model}, {os.cpu_count()} cores, load average {load}; {now}"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -211,5 +283,68 @@ async def start_listener(listener: Any) -> Any:
         return bool(listener.listening.is_set())
 
     if not await wait_for(connected, 60):
-        raise RuntimeError("the listener did not connect")
+        raise BenchFailure("the listener did not subscribe within 60 s")
+    # Readiness, the way the listener allows it today: its subscriptions exist in
+    # the client, and a PING/PONG round trip on its own connection proves the
+    # server has processed the SUBs sent before it (NATS handles a connection's
+    # protocol lines in order). Only then may a burst be published.
+    if listener.client is not None and not listener.config.stream:
+        await listener.client.flush(timeout=10)
     return task
+
+
+async def failures() -> str:
+    """What went wrong so far: failed or rejected messages, failed or retried
+    records, in one line ("" when nothing did)."""
+    from claims.models import ClaimRecord, ClaimStatus, InboundMessage, MessageOutcome
+
+    bad = InboundMessage.objects.filter(
+        outcome__in=(MessageOutcome.FAILED, MessageOutcome.REJECTED)
+    )
+    retried_messages = InboundMessage.objects.filter(
+        outcome=MessageOutcome.PENDING, attempts__gt=0
+    ).exclude(reason="")
+    failed = ClaimRecord.objects.filter(status=ClaimStatus.FAILED)
+    retried = ClaimRecord.objects.exclude(last_error="")
+    parts = []
+    for label, queryset, field in (
+        ("message(s) failed or rejected", bad, "reason"),
+        ("message(s) deferred after an error", retried_messages, "reason"),
+        ("record(s) failed", failed, "last_error"),
+        ("record(s) retrying after an error", retried, "last_error"),
+    ):
+        count = await queryset.acount()
+        if count:
+            first = await queryset.values_list(field, flat=True).afirst()
+            parts.append(f"{count} {label}, first: {str(first)[:300]!r}")
+    return "; ".join(parts)
+
+
+async def wait_done(
+    done: Any, seconds: float, what: str, *, interval: float = 0.05
+) -> None:
+    """Wait for the async `done`; fail loud at the first failure or past `seconds`.
+
+    A bench that waits in silence for a message that failed gives no figure and
+    wastes its time limit: every poll also looks for failures.
+    """
+    import asyncio
+
+    deadline = time.monotonic() + seconds
+    checked = 0.0
+    while True:
+        if await done():
+            return
+        now = time.monotonic()
+        if now - checked >= 1.0:
+            checked = now
+            problem = await failures()
+            if problem:
+                raise BenchFailure(f"{what}: {problem}")
+        if now > deadline:
+            problem = await failures()
+            raise BenchFailure(
+                f"{what}: not done within {seconds:.0f} s"
+                + (f"; {problem}" if problem else "")
+            )
+        await asyncio.sleep(interval)

@@ -30,15 +30,18 @@ from pipeline_common import (
     ENV,
     ROLE,
     ROOT,
+    BenchFailure,
     Stopwatch,
+    Yardstick,
     cpu_seconds,
     describe,
     histogram_sum,
+    machine_line,
     mine,
     setup_django,
     stand_in_process,
     start_listener,
-    wait_for,
+    wait_done,
 )
 
 TSO_CONCURRENCY = 20
@@ -97,7 +100,7 @@ async def _prepare(count: int, rpc_url: str) -> list[Any]:
 
 
 async def _run(
-    records: list[Any], tso_job: dict[str, Any]
+    records: list[Any], tso_job: dict[str, Any], limit: float
 ) -> tuple[float, list[float], int, float, float]:
     from claims import metrics
     from claims.integrations import integrations_from_settings
@@ -127,18 +130,34 @@ async def _run(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
-    out, _ = await tso.communicate(json.dumps(tso_job).encode())
+    try:
+        out, _ = await asyncio.wait_for(
+            tso.communicate(json.dumps(tso_job).encode()), timeout=limit
+        )
+    except TimeoutError:
+        tso.kill()
+        raise BenchFailure(f"the TSO did not issue within {limit:.0f} s") from None
     issued = {}
+    refused = []
     for line in out.decode().splitlines():
         claim_id, status, at = json.loads(line)
         if status == 201:
             issued[claim_id] = at
+        else:
+            refused.append(status)
+    if refused or tso.returncode:
+        raise BenchFailure(
+            f"the stand-in refused {len(refused)} issue call(s) (HTTP "
+            f"{sorted(set(refused))}), TSO exit {tso.returncode}"
+        )
 
     async def all_published() -> bool:
         done = await ClaimRecord.objects.filter(status=ClaimStatus.PUBLISHED).acount()
         return done >= len(issued)
 
-    await wait_for(all_published, 900, interval=0.05)
+    await wait_done(
+        all_published, max(1.0, limit - clock()), f"{len(issued)} publications"
+    )
     elapsed = clock()
     cpu = cpu_seconds() - cpu_before
     external = (
@@ -169,8 +188,38 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="100 credentials")
     parser.add_argument("--count", type=int, default=0)
+    parser.add_argument(
+        "--block-time",
+        type=float,
+        default=0,
+        help="seconds per block on anvil (0: instant mining; 5: as a real chain, "
+        "with CHAIN_CONFIRMATIONS=1 unless --confirmations says otherwise)",
+    )
+    parser.add_argument("--confirmations", type=int, default=None)
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.020,
+        help="seconds the stand-in adds to each call (default 0.020)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=float,
+        default=0,
+        help="seconds the run may take before the bench fails (default: 120 + "
+        "0.5 s per credential, and the blocks' time)",
+    )
     args = parser.parse_args(argv)
     count = args.count or (100 if args.small else 1000)
+    block_time = args.block_time or None
+    confirmations = (
+        args.confirmations
+        if args.confirmations is not None
+        else (1 if block_time else 0)
+    )
+    limit = args.limit or 120 + 0.5 * count + 20 * (block_time or 0)
+    print(machine_line(), flush=True)
+    yardstick = Yardstick()
 
     from evops.protocol.dids import DID
     from evops.protocol.jwt import issued_token
@@ -180,20 +229,22 @@ def main(argv: list[str]) -> None:
     issuer_key = "0x" + __import__("secrets").token_hex(32)
     issuer = LocalKeySigner(issuer_key)
     issuer_did = DID.for_address(issuer.address).canonical
-    with PeerStack() as stack:
+    with PeerStack(block_time=block_time) as stack:
         anvil = stack.anvil
         mine(anvil.rpc_url)
         with stand_in_process(
             anvil.rpc_url,
             nats_url=stack.nats.url,
             issuer_did=issuer_did,
-            latency=0.0,
+            latency=args.latency,
+            registry_address=str(stack.registry_address),
         ) as stand_in:
             setup_django(
                 CACHE_SERVER_URL=stand_in.url,
                 CHAIN_RPC_URL=anvil.rpc_url,
                 DID_REGISTRY_ADDRESS=str(stack.registry_address),
                 CHAIN_MAX_FEE_GWEI="100",
+                CHAIN_CONFIRMATIONS=str(confirmations),
                 IPFS_API_URL=stack.ipfs.api_url,
                 NATS_URL=stack.nats.url,
                 NATS_PREQUALIFICATION_SUBJECT="*.prequalification.exchange",
@@ -225,15 +276,22 @@ def main(argv: list[str]) -> None:
                 "concurrency": TSO_CONCURRENCY,
                 "items": items,
             }
-            elapsed, latencies, issued, cpu, external = asyncio.run(_run(records, job))
+            elapsed, latencies, issued, cpu, external = asyncio.run(
+                _run(records, job, limit)
+            )
             server_cpu = stand_in.cpu_seconds()
+    yardstick.close()
     published = len(latencies)
     print(
         f"publication: {count} credentials issued by a TSO process ({issued} "
-        f"accepted by the stand-in), asset chain mode on anvil (instant mining), "
-        f"js-ipfs store; workers {settings.WORKER_CONCURRENCY}",
+        f"accepted by the stand-in), asset chain mode on anvil ("
+        + (f"{block_time:g} s blocks" if block_time else "instant mining")
+        + f", CHAIN_CONFIRMATIONS={confirmations}), js-ipfs store, stand-in "
+        f"+{args.latency * 1000:.0f} ms per call; workers "
+        f"{settings.WORKER_CONCURRENCY}",
         flush=True,
     )
+    print(f"  {yardstick.describe()}")
     print(
         f"  published and confirmed: {published}/{issued} in {elapsed:.2f} s "
         f"-> {published / elapsed:.1f} credentials/s"
@@ -247,9 +305,11 @@ def main(argv: list[str]) -> None:
             f"of {total:.1f} s summed latency -> evops' own share {own / total:.0%} "
             "(queueing for a worker slot or the database thread counts as evops')"
         )
+    each = cpu / max(published, 1)
     print(
-        f"  evops process CPU: {cpu:.1f} s ({cpu / max(published, 1) * 1000:.1f} ms "
-        f"per credential); stand-in CPU over the whole run: {server_cpu:.1f} s"
+        f"  evops process CPU: {cpu:.1f} s ({each * 1000:.1f} ms per credential = "
+        f"{yardstick.ratio(each):.0f} raw signatures, goal <= 100); stand-in CPU "
+        f"over the whole run: {server_cpu:.1f} s"
     )
 
 

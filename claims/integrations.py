@@ -20,6 +20,7 @@ from evops.protocol.credentials import DEFAULT_CLOCK_SKEW
 from evops.protocol.policy import TrustPolicy
 from evops.protocol.roles import RoleChainVerifier
 from evops.protocol.signer import Signer
+from evops.protocol.singleflight import SingleFlight
 
 
 class CacheServer(Protocol):
@@ -84,6 +85,10 @@ class Integrations:
     _closers: list[Any] = field(default_factory=list, repr=False)
     # Role definitions by namespace, with when they were fetched (`peer_calls`).
     roles: dict[str, tuple[float, Role]] = field(default_factory=dict, repr=False)
+    # The fetches of role definitions in flight: concurrent misses share one.
+    role_flights: SingleFlight[str, Role] = field(
+        default_factory=SingleFlight, repr=False
+    )
 
     @property
     def policy(self) -> TrustPolicy:

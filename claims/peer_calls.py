@@ -45,15 +45,21 @@ async def role_definition(
     integrations: Integrations, asset: Asset, namespace: str
 ) -> Role:
     """The role definition, kept by the bundle for a few minutes (roles change
-    rarely)."""
+    rarely); concurrent misses share one fetch (fetched as the first asset)."""
     cached = integrations.roles.get(namespace)
     if cached is not None and time.monotonic() - cached[0] < _ROLE_TTL:
         return cached[1]
-    signer = await asset_signer(integrations, asset)
-    with metrics.timed(metrics.CACHE_SERVER_LATENCY, "role"):
-        role = await integrations.cache.role(signer, asset.did, namespace)
-    integrations.roles[namespace] = (time.monotonic(), role)
-    return role
+
+    async def fetch() -> Role:
+        signer = await asset_signer(integrations, asset)
+        with metrics.timed(metrics.CACHE_SERVER_LATENCY, "role"):
+            role = await integrations.cache.role(signer, asset.did, namespace)
+        integrations.roles[namespace] = (time.monotonic(), role)
+        return role
+
+    # A burst misses together: the first miss fetches, the others share it (one
+    # login and one role call instead of one per worker).
+    return await integrations.role_flights.run(namespace, fetch)
 
 
 def service_entries(document: dict[str, Any]) -> list[dict[str, Any]]:

@@ -336,6 +336,9 @@ if not CACHE_SERVER_URL.startswith(("https://", "http://")):
     raise ImproperlyConfigured("CACHE_SERVER_URL must be an http(s) URL.")
 CACHE_SERVER_TIMEOUT = _float("CACHE_SERVER_TIMEOUT", 10.0)
 CACHE_SERVER_MAX_CONCURRENCY = _int("CACHE_SERVER_MAX_CONCURRENCY", 50, minimum=1)
+# Logged-in asset sessions kept (LRU, about 1.5 KB each): at least the fleet's size,
+# or each reconciliation pass logs the oldest assets in again.
+CACHE_SERVER_MAX_SESSIONS = _int("CACHE_SERVER_MAX_SESSIONS", 50_000, minimum=1)
 CACHE_SERVER_LOGIN = env.str("CACHE_SERVER_LOGIN", default="auto").strip().lower()
 if CACHE_SERVER_LOGIN not in {"identity", "siwe", "auto"}:
     raise ImproperlyConfigured(
@@ -372,6 +375,8 @@ ROLE_CHAIN_MAX_DEPTH = _int("ROLE_CHAIN_MAX_DEPTH", 3, minimum=1)
 ROLE_PROOF_MAX_SERVICES = _int("ROLE_PROOF_MAX_SERVICES", 50, minimum=1)
 # Seconds a fetched role definition or a proven role holding is reused.
 ROLE_CACHE_SECONDS = _int("ROLE_CACHE_SECONDS", 300)
+# Role definitions and issuer proofs kept (each a bounded TTL cache of this size).
+ROLE_CACHE_SIZE = _int("ROLE_CACHE_SIZE", 10_000, minimum=1)
 # Seconds of clock difference tolerated for a credential's `nbf` and `iat`.
 CLOCK_SKEW_SECONDS = _int("CLOCK_SKEW_SECONDS", 60)
 # Largest cache-server answer read (bytes), and seconds one cache-server call may

@@ -32,5 +32,6 @@ def role_chain_verifier_from_settings() -> RoleChainVerifier:
         max_depth=settings.ROLE_CHAIN_MAX_DEPTH,
         max_services=settings.ROLE_PROOF_MAX_SERVICES,
         cache_ttl=float(settings.ROLE_CACHE_SECONDS),
+        cache_size=settings.ROLE_CACHE_SIZE,
         clock_skew=float(settings.CLOCK_SKEW_SECONDS),
     )

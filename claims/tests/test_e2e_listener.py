@@ -167,7 +167,7 @@ async def _written_once(record: ClaimRecord, integrations: Integrations) -> None
 class _ListenerProcess:
     """`manage.py run_nats_listener` in a subprocess against the test database."""
 
-    def __init__(self, env: dict[str, str], name: str) -> None:
+    def __init__(self, env: dict[str, str], name: str, *extra: str) -> None:
         self.name = name
         self.output = ""
         self.proc = subprocess.Popen(
@@ -175,7 +175,7 @@ class _ListenerProcess:
                 sys.executable,
                 "manage.py",
                 "run_nats_listener",
-                *("--name", name, "--no-reconcile"),
+                *("--name", name, "--no-reconcile", *extra),
             ],
             cwd=ROOT,
             env=env,
@@ -184,10 +184,10 @@ class _ListenerProcess:
             text=True,
         )
 
-    def wait_connected(self, timeout: float = 60.0) -> None:
+    def wait_connected(self, timeout: float = 60.0, name: str | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            beat = ListenerHeartbeat.objects.filter(name=self.name).first()
+            beat = ListenerHeartbeat.objects.filter(name=name or self.name).first()
             # Subscribed, not only connected: a message published in between
             # would be lost (core NATS).
             if (
@@ -280,6 +280,42 @@ def _wait_message(subject: str, timeout: float = 30.0) -> InboundMessage:
             return message
         time.sleep(0.05)
     raise AssertionError("the message was never recorded")
+
+
+def test_processes_share_a_burst_and_stop_together_on_sigterm(
+    listener_env, sealed_asset, stand_in, nats_server, subjects
+):
+    assets = [sealed_asset() for _ in range(6)]
+    base = f"multi-{uuid.uuid4().hex[:6]}"
+    process = _ListenerProcess(listener_env(), base, "--processes", "2")
+    try:
+        for index in (1, 2):
+            process.wait_connected(name=f"{base}-{index}")
+        # Both subscribed in one queue group: each request is handled once.
+        asyncio.run(
+            _publish(nats_server.url, [(subjects[0], {"did": a.did}) for a in assets])
+        )
+        deadline = time.monotonic() + 60
+        while ClaimRecord.objects.count() < len(assets):
+            assert time.monotonic() < deadline, process.finish()
+            time.sleep(0.1)
+        code = process.stop(signal.SIGTERM)
+    finally:
+        output = process.finish()
+    assert code == 0, output
+    assert "started 2 listener processes" in output
+    assert "in queue group evops-listeners" in output
+    assert "listeners stopped" in output
+    assert ClaimRecord.objects.count() == len(assets)
+    assert InboundMessage.objects.filter(subject=subjects[0]).count() == len(assets)
+    assert sorted(
+        ListenerHeartbeat.objects.filter(name__startswith=base).values_list(
+            "name", "state"
+        )
+    ) == [
+        (f"{base}-1", ConnectionState.STOPPED),
+        (f"{base}-2", ConnectionState.STOPPED),
+    ]
 
 
 def test_sigterm_finishes_the_message_in_flight_and_exits_0(

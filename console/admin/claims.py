@@ -472,12 +472,20 @@ class ClaimRecordAdmin(
         self, request: HttpRequest, queryset: QuerySet[ClaimRecord]
     ) -> HttpResponseBase:
         queryset = queryset.order_by("id")
-        console_services.claims_note_export(
-            claim_ids=queryset.values_list("pk", flat=True).iterator(chunk_size=2000),
-            actor_user=request.user,
-        )
+        user = request.user
+
+        def note(claims: list[ClaimRecord]) -> None:
+            # Each chunk's "exported" events in one INSERT, as it is streamed: the
+            # history stays complete without delaying the download's first byte.
+            console_services.claims_note_export(
+                claim_ids=[claim.pk for claim in claims], actor_user=user
+            )
+
         return self.export_csv_response(
-            request, queryset.select_related("asset"), "claims.csv"
+            request,
+            queryset.select_related("asset"),
+            "claims.csv",
+            before_chunk=note,
         )
 
 

@@ -220,9 +220,21 @@ class ConsoleAdminMixin:
     # --- CSV ------------------------------------------------------------------------
 
     def export_csv_response(
-        self, request: HttpRequest, queryset: QuerySet[Any], filename: str
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Any],
+        filename: str,
+        *,
+        before_chunk: Callable[[list[Any]], object] | None = None,
     ) -> StreamingHttpResponse:
-        """Stream the selection (all of it with "select all") as CSV."""
+        """Stream the selection (all of it with "select all") as CSV.
+
+        The header row goes out before any query, so the first byte leaves at once
+        even for 100,000 rows. `before_chunk(objects)` runs for each chunk of rows
+        just before they are streamed (the claims' "exported" history is written so,
+        one INSERT per chunk): the audit trail names exactly what was handed out,
+        and it never delays the start of the download.
+        """
         columns = self.csv_columns
         model = self.model  # type: ignore[attr-defined]
         LogEntry.objects.create(
@@ -235,10 +247,22 @@ class ConsoleAdminMixin:
         )
         writer = csv.writer(_Echo())
 
+        def chunk_rows(chunk: list[Any]) -> Iterator[str]:
+            if before_chunk is not None:
+                before_chunk(chunk)
+            for obj in chunk:
+                yield writer.writerow([_csv_cell(get(obj)) for _, get in columns])
+
         def rows() -> Iterator[str]:
             yield writer.writerow([name for name, _ in columns])
-            for obj in queryset.iterator(chunk_size=2000):
-                yield writer.writerow([_csv_cell(get(obj)) for _, get in columns])
+            chunk: list[Any] = []
+            for obj in queryset.iterator(chunk_size=_CSV_CHUNK):
+                chunk.append(obj)
+                if len(chunk) >= _CSV_CHUNK:
+                    yield from chunk_rows(chunk)
+                    chunk = []
+            if chunk:
+                yield from chunk_rows(chunk)
 
         response = StreamingHttpResponse(rows(), content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
@@ -246,6 +270,9 @@ class ConsoleAdminMixin:
 
 
 _View = TypeVar("_View", bound=Callable[..., Any])
+
+# Rows fetched, noted and streamed together by a CSV export.
+_CSV_CHUNK = 2000
 
 
 def detail_action(

@@ -237,6 +237,21 @@ def test_claims_csv_select_all_notes_every_exported_claim(client, operator):
     assert not ClaimEvent.objects.filter(record=other, kind="exported").exists()
 
 
+def test_claims_csv_streams_the_header_before_writing_the_history(client, operator):
+    claims = [make_claim(make_asset()) for _ in range(3)]
+    response = _post_action(client, CLAIMS, "export_csv", [c.pk for c in claims])
+    stream = iter(response.streaming_content)
+    assert next(stream).startswith(b"id,claim_id,asset_did")
+    # The first byte left before any history was written (the export of 100,000
+    # claims used to write 100,000 events first) ...
+    assert not ClaimEvent.objects.filter(kind="exported").exists()
+    rows = list(csv.reader(io.StringIO(b"".join(stream).decode())))
+    # ... and once streamed, each exported claim's history says so.
+    assert [int(row[0]) for row in rows] == [c.pk for c in claims]
+    noted = ClaimEvent.objects.filter(kind="exported", user=operator)
+    assert sorted(noted.values_list("record_id", flat=True)) == [c.pk for c in claims]
+
+
 def test_assets_csv_export_never_contains_key_material(client, operator):
     from assets import services
 

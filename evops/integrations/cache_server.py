@@ -1057,6 +1057,7 @@ def cache_server_client_from_settings(
         block_number=block_number,
         timeout=settings.CACHE_SERVER_TIMEOUT,
         max_concurrency=settings.CACHE_SERVER_MAX_CONCURRENCY,
+        max_sessions=settings.CACHE_SERVER_MAX_SESSIONS,
         login_mode=settings.CACHE_SERVER_LOGIN,
         max_response_bytes=settings.CACHE_SERVER_MAX_RESPONSE_BYTES,
         deadline=settings.CACHE_SERVER_DEADLINE,

@@ -47,6 +47,7 @@ from evops.protocol.errors import (
 )
 from evops.protocol.jwt import decode_token, verify_token
 from evops.protocol.policy import EffectiveRole, decide_offline
+from evops.protocol.singleflight import SingleFlight
 
 DEFAULT_MAX_DEPTH = 3
 DEFAULT_MAX_SERVICES = 50
@@ -184,6 +185,9 @@ class RoleChainVerifier:
             maxsize=cache_size, ttl=max(cache_ttl, 1e-9)
         )
         self._cache_enabled = cache_ttl > 0
+        self._definition_flights: SingleFlight[str, Mapping[str, Any] | None] = (
+            SingleFlight()
+        )
         self.fetches = 0  # store fetches made (for tests and metrics)
 
     def clear(self) -> None:
@@ -199,17 +203,24 @@ class RoleChainVerifier:
         """The hub's definition of `namespace` (cached); None for an unknown role."""
         if self._cache_enabled and namespace in self._definitions:
             return self._definitions[namespace]
-        try:
-            definition = await sources.fetch_role(namespace)
-        except Exception as exc:
-            raise VerificationUnavailable(
-                f"{ERR_ROLE.format(role=namespace[:200])}: {exc}"
-            ) from exc
-        if definition is not None and not isinstance(definition, Mapping):
-            definition = None
-        if self._cache_enabled:
-            self._definitions[namespace] = definition
-        return definition
+
+        async def fetch() -> Mapping[str, Any] | None:
+            try:
+                definition = await sources.fetch_role(namespace)
+            except Exception as exc:
+                raise VerificationUnavailable(
+                    f"{ERR_ROLE.format(role=namespace[:200])}: {exc}"
+                ) from exc
+            if definition is not None and not isinstance(definition, Mapping):
+                definition = None
+            if self._cache_enabled:
+                self._definitions[namespace] = definition
+            return definition
+
+        if not self._cache_enabled:
+            return await fetch()
+        # Concurrent misses (a burst of credentials of one role) share one fetch.
+        return await self._definition_flights.run(namespace, fetch)
 
     @staticmethod
     async def resolve(did: DID, *, sources: RoleSources) -> Mapping[str, Any]:

@@ -273,11 +273,13 @@ class CacheServerStandIn:
         fail_rate: float = 0.0,
         hang_rate: float = 0.0,
         seed: int | None = None,
+        seed_endpoint: bool = False,
     ) -> None:
         if rpc_url is None and block_number is None:
             raise ValueError("give rpc_url or a block_number callable")
         self.rpc_url = rpc_url
         self.nats_url = nats_url
+        self.seed_endpoint = seed_endpoint
         self.env = env
         self.blocks_back = blocks_back
         self.access_ttl = access_ttl
@@ -299,6 +301,9 @@ class CacheServerStandIn:
         for role in roles:
             self.add_role(role)
         self.claims: dict[str, dict[str, Any]] = {}
+        # subject DID -> its claim ids: a login loads the user's claims, indexed as
+        # the real server's database query is (no scan of every claim per login).
+        self._claims_of: dict[str, list[str]] = {}
         self.store: dict[str, str] = {}
         self.refresh_tokens: dict[str, str] = {}  # tokenId -> user DID
         self.siwe_nonces: dict[str, tuple[bool, float]] = {}  # nonce -> (open, exp)
@@ -309,6 +314,10 @@ class CacheServerStandIn:
 
         self.login_count = 0
         self.siwe_login_count = 0
+        # What every login costs the real server beyond checking the signature
+        # (passport-did-auth's LoginStrategy and the hub's role lookup): the user's
+        # DID document resolved, the latest block read, the user's claims loaded.
+        self.login_resolve_count = 0
         self.refresh_count = 0
         self.request_count = 0
         self.faults_injected = 0
@@ -367,6 +376,7 @@ class CacheServerStandIn:
         with that `roleName`. Returns the claim id.
         """
         claim_id = claim_id or str(uuid.uuid4())
+        self._index_claim(claim_id, subject)
         self.claims[claim_id] = {
             "id": claim_id,
             "requester": subject,
@@ -582,6 +592,28 @@ class CacheServerStandIn:
         r.add_get("/v1/store/{cid}", self._auth(self._store_get))
         r.add_get("/v1/DID/{did}", self._auth(self._did_document))
         r.add_get("/v1/status-list/{credential_id}", self._status_list)
+        if self.seed_endpoint:
+            # Benchmarks only (`--seed-endpoint`): claims issued and accepted long
+            # ago, for a stand-in running in a process of its own.
+            r.add_post("/sandbox/accepted-claims", self._seed_accepted)
+
+    async def _seed_accepted(self, request: web.Request) -> web.StreamResponse:
+        try:
+            items = await request.json()
+            ids = [
+                self.add_accepted_claim(
+                    subject=item["subject"],
+                    claim_type=item["claimType"],
+                    issued_token=item["issuedToken"],
+                    accepted_by=item["acceptedBy"],
+                )
+                for item in items
+            ]
+        except (ValueError, TypeError, KeyError):
+            return _bad_request(
+                "a list of {subject, claimType, issuedToken, acceptedBy}"
+            )
+        return web.json_response(ids, status=201)
 
     @web.middleware
     async def _faults_middleware(
@@ -643,12 +675,44 @@ class CacheServerStandIn:
             return None
         return payload
 
-    def _issue_pair(self, did: str, origin: str | None) -> dict[str, str]:
+    def _index_claim(self, claim_id: str, subject: str) -> None:
+        ids = self._claims_of.setdefault(subject, [])
+        if claim_id not in ids:
+            ids.append(claim_id)
+
+    async def _login_work(
+        self, did: str, *, block_read: bool = False
+    ) -> list[dict[str, str]]:
+        """The real server's work on every login, done here too so benchmarks pay it.
+
+        Resolves the user's DID document (a chain read when the stand-in knows the
+        registry), reads the latest block, and loads the user's accepted claims for
+        the access token's `verifiedRoles`, as the SSI Hub does on each login.
+        """
+        self.login_resolve_count += 1
+        await self.resolve(did)
+        if not block_read:  # the identity-token login has read it already
+            await self.latest_block()
+        return [
+            {
+                "name": claim["claimType"].split(".", 1)[0],
+                "namespace": claim["claimType"],
+            }
+            for claim_id in self._claims_of.get(did, ())
+            if (claim := self.claims.get(claim_id)) is not None and claim["isAccepted"]
+        ]
+
+    def _issue_pair(
+        self,
+        did: str,
+        origin: str | None,
+        verified_roles: list[dict[str, str]] | None = None,
+    ) -> dict[str, str]:
         now = int(time.time())
         self._serial += 1
         access: dict[str, Any] = {
             "did": did,
-            "verifiedRoles": [],
+            "verifiedRoles": verified_roles or [],
             "jti": self._serial,
         }
         if origin is not None:
@@ -664,8 +728,11 @@ class CacheServerStandIn:
         }
         return {"token": self._sign(access), "refreshToken": self._sign(refresh)}
 
-    def _login_response(self, did: str, origin: str | None) -> web.Response:
-        pair = self._issue_pair(did, origin)
+    async def _login_response(
+        self, did: str, origin: str | None, *, block_read: bool = False
+    ) -> web.Response:
+        roles = await self._login_work(did, block_read=block_read)
+        pair = self._issue_pair(did, origin, roles)
         response = web.json_response(pair, status=201)
         response.set_cookie(ACCESS_COOKIE, pair["token"], httponly=True)
         response.set_cookie(REFRESH_COOKIE, pair["refreshToken"], httponly=True)
@@ -793,7 +860,9 @@ class CacheServerStandIn:
         if latest - self.blocks_back >= claim_block:
             return _unauthorized(MSG_OUTDATED)
         self.login_count += 1
-        return self._login_response(user_did, request.headers.get("Origin"))
+        return await self._login_response(
+            user_did, request.headers.get("Origin"), block_read=True
+        )
 
     async def _signed_by(self, token: str, did: str) -> bool:
         try:
@@ -848,7 +917,7 @@ class CacheServerStandIn:
         self.login_count += 1
         self.siwe_login_count += 1
         user_did = f"did:ethr:{self.chain}:{parsed.address}"
-        return self._login_response(user_did, request.headers.get("Origin"))
+        return await self._login_response(user_did, request.headers.get("Origin"))
 
     async def _refresh(self, request: web.Request) -> web.StreamResponse:
         # Quirk kept: a refresh-token cookie wins over the query parameter.
@@ -954,6 +1023,7 @@ class CacheServerStandIn:
             ):
                 return _forbidden(MSG_ALREADY_EXISTS)
         issuers = body.get("claimIssuer")
+        self._index_claim(claim_id, sub)
         self.claims[claim_id] = {
             "id": claim_id,
             "requester": requester,
@@ -1042,6 +1112,7 @@ class CacheServerStandIn:
                 "namespace": ".".join(claim_type.split(".")[2:]),
                 "redirectUri": None,
             }
+            self._index_claim(claim_id, requester)
             self.claims[claim_id] = claim
         elif not self._issuer_allowed(issuer, claim["claimType"]):
             return _forbidden(MSG_ISSUER)
@@ -1115,8 +1186,8 @@ class CacheServerStandIn:
         namespace = request.query.get("namespace")
         found = [
             claim
-            for claim in self.claims.values()
-            if claim["subject"] == subject
+            for claim_id in self._claims_of.get(subject, ())
+            if (claim := self.claims[claim_id])["subject"] == subject
             and self._related(claim, user)
             and (accepted is None or claim["isAccepted"] == accepted)
             and (namespace is None or claim["namespace"] == namespace)
@@ -1304,6 +1375,7 @@ async def _serve(args: argparse.Namespace, roles: list[dict[str, Any]]) -> None:
         latency=args.latency,
         fail_rate=args.fail_rate,
         hang_rate=args.hang_rate,
+        seed_endpoint=args.seed_endpoint,
     )
     await stand_in.astart()
     print(f"cache-server stand-in listening on {stand_in.url}", flush=True)
@@ -1331,6 +1403,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--hang-rate", type=float, default=0.0)
+    parser.add_argument(
+        "--seed-endpoint",
+        action="store_true",
+        help="benchmarks: accept POST /sandbox/accepted-claims (never on a hub)",
+    )
     args = parser.parse_args(argv)
     roles = [_parse_role(item) for item in args.role]
     if args.roles_json:

@@ -292,6 +292,8 @@ def test_plain_peer_is_fine_without_deploy():
         ("TRUSTED_ISSUERS", "0x1234", "TRUSTED_ISSUERS: '0x1234'"),
         ("ROLE_CHAIN_MAX_DEPTH", "0", "ROLE_CHAIN_MAX_DEPTH must be at least 1"),
         ("ROLE_CACHE_SECONDS", "soon", "ROLE_CACHE_SECONDS must be an integer"),
+        ("ROLE_CACHE_SIZE", "0", "ROLE_CACHE_SIZE must be at least 1"),
+        ("CACHE_SERVER_MAX_SESSIONS", "many", "CACHE_SERVER_MAX_SESSIONS must be"),
         ("CACHE_SERVER_MAX_RESPONSE_BYTES", "10", "CACHE_SERVER_MAX_RESPONSE_BYTES"),
         ("CACHE_SERVER_DEADLINE", "0", "CACHE_SERVER_DEADLINE must be more than 0"),
         ("CHAIN_RPC_MAX_RESPONSE_BYTES", "x", "CHAIN_RPC_MAX_RESPONSE_BYTES"),

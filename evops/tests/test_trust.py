@@ -32,8 +32,10 @@ def test_malformed_trusted_issuer_is_improperly_configured():
     ROLE_CHAIN_MAX_DEPTH=2,
     ROLE_PROOF_MAX_SERVICES=7,
     ROLE_CACHE_SECONDS=0,
+    ROLE_CACHE_SIZE=77,
     CLOCK_SKEW_SECONDS=5,
 )
 def test_role_chain_verifier_from_settings():
     verifier = role_chain_verifier_from_settings()
     assert (verifier.max_depth, verifier.max_services, verifier.clock_skew) == (2, 7, 5)
+    assert verifier._definitions.maxsize == verifier._proofs.maxsize == 77

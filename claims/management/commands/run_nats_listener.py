@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
+import subprocess
+import sys
+import time
 from typing import Any
 
 from django.conf import settings
@@ -13,6 +18,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from claims.integrations import integrations_from_settings
 from claims.listener import Listener, ListenerConfig
 from evops.startup import LISTENER_REFUSED, listener_problems
+
+#: The queue group `--processes` uses when none is configured (core NATS).
+DEFAULT_GROUP = "evops-listeners"
+ERR_PROCESSES = "--processes must be at least 1"
+ERR_CHILD = "listener processes exited with {codes}"
 
 
 class Command(BaseCommand):
@@ -54,6 +64,16 @@ class Command(BaseCommand):
             action="store_true",
             help="skip the reconciliation at start and the periodic one",
         )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            help="run N listener processes (one per core) sharing the messages: "
+            "core NATS in one queue group (--queue-group, NATS_QUEUE_GROUP, or "
+            f"{DEFAULT_GROUP!r}), JetStream through the one durable consumer. Only "
+            "the first reconciles and runs the lifecycle sweep; SIGTERM/SIGINT "
+            "stop them all cleanly",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         # The rules `check` only warns about (so migrate is never blocked) stop the
@@ -61,6 +81,11 @@ class Command(BaseCommand):
         problems = listener_problems()
         if problems:
             raise CommandError(LISTENER_REFUSED.format(problems="; ".join(problems)))
+        if options["processes"] < 1:
+            raise CommandError(ERR_PROCESSES)
+        if options["processes"] > 1:
+            self._supervise(options)
+            return
         config = ListenerConfig.from_settings(
             name=options["name"],
             queue_group=options["queue_group"],
@@ -81,6 +106,78 @@ class Command(BaseCommand):
             # e.g. relay mode without an operator key: one readable line, no traceback.
             raise CommandError(str(exc)) from exc
         self.stdout.write("listener stopped")
+
+    def _supervise(self, options: dict[str, Any]) -> None:
+        """Run `--processes` listeners as child processes and stop them together.
+
+        The GIL keeps one listener on one core; N processes use N. They share the
+        work as any listeners of one deployment do: core NATS hands each message
+        to one member of the queue group, JetStream's durable pull consumer to one
+        fetcher, and the database leases (`SKIP LOCKED`) keep two processes off one
+        message or record. A child that dies stops the others (exit 1): the
+        supervisor above (systemd, Kubernetes) restarts the whole set.
+        """
+        count = options["processes"]
+        base = options["name"] or socket.gethostname()
+        stream = (
+            options["jetstream"]
+            if options["jetstream"] is not None
+            else settings.NATS_JETSTREAM_STREAM
+        )
+        group = options["queue_group"] or settings.NATS_QUEUE_GROUP or DEFAULT_GROUP
+        children: list[subprocess.Popen[bytes]] = []
+        for index in range(count):
+            argv = [sys.executable, sys.argv[0], "run_nats_listener"]
+            argv += ["--name", f"{base}-{index + 1}"]
+            if not stream:
+                argv += ["--queue-group", group]
+            for option in ("jetstream", "durable", "concurrency"):
+                if options[option] is not None:
+                    argv += [f"--{option}", str(options[option])]
+            env = dict(os.environ)
+            if options["no_reconcile"] or index > 0:
+                argv.append("--no-reconcile")
+            if index > 0:
+                # One reconciler and one lifecycle sweeper for the whole set.
+                env["LIFECYCLE_INTERVAL"] = "0"
+                if settings.METRICS_PORT:
+                    env["METRICS_PORT"] = str(settings.METRICS_PORT + index)
+            # Our own interpreter and manage.py, options we parsed: no shell.
+            children.append(subprocess.Popen(argv, env=env))  # noqa: S603
+        self.stdout.write(
+            f"started {count} listener processes "
+            + ", ".join(str(child.pid) for child in children)
+            + (f" on JetStream {stream}" if stream else f" in queue group {group}")
+        )
+        stopping = False
+
+        def stop(signum: int, _frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signum)
+
+        previous = {
+            sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            while any(child.poll() is None for child in children):
+                failed = [c for c in children if c.poll() not in (None, 0)]
+                if failed and not stopping:
+                    self.stderr.write(
+                        f"listener process {failed[0].pid} exited with "
+                        f"{failed[0].returncode}: stopping the others"
+                    )
+                    stop(signal.SIGTERM, None)
+                time.sleep(0.2)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        codes = [child.returncode for child in children]
+        if any(codes) and not (stopping and all(c == 0 for c in codes)):
+            raise CommandError(ERR_CHILD.format(codes=codes))
+        self.stdout.write("listeners stopped")
 
     async def _run(self, config: ListenerConfig) -> None:
         integrations = integrations_from_settings()

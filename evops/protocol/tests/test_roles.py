@@ -8,6 +8,7 @@ same verifier runs against the real stand-in, anvil and store in
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -584,3 +585,27 @@ async def test_a_cached_proof_is_not_reused_past_its_credentials_expiry(world):
     clock["now"] = expires + 1  # within the cache TTL, past the credential
     decision = await decide(world, holder, v=v)
     assert decision.reason is R.ISSUER_ROLE_UNPROVEN
+
+
+async def test_concurrent_misses_fetch_a_role_definition_once(world):
+    peers: Peers = world["peers"]
+    release = asyncio.Event()
+    original = peers.fetch_role
+
+    async def slow(namespace: str) -> Mapping[str, Any] | None:
+        await release.wait()
+        return await original(namespace)
+
+    sources = RoleSources(slow, peers.resolve, peers.fetch)
+    v = verifier(cache_ttl=300)
+
+    async def release_after_all_missed() -> None:
+        release.set()  # gather started the callers first: all have missed
+
+    *definitions, _ = await asyncio.gather(
+        *(v.role_definition(PREQ, sources=sources) for _ in range(100)),
+        release_after_all_missed(),
+    )
+    assert peers.calls.count(f"role {PREQ}") == 1
+    assert all(d == definitions[0] for d in definitions)
+    assert definitions[0] is not None

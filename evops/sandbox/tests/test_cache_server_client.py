@@ -67,6 +67,8 @@ async def test_identity_login_and_session_reuse(client, stand_in, asset, asset_d
     await client.role(asset, asset_did, ROLE)
     assert stand_in.login_count == 1
     assert stand_in.siwe_login_count == 0
+    # The stand-in did the real server's work for the login (a benchmark pays it).
+    assert stand_in.login_resolve_count == 1
     assert client.logins == 1
 
 
@@ -326,8 +328,8 @@ async def test_refresh_tokens_and_access_tokens_never_reach_the_logs(
     issued: list[dict[str, str]] = []
     original = stand_in._issue_pair
 
-    def record(did, origin):
-        pair = original(did, origin)
+    def record(did, origin, *roles):
+        pair = original(did, origin, *roles)
         issued.append(pair)
         return pair
 
@@ -759,11 +761,13 @@ async def test_client_from_settings(block_number):
         CACHE_SERVER_TIMEOUT=2.5,
         CACHE_SERVER_MAX_CONCURRENCY=3,
         CACHE_SERVER_LOGIN="siwe",
+        CACHE_SERVER_MAX_SESSIONS=123_456,
     ):
         client = cache_server_client_from_settings(block_number)
     try:
         assert client._base == "http://127.0.0.1:9"
         assert client._login_mode == "siwe"
+        assert client._max_sessions == 123_456
     finally:
         await client.aclose()
 
