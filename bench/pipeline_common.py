@@ -284,12 +284,8 @@ async def start_listener(listener: Any) -> Any:
 
     if not await wait_for(connected, 60):
         raise BenchFailure("the listener did not subscribe within 60 s")
-    # Readiness, the way the listener allows it today: its subscriptions exist in
-    # the client, and a PING/PONG round trip on its own connection proves the
-    # server has processed the SUBs sent before it (NATS handles a connection's
-    # protocol lines in order). Only then may a burst be published.
-    if listener.client is not None and not listener.config.stream:
-        await listener.client.flush(timeout=10)
+    # `listening` is set once the server has the subscriptions (the listener waits
+    # for nats-py's flusher and a PING round trip): a burst may be published now.
     return task
 
 
