@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 
 from assets.models import Asset
-from claims import inbox, metrics, selectors, transitions
+from claims import failures, inbox, metrics, selectors
 from claims.dbthreads import db
 from claims.inbox import REASON_FOR_ISSUERS
 from claims.integrations import Integrations
@@ -141,7 +141,7 @@ async def _fail_claim(
     if asset is None or not asset.active:
         return
     try:
-        await db(transitions.claim_fail_from_message)(
+        await db(failures.claim_fail_from_message)(
             asset=asset, claim_id=hint.claim_id, reason=reason, actor=actor
         )
     except Exception as exc:
