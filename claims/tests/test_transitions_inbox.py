@@ -11,7 +11,7 @@ from django.db import connection
 from django.utils import timezone
 
 from assets.models import Asset
-from claims import batches, failures, inbox, retry, transitions
+from claims import batches, failures, inbox, message_columns, retry, transitions
 from claims.models import (
     LISTENER,
     RECONCILER,
@@ -262,7 +262,7 @@ def test_request_notices_are_recorded_as_ignored_on_arrival():
         row.refresh_from_db()
         assert (row.outcome, row.reason, row.kind) == (
             MessageOutcome.IGNORED,
-            inbox.REASON_FOR_ISSUERS,
+            message_columns.REASON_FOR_ISSUERS,
             MessageKind.REQUEST,
         )
         assert (row.asset_did, row.claim_id) == (issuer, claim_id)
@@ -503,7 +503,7 @@ def test_a_message_is_parsed_once_on_arrival_into_its_columns(make_asset):
     # Later stages read the columns, not the payload.
     InboundMessage.objects.filter(pk=row.pk).update(payload="not json")
     row.refresh_from_db()
-    hint = inbox.message_hint(row)
+    hint = message_columns.message_hint(row)
     assert (hint.type, hint.did.address) == (
         wire.MessageType.PREQUALIFICATION,
         asset.address,
@@ -516,5 +516,5 @@ def test_a_message_that_does_not_parse_keeps_no_columns_and_waits_for_a_worker()
     row = inbox.inbound_record(subject="k.prequalification.exchange", payload=b"[1]")
     assert (row.kind, row.asset_did, row.outcome) == ("unknown", "", "pending")
     with pytest.raises(wire.MessageError) as info:
-        inbox.message_hint(row)
+        message_columns.message_hint(row)
     assert info.value.reason == wire.REASON_NOT_OBJECT

@@ -22,7 +22,7 @@ from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
 from assets.models import Asset
-from claims.inbox import REASON_FOR_ISSUERS
+from claims.message_columns import REASON_FOR_ISSUERS
 from claims.models import (
     ClaimEvent,
     ClaimRecord,
