@@ -11,10 +11,10 @@ import logging
 from collections.abc import Mapping
 
 from assets.models import Asset
-from claims import inbox, metrics, selectors, transitions
+from claims import failures, inbox, message_columns, metrics, selectors
 from claims.dbthreads import db
-from claims.inbox import REASON_FOR_ISSUERS
 from claims.integrations import Integrations
+from claims.message_columns import REASON_FOR_ISSUERS
 from claims.models import (
     Actor,
     EventActor,
@@ -74,7 +74,7 @@ async def inbound_process(
         return await _inbound_reconcile(message, integrations, actor, assets)
     extra = {"subject": message.subject, "inbound_id": message.pk}
     try:
-        hint = inbox.message_hint(message)
+        hint = message_columns.message_hint(message)
     except wire.MessageError as exc:
         outcome = Outcome(MessageOutcome.REJECTED, str(exc))
         await _finish(message_id, outcome, kind=None)
@@ -141,7 +141,7 @@ async def _fail_claim(
     if asset is None or not asset.active:
         return
     try:
-        await db(transitions.claim_fail_from_message)(
+        await db(failures.claim_fail_from_message)(
             asset=asset, claim_id=hint.claim_id, reason=reason, actor=actor
         )
     except Exception as exc:
@@ -159,7 +159,7 @@ async def _inbound_reconcile(
     extra = {"subject": message.subject, "inbound_id": message.pk}
     did_text = ""
     try:
-        did = inbox.queued_did(message.payload)
+        did = message_columns.queued_did(message.payload)
     except wire.MessageError as exc:
         outcome = Outcome(MessageOutcome.REJECTED, str(exc))
     else:

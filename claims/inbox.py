@@ -2,13 +2,13 @@
 
 Record (with the duplicate check and the JetStream redelivery check), lease to a
 worker, finish with an outcome, defer after a transient failure, release at shutdown,
-requeue failed ones, and enqueue staff work for the listener. The lease and the
-batched finish are queries on `InboundMessage.objects` (`claims.models`).
+requeue failed ones, and enqueue staff work for the listener. What a message says is
+parsed once, on arrival, into its row's columns (`claims.message_columns`). The lease
+and the batched finish are queries on `InboundMessage.objects` (`claims.querysets`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -22,6 +22,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from assets.models import Asset
+from claims import message_columns
 from claims.models import (
     InboundMessage,
     MessageKind,
@@ -29,24 +30,12 @@ from claims.models import (
 )
 from claims.retry import REASON_GAVE_UP, readable_error, retry_policy
 from evops.protocol import messages as wire
-from evops.protocol.dedupe import message_key
 from evops.protocol.dids import DID
-from evops.protocol.errors import DIDError
 
 log = logging.getLogger(__name__)
 
 
 REASON_DUPLICATE = "duplicate of message #{id}"
-
-
-# A request-credential notice goes to the issuers (protocol.md §5): nothing to do.
-REASON_FOR_ISSUERS = "request_for_issuers"
-
-
-def dedupe_key(subject: str, payload: bytes) -> str:
-    # The subject's bytes as received: one that is not UTF-8 still has a key.
-    raw = subject.encode("utf-8", "surrogateescape")
-    return hashlib.sha256(raw + b"\n" + payload).hexdigest()
 
 
 def inbound_record(
@@ -67,7 +56,9 @@ def inbound_record(
     delivery does one piece of work and an asset has one request in flight. The
     payload is kept up to `INBOUND_PAYLOAD_LIMIT` bytes; its full size is recorded.
     """
-    fields, early = _inbound_fields(subject, payload, kind=kind, listener=listener)
+    fields, early = message_columns.inbound_fields(
+        subject, payload, kind=kind, listener=listener
+    )
     key = fields["dedupe_key"]
     stream_key = f"{stream}:{stream_sequence}" if stream_sequence is not None else ""
     try:
@@ -87,122 +78,6 @@ def inbound_record(
             raise
         # JetStream redelivered a message we stored before the ack was lost.
         return InboundMessage.objects.get(stream_key=stream_key)
-
-
-def _inbound_fields(
-    subject: str, payload: bytes, *, kind: str, listener: str
-) -> tuple[dict[str, Any], str]:
-    """The row of a received message, and why it is refused unread ("" if not)."""
-    limit = int(settings.INBOUND_PAYLOAD_LIMIT)
-    text = payload[:limit].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    fields: dict[str, Any] = {
-        # Kept as text PostgreSQL can store: a NUL or undecodable byte escaped.
-        "subject": wire.printable(subject)[:255],
-        "payload": text,
-        "payload_size": len(payload),
-        "truncated": len(payload) > limit,
-        "kind": kind,
-        "listener": listener[:150],
-        "next_attempt_at": timezone.now(),
-        "dedupe_key": dedupe_key(subject, payload),
-    }
-    # What cannot be kept faithfully (too large, not UTF-8 text) is refused here:
-    # the worker only ever parses the stored text.
-    early = _unstorable(subject, payload, limit)
-    if early:
-        fields.update(
-            outcome=MessageOutcome.REJECTED,
-            reason=early,
-            processed_at=timezone.now(),
-            next_attempt_at=None,
-        )
-    else:
-        fields.update(_parsed(subject, payload, kind))
-    return fields, early
-
-
-_COLUMN_KINDS = {
-    MessageKind.PREQUALIFICATION,
-    MessageKind.ISSUE,
-    MessageKind.REJECT,
-    MessageKind.REQUEST,
-}
-
-
-def _parsed(subject: str, payload: bytes, kind: str) -> dict[str, Any]:
-    """Parse once, on arrival: the columns the later stages read.
-
-    The kind, the asset DID and the claim id go into the row; the lease and the
-    consumer read them instead of parsing the payload again. A message that does
-    not parse is left pending as it is: the worker rejects it with the parser's
-    reason. A well-formed request-credential notice is addressed to the issuers (the
-    cache server sends one with every claim request, ours included), so it is
-    stored as ignored and no worker looks at it.
-    """
-    try:
-        if kind == MessageKind.RECONCILE:
-            did = queued_did(payload.decode("utf-8"))
-            return {
-                "asset_did": did.canonical[:100],
-                "dedupe_key": message_key(MessageKind.RECONCILE, did),
-            }
-        hint = wire.parse_message(subject, payload, limit=len(payload))
-    except (wire.MessageError, UnicodeDecodeError):
-        return {}
-    fields: dict[str, Any] = {
-        "asset_did": hint.did.canonical[:100],
-        "claim_id": hint.claim_id[:100],
-        # Duplicates by meaning, not bytes: a space or another spelling of the DID
-        # must not cost another login and claim request in the asset's name. A
-        # legacy message keys apart from the notices: one carrying a forged token
-        # must never make the genuine notice about the same claim a duplicate.
-        "dedupe_key": message_key(
-            f"legacy:{hint.type.value}" if hint.legacy else hint.type.value,
-            hint.did,
-            hint.claim_id,
-        ),
-    }
-    if kind == MessageKind.UNKNOWN:
-        fields["kind"] = (
-            MessageKind.LEGACY if hint.legacy else MessageKind(hint.type.value)
-        )
-    if (
-        hint.type is wire.MessageType.REQUEST
-        and not hint.legacy
-        and subject.startswith(_REQUEST_NOTICE_PREFIX)
-    ):
-        fields.update(
-            kind=MessageKind.REQUEST,
-            outcome=MessageOutcome.IGNORED,
-            reason=REASON_FOR_ISSUERS,
-            processed_at=timezone.now(),
-            next_attempt_at=None,
-        )
-    return fields
-
-
-def message_hint(message: InboundMessage) -> wire.InboundHint:
-    """What a stored message asks for, from the columns written on arrival.
-
-    The payload is parsed again only for a legacy full-claim message (its token and
-    type are in the payload) or a row stored without the columns (one that did not
-    parse: this gives the parser's reason). Raises `wire.MessageError`.
-    """
-    if message.kind in _COLUMN_KINDS and message.asset_did:
-        try:
-            did = DID.parse(message.asset_did)
-        except DIDError as exc:
-            raise wire.MessageError(wire.REASON_INVALID_DID, str(exc)) from None
-        return wire.InboundHint(
-            type=wire.MessageType(message.kind), did=did, claim_id=message.claim_id
-        )
-    limit = 1 << 30  # size was enforced when the message was recorded
-    return wire.parse_message(
-        message.subject, message.payload.encode("utf-8"), limit=limit
-    )
-
-
-_REQUEST_NOTICE_PREFIX = f"{wire.REQUEST_CREDENTIAL}.claim-exchange."
 
 
 def _duplicate_of(original: int) -> dict[str, Any]:
@@ -254,7 +129,7 @@ def inbound_record_many(
     if not messages:
         return []
     built = [
-        _inbound_fields(subject, payload, kind=kind, listener=listener)
+        message_columns.inbound_fields(subject, payload, kind=kind, listener=listener)
         for subject, payload in messages
     ]
     if requested_by is not None:
@@ -324,7 +199,7 @@ def _record_refused(
         payload="",
         payload_size=len(payload),
         truncated=bool(payload),
-        dedupe_key=dedupe_key(subject, payload),
+        dedupe_key=message_columns.dedupe_key(subject, payload),
         listener=listener[:150],
         outcome=MessageOutcome.REJECTED,
         reason=REASON_UNSTORABLE.format(
@@ -416,33 +291,6 @@ def inbound_enqueue(
     )
 
 
-def queued_did(payload: str) -> DID:
-    """The asset DID of a queued reconciliation, or `wire.MessageError` saying why."""
-    data = wire.decode_payload(payload.encode("utf-8"), limit=1 << 30)
-    value = data.get("did")
-    if not isinstance(value, str):
-        raise wire.MessageError(wire.REASON_BAD_FIELD, "did must be a string")
-    try:
-        return DID.parse(value)
-    except DIDError as exc:
-        raise wire.MessageError(wire.REASON_INVALID_DID, str(exc)) from None
-
-
-def _unstorable(subject: str, payload: bytes, limit: int) -> str:
-    problem = wire.subject_problem(subject)
-    if problem:
-        return f"{wire.REASON_BAD_SUBJECT}: {problem}"
-    if len(payload) > limit:
-        return f"{wire.REASON_TOO_LARGE}: {len(payload)} bytes > {limit}"
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return wire.REASON_NOT_UTF8
-    if "\x00" in text:
-        return wire.REASON_NOT_UTF8
-    return ""
-
-
 @dataclass(frozen=True)
 class LeasedMessages:
     """Messages leased to a worker, with the assets they name (one database call).
@@ -472,9 +320,9 @@ def inbound_lease_due_with_assets(
     for message in messages:
         try:
             if message.kind == MessageKind.RECONCILE:
-                addresses.add(queued_did(message.payload).address)
+                addresses.add(message_columns.queued_did(message.payload).address)
                 continue
-            hint = message_hint(message)
+            hint = message_columns.message_hint(message)
         except wire.MessageError:
             continue
         addresses.add(hint.did.address)

@@ -7,24 +7,25 @@ Transitions are made by `claims.transitions` with a conditional update
 changed: that single row update is the lock that keeps a duplicate message, a racing
 reconciler and a staff retry from writing to the chain twice. Every transition appends
 a `ClaimEvent`. Every NATS message is stored as an `InboundMessage` before anything
-else happens, so nothing received is ever lost. The querysets hold the leases (SKIP
-LOCKED) and the batched outcome write: the app's only raw SQL.
+else happens, so nothing received is ever lost. Their managers come from
+`claims.querysets` (the leases and the batched outcome write, the app's only raw
+SQL).
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import socket
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, models, transaction
-from django.db.models import F, Field, Q
-from django.utils import timezone
+from django.db import models
+from django.db.models import Q
+
+from claims.querysets import (
+    ClaimRecordQuerySet,
+    InboundMessageQuerySet,
+    ListenerHeartbeatQuerySet,
+)
 
 
 class ClaimStatus(models.TextChoices):
@@ -102,44 +103,6 @@ OPEN_STATUSES = (
     ClaimStatus.STORED,
     ClaimStatus.PUBLISHING,
 )
-
-
-def skip_locked(query: Any) -> Any:
-    """`query` locking its rows, skipping those another worker holds.
-
-    SQLite has no row locks; there a single listener is the supported setup.
-    """
-    if connection.features.has_select_for_update_skip_locked:
-        return query.select_for_update(skip_locked=True)
-    return query
-
-
-class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
-    def lease_due(self, *, limit: int, until: datetime) -> list[int]:
-        """Take up to `limit` records due for another try, time past.
-
-        Issued and stored records whose retry time came, and `publishing` records
-        whose lease ran out (the listener holding them stopped renewing it: a
-        crash). Rows are locked with SKIP LOCKED (PostgreSQL) while their retry time
-        is pushed to `until` (the publication lease), so two workers never take the
-        same record.
-        """
-        now = timezone.now()
-        with transaction.atomic():
-            query = self.filter(
-                status__in=[
-                    # requested: only after a staff retry (it sets the time)
-                    ClaimStatus.REQUESTED,
-                    ClaimStatus.ISSUED,
-                    ClaimStatus.STORED,
-                    ClaimStatus.PUBLISHING,
-                ],
-                next_retry_at__lte=now,
-            ).order_by("next_retry_at")
-            ids = list(skip_locked(query).values_list("pk", flat=True)[:limit])
-            if ids:
-                self.filter(pk__in=ids).update(next_retry_at=until)
-        return ids
 
 
 class ClaimRecord(models.Model):
@@ -318,68 +281,6 @@ class MessageOutcome(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
-# Stored reasons are bounded (a peer's error text can be long).
-REASON_CHARS = 2000
-
-
-def _storable(text: str) -> str:
-    """Text PostgreSQL stores: a NUL (which it refuses, failing the whole batch of
-    outcomes it is sent with) written as the escape `\\x00`."""
-    return text.replace("\x00", "\\x00") if "\x00" in text else text
-
-
-class InboundMessageQuerySet(models.QuerySet["InboundMessage"]):
-    def lease_due(self, *, limit: int, lease_seconds: float) -> list[InboundMessage]:
-        """Take up to `limit` pending messages (SKIP LOCKED), leasing them to a worker.
-
-        The rows are loaded whole: a handler reading a field would otherwise cost a
-        query per row.
-        """
-        now = timezone.now()
-        with transaction.atomic():
-            query = self.filter(
-                outcome=MessageOutcome.PENDING, next_attempt_at__lte=now
-            ).order_by("id")
-            messages = list(skip_locked(query)[:limit])
-            if messages:
-                self.filter(pk__in=[m.pk for m in messages]).update(
-                    next_attempt_at=now + timedelta(seconds=lease_seconds),
-                    attempts=F("attempts") + 1,
-                )
-        return messages
-
-    def finish_many(self, rows: Sequence[FinishRow]) -> None:
-        """Record many messages' outcomes: one statement, run for each, one commit.
-
-        One UPDATE per row still, but prepared once and sent together (psycopg
-        pipelines `executemany`) rather than an ORM query built per message. A row
-        is (outcome, reason, kind or None, asset DID, claim id, record id or None,
-        message id); kind, asset DID, claim id and record id keep what the row has
-        when not given.
-        """
-        if not rows:
-            return
-        now = connection.ops.adapt_datetimefield_value(timezone.now())
-        params = [
-            (
-                outcome,
-                _storable(reason)[:REASON_CHARS],
-                now,
-                kind or None,
-                _storable(did)[:100],
-                _storable(claim)[:100],
-                rec,
-                pk,
-            )
-            for outcome, reason, kind, did, claim, rec, pk in rows
-        ]
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.executemany(_finish_sql(), params)
-
-
-FinishRow = tuple[str, str, "str | None", str, str, "int | None", int]
-
-
 class InboundMessage(models.Model):
     """One NATS message as received, stored before anything acts on it."""
 
@@ -467,31 +368,6 @@ class ConnectionState(models.TextChoices):
     STOPPED = "stopped", "Stopped"
 
 
-class ListenerHeartbeatQuerySet(models.QuerySet["ListenerHeartbeat"]):
-    def beat(
-        self,
-        *,
-        name: str,
-        state: str,
-        mode: str,
-        started_at: datetime,
-        details: dict[str, Any],
-    ) -> None:
-        """Write this process's heartbeat row (one per listener name)."""
-        self.update_or_create(
-            name=name,
-            defaults={
-                "state": state,
-                "last_heartbeat": timezone.now(),
-                "started_at": started_at,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "mode": mode,
-                "details": details,
-            },
-        )
-
-
 class ListenerHeartbeat(models.Model):
     """The live state of one `run_nats_listener` process, for the console."""
 
@@ -513,33 +389,3 @@ class ListenerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.state})"
-
-
-@functools.cache
-def _finish_sql() -> str:
-    meta = InboundMessage._meta
-    quote = connection.ops.quote_name
-
-    def column(name: str) -> str:
-        field = meta.get_field(name)
-        assert isinstance(field, Field)
-        return quote(field.column)
-
-    outcome, reason, processed_at, next_attempt_at, kind = (
-        column(name)
-        for name in ("outcome", "reason", "processed_at", "next_attempt_at", "kind")
-    )
-    asset_did, claim_id, record_id, pk = (
-        column(name) for name in ("asset_did", "claim_id", "record", "id")
-    )
-    # Only quoted identifiers from the model's own metadata are formatted in; every
-    # value is a parameter.
-    return (
-        f"UPDATE {quote(meta.db_table)} SET {outcome} = %s, {reason} = %s, "  # noqa: S608
-        f"{processed_at} = %s, {next_attempt_at} = NULL, "
-        f"{kind} = COALESCE(%s, {kind}), "
-        f"{asset_did} = COALESCE(NULLIF(%s, ''), {asset_did}), "
-        f"{claim_id} = COALESCE(NULLIF(%s, ''), {claim_id}), "
-        f"{record_id} = COALESCE(%s, {record_id}) "
-        f"WHERE {pk} = %s"
-    )

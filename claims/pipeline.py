@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from assets.models import Asset
-from claims import history, leases, lifecycle_records, metrics, selectors, transitions
+from claims import (
+    failures,
+    history,
+    leases,
+    lifecycle_records,
+    metrics,
+    selectors,
+    transitions,
+)
 from claims.dbthreads import db
 from claims.integrations import Integrations
 from claims.models import (
@@ -326,7 +334,7 @@ async def _step_failed(
     extra = log_extra(record.asset, claim_id=record.claim_id, step=what)
     if is_permanent(exc):
         log.error("%s failed permanently: %s", what, exc, extra=extra)
-        await db(transitions.claim_fail)(
+        await db(failures.claim_fail)(
             record_id=record.pk, expected=[status], error=exc, actor=actor
         )
         if what == "publish":
@@ -337,7 +345,7 @@ async def _step_failed(
     back_to = ClaimStatus.STORED if status == ClaimStatus.PUBLISHING else status
     tx_hash = getattr(exc, "tx_hash", None)
     details = {"tx_hash": tx_hash} if tx_hash else None
-    return await db(transitions.claim_schedule_retry)(
+    return await db(failures.claim_schedule_retry)(
         record_id=record.pk,
         expected=status,
         back_to=back_to,

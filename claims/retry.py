@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from claims.models import REASON_CHARS
+from claims.querysets import REASON_CHARS
 from evops.integrations.retry import Backoff, RetryPolicy
 
 REASON_GAVE_UP = "gave up after {attempts} attempts: {error}"

@@ -6,7 +6,8 @@ row changed and appends a `ClaimEvent` in the same transaction. Whoever wins the
 into `publishing` is the only one allowed to write to the chain for that record, which
 is what keeps a duplicate message, a racing reconciler and a staff retry from causing
 two chain writes. These functions are synchronous (the admin calls them directly);
-the async pipeline calls them in a database thread.
+the async pipeline calls them in a database thread. The moves after a failure, and
+the staff retry back from failed, are in `claims.failures`.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ from claims.models import (
     ClaimRecord,
     ClaimStatus,
 )
-from claims.retry import MAX_ERROR, REASON_GAVE_UP, readable_error, retry_policy
+from claims.retry import MAX_ERROR
 
 log = logging.getLogger(__name__)
 
 
-ERR_NOT_RETRYABLE = "Only failed claims can be retried (this one is {status})."
 ERR_NOT_ALLOWED = "A claim does not move from {current} to {to}."
 REQUESTED_MESSAGE = "Claim request filed for {role} v{version}."
 
@@ -132,7 +132,8 @@ def claim_record_requested(
     return record, True
 
 
-def _get_or_create(asset: Asset, claim_id: str, actor: Actor) -> ClaimRecord:
+def claim_get_or_create(asset: Asset, claim_id: str, actor: Actor) -> ClaimRecord:
+    """The record of this claim, created (with a `discovered` event) if unseen."""
     try:
         with transaction.atomic():
             record, created = ClaimRecord.objects.get_or_create(
@@ -169,7 +170,7 @@ def claim_record_issued(
     Returns the record and whether this call moved it. A record already issued (or
     further along) is returned unchanged, so a duplicate notice is a no-op.
     """
-    record = _get_or_create(asset, claim_id, actor)
+    record = claim_get_or_create(asset, claim_id, actor)
     moved = claim_transition(
         record_id=record.pk,
         expected=[ClaimStatus.REQUESTED],
@@ -205,7 +206,7 @@ def claim_record_rejected(
     Never from `publishing` or `published`: a credential already on its way to the
     chain or on it is not undone by a late notice.
     """
-    record = _get_or_create(asset, claim_id, actor)
+    record = claim_get_or_create(asset, claim_id, actor)
     moved = claim_transition(
         record_id=record.pk,
         expected=[
@@ -243,7 +244,7 @@ def claim_record_found(
     Not from `publishing` (a worker holds it and will find the entry itself) and
     not from `rejected` (a refused credential stays refused, whatever is on chain).
     """
-    record = _get_or_create(asset, claim_id, actor)
+    record = claim_get_or_create(asset, claim_id, actor)
     if record.status == ClaimStatus.PUBLISHED:
         return False
     return claim_transition(
@@ -396,139 +397,6 @@ def inbound_settle_for(*, record_id: int) -> int:
 
 
 REASON_SETTLED = "settled: its claim (record #{record}) was published later"
-MSG_FAILED_BY_MESSAGE = "A message about this claim failed: {reason}"
-
-
-def claim_fail_from_message(
-    *, asset: Asset, claim_id: str, reason: str, actor: Actor
-) -> bool:
-    """A notice about this claim failed for good: the claim shows it, retryable.
-
-    Only a claim still waiting (requested, issued, stored) is moved to failed, so
-    `retry_claims` and the console's retry find it; a claim further along, or final,
-    keeps its state and gets a history note.
-    """
-    record = _get_or_create(asset, claim_id, actor)
-    text = MSG_FAILED_BY_MESSAGE.format(reason=reason)[:MAX_ERROR]
-    moved = claim_transition(
-        record_id=record.pk,
-        expected=[ClaimStatus.REQUESTED, ClaimStatus.ISSUED, ClaimStatus.STORED],
-        to=ClaimStatus.FAILED,
-        actor=actor,
-        kind="failed",
-        message=text,
-        last_error=text,
-        next_retry_at=None,
-    )
-    if not moved:
-        event_append(record.pk, actor=actor, kind="message_failed", message=text)
-    return moved
-
-
-def claim_schedule_retry(
-    *,
-    record_id: int,
-    expected: str,
-    back_to: str,
-    error: BaseException | str,
-    actor: Actor,
-    details: Mapping[str, Any] | None = None,
-) -> str:
-    """After a transient failure: back to `back_to` with a backoff, or failed.
-
-    Returns the status the record ended in ("" if someone else moved it first).
-    `attempts` counts publication attempts (incremented entering `publishing`), or
-    is incremented here for failures before that point.
-    """
-    text = readable_error(error)
-    row = (
-        ClaimRecord.objects.filter(pk=record_id)
-        .values_list("attempts", flat=True)
-        .first()
-    )
-    if row is None:
-        return ""
-    attempts = row if expected == ClaimStatus.PUBLISHING else row + 1
-    policy = retry_policy()
-    if policy.gives_up(attempts):
-        moved = claim_transition(
-            record_id=record_id,
-            expected=[expected],
-            to=ClaimStatus.FAILED,
-            actor=actor,
-            kind="failed",
-            message=REASON_GAVE_UP.format(attempts=attempts, error=text),
-            details=details,
-            attempts=attempts,
-            last_error=REASON_GAVE_UP.format(attempts=attempts, error=text),
-            next_retry_at=None,
-        )
-        return ClaimStatus.FAILED if moved else ""
-    delay = policy.delay(attempts)
-    moved = claim_transition(
-        record_id=record_id,
-        expected=[expected],
-        to=back_to,
-        actor=actor,
-        kind="retry_scheduled",
-        message=f"{text} (attempt {attempts}; retry in {delay:.1f}s)",
-        details=details,
-        attempts=attempts,
-        last_error=text,
-        next_retry_at=timezone.now() + timedelta(seconds=delay),
-    )
-    return back_to if moved else ""
-
-
-def claim_fail(
-    *,
-    record_id: int,
-    expected: Iterable[str],
-    error: BaseException | str,
-    actor: Actor,
-    details: Mapping[str, Any] | None = None,
-) -> bool:
-    """A permanent failure: → failed with the readable reason."""
-    text = readable_error(error)
-    return claim_transition(
-        record_id=record_id,
-        expected=expected,
-        to=ClaimStatus.FAILED,
-        actor=actor,
-        message=text,
-        details=details,
-        last_error=text,
-        next_retry_at=None,
-    )
-
-
-def claim_retry(*, record: ClaimRecord, actor: Actor) -> bool:
-    """Staff retry of a failed claim: back to the step it failed at, due now.
-
-    A record with a CID goes back to `stored`, one with a token to `issued`,
-    otherwise to `requested`. The listener's worker (or the `retry_claims` command)
-    picks it up; the publication still goes through the CAS into `publishing` and
-    the check against the chain, so a retry never writes twice.
-    """
-    if record.status != ClaimStatus.FAILED:
-        raise ValueError(ERR_NOT_RETRYABLE.format(status=record.status))
-    if record.cid:
-        target = ClaimStatus.STORED
-    elif record.token:
-        target = ClaimStatus.ISSUED
-    else:
-        target = ClaimStatus.REQUESTED
-    return claim_transition(
-        record_id=record.pk,
-        expected=[ClaimStatus.FAILED],
-        to=target,
-        actor=actor,
-        kind="retry",
-        message=f"Retry requested by {actor.label or actor.kind}.",
-        details={"previous_error": record.last_error},
-        attempts=0,
-        next_retry_at=timezone.now(),
-    )
 
 
 def claims_lease_due(*, limit: int) -> list[int]:

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+from django.utils.text import Truncator
 from django.utils.timezone import localtime
 
 BADGE_TONES = {
@@ -120,3 +121,12 @@ def in_chain_unit(wei: int) -> str:
 def wei_in_chain_unit(text: str) -> str:
     """Every "N wei" of an error text also in the chain's unit, for people."""
     return _WEI_AMOUNT.sub(lambda m: f"{in_chain_unit(int(m.group(1)))}", text)
+
+
+# Characters of an error or reason a list row shows (the detail page has it all).
+LIST_ERROR_CHARS = 160
+
+
+def short_text(text: str, chars: int) -> str:
+    """`text` on one line, cut to `chars` with an ellipsis."""
+    return Truncator(text.replace("\n", " ")).chars(chars)

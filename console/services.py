@@ -20,7 +20,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from assets.models import Asset
-from claims import inbox, pipeline, reconcile, retry, transitions
+from claims import failures, inbox, pipeline, reconcile, retry
 from claims.integrations import Integrations, integrations_from_settings
 from claims.models import (
     ClaimEvent,
@@ -138,7 +138,7 @@ def claims_retry_publication(
         if claim.status != ClaimStatus.FAILED:
             result.skipped.append(claim.pk)
             continue
-        if transitions.claim_retry(record=claim, actor=actor):
+        if failures.claim_retry(record=claim, actor=actor):
             result.scheduled.append(claim.pk)
         else:
             # Someone else (another operator, the reconciler) moved it first.

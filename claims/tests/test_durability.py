@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.utils import timezone
 
-from claims import inbox, pipeline, transitions
+from claims import failures, inbox, pipeline, transitions
 from claims.listener import (
     DROP_INTAKE_FULL,
     PROBLEM_DROPPED,
@@ -502,7 +502,7 @@ async def test_a_notice_that_gives_up_fails_its_claim_and_a_retry_publishes(
     [failed] = await sync_to_async(claims_for_retry)(
         statuses=[ClaimStatus.FAILED], asset_dids=[asset.did], claim_ids=[]
     )
-    assert await sync_to_async(transitions.claim_retry)(record=failed, actor=LISTENER)
+    assert await sync_to_async(failures.claim_retry)(record=failed, actor=LISTENER)
     assert await sync_to_async(transitions.claims_lease_due)(limit=5) == [record.pk]
     status = await pipeline.claim_process_due(
         record_id=record.pk, integrations=integrations, actor=LISTENER

@@ -11,7 +11,7 @@ from django.db import connection
 from django.utils import timezone
 
 from assets.models import Asset
-from claims import batches, inbox, retry, transitions
+from claims import batches, failures, inbox, message_columns, retry, transitions
 from claims.models import (
     LISTENER,
     RECONCILER,
@@ -113,7 +113,7 @@ def test_transient_failure_backs_off_then_gives_up(make_asset, settings):
     settings.MAX_ATTEMPTS = 2
     record = _record(make_asset())
     assert transitions.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
-    status = transitions.claim_schedule_retry(
+    status = failures.claim_schedule_retry(
         record_id=record.pk,
         expected=ClaimStatus.PUBLISHING,
         back_to=ClaimStatus.STORED,
@@ -126,7 +126,7 @@ def test_transient_failure_backs_off_then_gives_up(make_asset, settings):
     assert record.next_retry_at > timezone.now()
     assert record.last_error == "TimeoutError: rpc timed out"
     assert transitions.claim_begin_publishing(record_id=record.pk, actor=LISTENER)
-    status = transitions.claim_schedule_retry(
+    status = failures.claim_schedule_retry(
         record_id=record.pk,
         expected=ClaimStatus.PUBLISHING,
         back_to=ClaimStatus.STORED,
@@ -164,15 +164,15 @@ def test_staff_retry_returns_to_the_failed_step(make_asset, admin_user):
     with_cid = _record(asset, status=ClaimStatus.FAILED, claim_id="a", cid="bafy")
     with_token = _record(asset, status=ClaimStatus.FAILED, claim_id="b", token="t")
     actor = staff_actor(admin_user)
-    assert transitions.claim_retry(record=with_cid, actor=actor)
-    assert transitions.claim_retry(record=with_token, actor=actor)
+    assert failures.claim_retry(record=with_cid, actor=actor)
+    assert failures.claim_retry(record=with_token, actor=actor)
     with_cid.refresh_from_db()
     with_token.refresh_from_db()
     assert (with_cid.status, with_token.status) == (ClaimStatus.STORED, "issued")
     event = with_cid.events.get(kind="retry")
     assert (event.actor, event.user_id) == ("staff", admin_user.pk)
     with pytest.raises(ValueError, match="Only failed claims"):
-        transitions.claim_retry(record=with_cid, actor=actor)
+        failures.claim_retry(record=with_cid, actor=actor)
 
 
 def test_due_records_are_leased_once(make_asset):
@@ -262,7 +262,7 @@ def test_request_notices_are_recorded_as_ignored_on_arrival():
         row.refresh_from_db()
         assert (row.outcome, row.reason, row.kind) == (
             MessageOutcome.IGNORED,
-            inbox.REASON_FOR_ISSUERS,
+            message_columns.REASON_FOR_ISSUERS,
             MessageKind.REQUEST,
         )
         assert (row.asset_did, row.claim_id) == (issuer, claim_id)
@@ -503,7 +503,7 @@ def test_a_message_is_parsed_once_on_arrival_into_its_columns(make_asset):
     # Later stages read the columns, not the payload.
     InboundMessage.objects.filter(pk=row.pk).update(payload="not json")
     row.refresh_from_db()
-    hint = inbox.message_hint(row)
+    hint = message_columns.message_hint(row)
     assert (hint.type, hint.did.address) == (
         wire.MessageType.PREQUALIFICATION,
         asset.address,
@@ -516,5 +516,5 @@ def test_a_message_that_does_not_parse_keeps_no_columns_and_waits_for_a_worker()
     row = inbox.inbound_record(subject="k.prequalification.exchange", payload=b"[1]")
     assert (row.kind, row.asset_did, row.outcome) == ("unknown", "", "pending")
     with pytest.raises(wire.MessageError) as info:
-        inbox.message_hint(row)
+        message_columns.message_hint(row)
     assert info.value.reason == wire.REASON_NOT_OBJECT

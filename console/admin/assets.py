@@ -7,8 +7,9 @@ read-only after creation: they are derived from the key.
 The console adds (never touching the key): the prequalification status and the last
 claim event per row (two subqueries, so the list costs the same queries for any
 number of rows), the asset's claim history and its DID document resolved from chain
-on the asset page, and the operator actions: reconcile, request prequalification,
-CSV export, each calling one service.
+on the asset page, and the operator actions (`console.admin.asset_actions`):
+reconcile, request prequalification, retry failed claims, and CSV export, each
+calling one service. Operator accounts are in `console.admin.operators`.
 """
 
 from __future__ import annotations
@@ -16,37 +17,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
-from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from assets.models import Asset, AssetKey, OperatorAccount, SignerBackend
-from claims.inbox import CONSOLE_LISTENER
-from claims.models import (
-    OPEN_STATUSES,
-    ClaimEvent,
-    ClaimRecord,
-    ClaimStatus,
-)
-from console import services as console_services
-from console.admin.claims import (
-    RETRY_SUMMARY,
-    claim_reason,
-    retry_headline,
-    retry_result_text,
-)
+from assets.models import Asset, AssetKey, SignerBackend
+from claims.models import OPEN_STATUSES, ClaimEvent, ClaimRecord, ClaimStatus
+from console.admin.asset_actions import AssetActionsMixin
+from console.admin.claims import claim_reason
 from console.admin.site import (
-    ConsoleAdminMixin,
     age,
     badge,
     chain_unit,
-    detail_action,
     in_chain_unit,
-    message_for,
     searched_address,
     short_did,
 )
@@ -92,7 +78,7 @@ CLAIM_HISTORY_LIMIT = 50
 
 
 @admin.register(Asset)
-class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
+class AssetAdmin(AssetActionsMixin, _AssetModelAdmin):
     list_display = (
         "name",
         "short_did",
@@ -275,256 +261,6 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
             ),
         }
 
-    def _queued_summary(self, what: str) -> str:
-
-        return (
-            f"More assets than the console handles while the page waits "
-            f"({console_services.sync_asset_limit()}): they are queued for the "
-            f"listener, which {what} in its workers, in your name. Follow them under "
-            "Inbound messages (listener: console). Queuing the same assets again "
-            "within a few minutes queues nothing twice."
-        )
-
-    def _report(
-        self, request: HttpRequest, label: str, parts: list[str], errors: list[str]
-    ) -> None:
-        """An in-request action's result line, then its first ten errors."""
-        level = messages.WARNING if errors else messages.SUCCESS
-        self.message_user(request, message_for(label, parts), level)
-        for error in errors[:10]:
-            self.message_user(request, error, messages.ERROR)
-
-    def _report_queued(
-        self,
-        request: HttpRequest,
-        assets: list[Asset],
-        result: console_services.QueueResult,
-        *,
-        label: str,
-    ) -> None:
-        self.log_staff_action(request, assets, f"{label} queued for the listener.")
-        parts = [f"{result.queued} assets queued for the listener"]
-        if result.already_queued:
-            parts.append(f"{result.already_queued} already queued")
-        self.message_user(request, message_for(label, parts), messages.SUCCESS)
-        queue = reverse("admin:claims_inboundmessage_changelist")
-        self.message_user(
-            request,
-            format_html(
-                'Follow them in <a href="{}?listener={}">the inbound messages queued '
-                "in the console</a>.",
-                queue,
-                CONSOLE_LISTENER,
-            ),
-            messages.INFO,
-        )
-
-    @admin.action(
-        description="Reconcile selected assets with the chain",
-        permissions=["reconcile_assets"],
-    )
-    def reconcile(
-        self, request: HttpRequest, queryset: QuerySet[Asset]
-    ) -> HttpResponse | None:
-
-        queued = console_services.selection_is_queued(queryset.count())
-        confirm = self.confirm_or_none(
-            request,
-            queryset,
-            action="reconcile",
-            title="Reconcile assets?",
-            summary=(
-                "Each asset's accepted claims on the cache server are compared with "
-                "its DID document on chain; what is missing is published (never "
-                "twice). "
-                + (
-                    self._queued_summary("reconciles each asset")
-                    if queued
-                    else "This calls the cache server and the chain now."
-                )
-            ),
-        )
-        if confirm is not None:
-            return confirm
-        self._reconcile(request, list(queryset))
-        return None
-
-    def _reconcile(self, request: HttpRequest, assets: list[Asset]) -> None:
-        outcome = console_services.assets_reconcile_or_queue(
-            assets=assets, actor_user=request.user
-        )
-        result = outcome.report
-        if result is None:
-            assert outcome.queued is not None
-            self._report_queued(request, assets, outcome.queued, label="Reconcile")
-            return
-        self.log_staff_action(request, assets, "Reconciled with the chain.")
-        parts = [
-            f"{result.assets} assets",
-            f"{result.published} published",
-            f"{result.already_present} already on chain",
-            f"{result.failed} failed",
-            f"{result.pending} pending",
-            f"{result.rejected} rejected",
-            f"{len(result.errors)} errors",
-        ]
-        self._report(request, "Reconcile", parts, result.failures + result.errors)
-
-    @admin.action(
-        description="Request prequalification for selected assets",
-        permissions=["request_prequalification"],
-    )
-    def request_prequalification(
-        self, request: HttpRequest, queryset: QuerySet[Asset]
-    ) -> HttpResponse | None:
-
-        queued = console_services.selection_is_queued(queryset.count())
-        confirm = self.confirm_or_none(
-            request,
-            queryset,
-            action="request_prequalification",
-            title="Request prequalification?",
-            summary=(
-                "A prequalification claim request is filed on the cache server for "
-                "each asset, signed by the asset. A request already pending there is "
-                "left as it is."
-                + (" " + self._queued_summary("files each request") if queued else "")
-            ),
-        )
-        if confirm is not None:
-            return confirm
-        self._prequalify(request, list(queryset))
-        return None
-
-    def _prequalify(self, request: HttpRequest, assets: list[Asset]) -> None:
-        outcome = console_services.assets_prequalify_or_queue(
-            assets=assets, actor_user=request.user
-        )
-        result = outcome.report
-        if result is None:
-            assert outcome.queued is not None
-            self._report_queued(
-                request, assets, outcome.queued, label="Prequalification"
-            )
-            return
-        self.log_staff_action(request, assets, "Prequalification requested.")
-        parts = [
-            f"{result.filed} filed",
-            f"{result.already_pending} already pending",
-            f"{len(result.errors)} errors",
-        ]
-        self._report(request, "Prequalification", parts, result.errors)
-
-    # --- detail-page actions: confirm (GET), act (POST), back to the page -----------
-
-    def _detail(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        *,
-        title: str,
-        headline: str,
-        summary: str,
-        run: Any,
-        nothing: str = "",
-    ) -> HttpResponse:
-        asset = get_object_or_404(Asset, pk=object_id)
-        back = reverse("admin:assets_asset_change", args=[asset.pk])
-        if request.method != "POST" or request.POST.get("confirm") != "yes" or nothing:
-            return self.confirm_page(
-                request,
-                title=title,
-                headline=headline,
-                summary=summary,
-                preview=[f"{asset} ({asset.did})"],
-                back=back,
-                nothing=nothing,
-            )
-        run(request, asset)
-        return redirect(back)
-
-    @detail_action(
-        description="Reconcile",
-        permissions=["reconcile_assets"],
-        url_path="reconcile",
-        icon="sync",
-    )
-    def reconcile_detail(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return self._detail(
-            request,
-            object_id,
-            title="Reconcile this asset?",
-            headline="Reconcile 1 asset with the chain.",
-            summary=(
-                "Its accepted claims on the cache server are compared with its DID "
-                "document on chain; what is missing is published (never twice). "
-                "This calls the cache server and the chain now."
-            ),
-            run=lambda request, asset: self._reconcile(request, [asset]),
-        )
-
-    @detail_action(
-        description="Request prequalification",
-        permissions=["request_prequalification"],
-        url_path="request-prequalification",
-        icon="send",
-    )
-    def prequalify_detail(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return self._detail(
-            request,
-            object_id,
-            title="Request prequalification?",
-            headline="File 1 prequalification claim request.",
-            summary=(
-                "A prequalification claim request is filed on the cache server for "
-                "this asset, signed by the asset. A request already pending there is "
-                "left as it is."
-            ),
-            run=lambda request, asset: self._prequalify(request, [asset]),
-        )
-
-    @detail_action(
-        description="Retry failed claims",
-        permissions=["retry_publication"],
-        url_path="retry-failed",
-        icon="replay",
-    )
-    def retry_failed_detail(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """Retry the asset's failed claims (after funding its address, say)."""
-        failed = list(
-            ClaimRecord.objects.filter(
-                asset_id=object_id, status=ClaimStatus.FAILED
-            ).select_related("asset")
-        )
-        total = ClaimRecord.objects.filter(asset_id=object_id).count()
-
-        def run(request: HttpRequest, asset: Asset) -> None:
-            result = console_services.claims_retry_publication(
-                claims=failed, actor_user=request.user
-            )
-            self.log_staff_action(
-                request,
-                [claim for claim in failed if claim.pk in set(result.scheduled)],
-                "Retry publication scheduled.",
-            )
-            self.message_user(
-                request,
-                retry_result_text(len(result.scheduled), total - len(result.scheduled)),
-                messages.SUCCESS if result.scheduled else messages.WARNING,
-            )
-
-        return self._detail(
-            request,
-            object_id,
-            title="Retry publication?",
-            headline=retry_headline(len(failed)),
-            summary=RETRY_SUMMARY,
-            run=run,
-            nothing=(
-                "" if failed else "This asset has no failed claim: nothing to retry."
-            ),
-        )
-
     @admin.action(
         description="Export selected assets as CSV", permissions=["export_csv"]
     )
@@ -556,45 +292,4 @@ class AssetAdmin(ConsoleAdminMixin, _AssetModelAdmin):
         self, request: HttpRequest, obj: Asset | None = None
     ) -> bool:
         # Deleting an asset destroys the only copy of its key; deactivate it instead.
-        return False
-
-
-if TYPE_CHECKING:
-    _OperatorModelAdmin = admin.ModelAdmin[OperatorAccount]
-else:
-    _OperatorModelAdmin = admin.ModelAdmin
-
-
-@admin.register(OperatorAccount)
-class OperatorAccountAdmin(_OperatorModelAdmin):
-    """Read-only: operators come from generate_operator_key / import_operator_key.
-
-    Only the named columns are loaded and shown; the envelope stays deferred.
-    """
-
-    list_display = ("label", "address", "chain", "sealed_with", "created_at")
-    fields = ("label", "address", "chain", "sealed_with", "created_at", "updated_at")
-    readonly_fields = fields
-    search_fields = ("label", "address")
-    ordering = ("id",)
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[OperatorAccount]:
-        return super().get_queryset(request).defer("nonce", "ciphertext")
-
-    @admin.display(description="key")
-    def sealed_with(self, obj: OperatorAccount) -> str:
-        return f"sealed with {obj.key_id}"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(
-        self, request: HttpRequest, obj: OperatorAccount | None = None
-    ) -> bool:
-        return False
-
-    def has_delete_permission(
-        self, request: HttpRequest, obj: OperatorAccount | None = None
-    ) -> bool:
-        # Deleting the row destroys the only copy of the operator key.
         return False

@@ -275,6 +275,19 @@ _View = TypeVar("_View", bound=Callable[..., Any])
 _CSV_CHUNK = 2000
 
 
+class ReadOnlyAdmin:
+    """Rows are written by services only; staff look, and act through actions."""
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 def detail_action(
     *, description: str, permissions: list[str], url_path: str, icon: str
 ) -> Callable[[_View], _View]:

@@ -17,7 +17,8 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
-from claims.inbox import REASON_DUPLICATE, REASON_FOR_ISSUERS
+from claims.inbox import REASON_DUPLICATE
+from claims.message_columns import REASON_FOR_ISSUERS
 from claims.models import (
     ClaimEvent,
     ClaimRecord,

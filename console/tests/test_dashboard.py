@@ -18,7 +18,7 @@ from claims.models import (
     InboundMessage,
     ListenerHeartbeat,
 )
-from console import dashboard, groups
+from console import charts, dashboard, groups
 from console.tests.support import make_asset, make_claim, make_user
 
 pytestmark = pytest.mark.django_db
@@ -113,7 +113,7 @@ def test_dashboard_charts_have_their_data(client, viewer):
     published = next(d for d in outcomes["datasets"] if d["label"] == "Published")
     assert sum(published["data"]) == 1
     backlog = json.loads(data.backlog_chart)
-    assert len(backlog["labels"]) == dashboard.HISTORY_HOURS
+    assert len(backlog["labels"]) == charts.HISTORY_HOURS
     assert data.latency == {"count": 1, "p50": 42.0, "p99": 42.0}
 
 

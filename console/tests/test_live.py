@@ -15,7 +15,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 from django.db import connections, transaction
 
-from claims import transitions
+from claims import failures
 from claims.models import ClaimStatus, staff_actor
 from console import groups, live
 from console.consumers import CLOSE_FORBIDDEN, ConsoleConsumer
@@ -81,7 +81,7 @@ async def test_a_service_transition_reaches_the_browser_after_commit():
 
     def retry():
         with transaction.atomic():
-            transitions.claim_retry(record=claim, actor=staff_actor(user))
+            failures.claim_retry(record=claim, actor=staff_actor(user))
             # Nothing is sent before the commit.
             return get_channel_layer()
 
@@ -160,10 +160,10 @@ _OTHER_PROCESS = """
 import sys
 import django
 django.setup()
-from claims import transitions
+from claims import failures
 from claims.models import ClaimRecord, staff_actor
 claim = ClaimRecord.objects.get(pk=int(sys.argv[1]))
-print(transitions.claim_retry(record=claim, actor=staff_actor(None)))
+print(failures.claim_retry(record=claim, actor=staff_actor(None)))
 """
 
 

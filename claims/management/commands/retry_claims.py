@@ -12,7 +12,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from claims import inbox, pipeline, selectors, transitions
+from claims import failures, inbox, pipeline, selectors
 from claims.integrations import Integrations, integrations_from_settings
 from claims.models import Actor, ClaimStatus, staff_actor
 from evops.protocol.errors import DIDError
@@ -74,9 +74,7 @@ class Command(BaseCommand):
             )
         except DIDError as exc:
             raise CommandError(f"--asset: {exc}") from None
-        retried = [
-            r.pk for r in records if transitions.claim_retry(record=r, actor=actor)
-        ]
+        retried = [r.pk for r in records if failures.claim_retry(record=r, actor=actor)]
         self.stdout.write(f"{len(retried)} of {len(records)} claims scheduled again")
         if options["requests"]:
             count = inbox.inbound_requeue_requests(asset_dids=options["asset"])

@@ -1,0 +1,190 @@
+"""The claims app's querysets: the leases, the batched outcome write, the heartbeat.
+
+The app's only raw SQL lives here. Leases take rows with `SELECT ... FOR UPDATE SKIP
+LOCKED` (PostgreSQL) and push their due time forward in the same transaction, so two
+workers never take the same row; `InboundMessageQuerySet.finish_many` records many
+messages' outcomes with one prepared UPDATE sent together. `claims.models` attaches
+them as the managers of its models.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.db import connection, models, transaction
+from django.db.models import F, Field
+from django.utils import timezone
+
+if TYPE_CHECKING:
+    # Named as strings in the base classes below, which ruff does not read.
+    from claims.models import (  # noqa: F401
+        ClaimRecord,
+        InboundMessage,
+        ListenerHeartbeat,
+    )
+
+
+def skip_locked(query: Any) -> Any:
+    """`query` locking its rows, skipping those another worker holds.
+
+    SQLite has no row locks; there a single listener is the supported setup.
+    """
+    if connection.features.has_select_for_update_skip_locked:
+        return query.select_for_update(skip_locked=True)
+    return query
+
+
+class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
+    def lease_due(self, *, limit: int, until: datetime) -> list[int]:
+        """Take up to `limit` records due for another try, time past.
+
+        Issued and stored records whose retry time came, and `publishing` records
+        whose lease ran out (the listener holding them stopped renewing it: a
+        crash). Rows are locked with SKIP LOCKED (PostgreSQL) while their retry time
+        is pushed to `until` (the publication lease), so two workers never take the
+        same record.
+        """
+        # The models module imports this one for its managers.
+        from claims.models import ClaimStatus
+
+        now = timezone.now()
+        with transaction.atomic():
+            query = self.filter(
+                status__in=[
+                    # requested: only after a staff retry (it sets the time)
+                    ClaimStatus.REQUESTED,
+                    ClaimStatus.ISSUED,
+                    ClaimStatus.STORED,
+                    ClaimStatus.PUBLISHING,
+                ],
+                next_retry_at__lte=now,
+            ).order_by("next_retry_at")
+            ids = list(skip_locked(query).values_list("pk", flat=True)[:limit])
+            if ids:
+                self.filter(pk__in=ids).update(next_retry_at=until)
+        return ids
+
+
+# Stored reasons are bounded (a peer's error text can be long).
+REASON_CHARS = 2000
+
+
+def _storable(text: str) -> str:
+    """Text PostgreSQL stores: a NUL (which it refuses, failing the whole batch of
+    outcomes it is sent with) written as the escape `\\x00`."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
+class InboundMessageQuerySet(models.QuerySet["InboundMessage"]):
+    def lease_due(self, *, limit: int, lease_seconds: float) -> list[InboundMessage]:
+        """Take up to `limit` pending messages (SKIP LOCKED), leasing them to a worker.
+
+        The rows are loaded whole: a handler reading a field would otherwise cost a
+        query per row.
+        """
+        # The models module imports this one for its managers.
+        from claims.models import MessageOutcome
+
+        now = timezone.now()
+        with transaction.atomic():
+            query = self.filter(
+                outcome=MessageOutcome.PENDING, next_attempt_at__lte=now
+            ).order_by("id")
+            messages = list(skip_locked(query)[:limit])
+            if messages:
+                self.filter(pk__in=[m.pk for m in messages]).update(
+                    next_attempt_at=now + timedelta(seconds=lease_seconds),
+                    attempts=F("attempts") + 1,
+                )
+        return messages
+
+    def finish_many(self, rows: Sequence[FinishRow]) -> None:
+        """Record many messages' outcomes: one statement, run for each, one commit.
+
+        One UPDATE per row still, but prepared once and sent together (psycopg
+        pipelines `executemany`) rather than an ORM query built per message. A row
+        is (outcome, reason, kind or None, asset DID, claim id, record id or None,
+        message id); kind, asset DID, claim id and record id keep what the row has
+        when not given.
+        """
+        if not rows:
+            return
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        params = [
+            (
+                outcome,
+                _storable(reason)[:REASON_CHARS],
+                now,
+                kind or None,
+                _storable(did)[:100],
+                _storable(claim)[:100],
+                rec,
+                pk,
+            )
+            for outcome, reason, kind, did, claim, rec, pk in rows
+        ]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.executemany(_finish_sql(self.model), params)
+
+
+FinishRow = tuple[str, str, "str | None", str, str, "int | None", int]
+
+
+class ListenerHeartbeatQuerySet(models.QuerySet["ListenerHeartbeat"]):
+    def beat(
+        self,
+        *,
+        name: str,
+        state: str,
+        mode: str,
+        started_at: datetime,
+        details: dict[str, Any],
+    ) -> None:
+        """Write this process's heartbeat row (one per listener name)."""
+        self.update_or_create(
+            name=name,
+            defaults={
+                "state": state,
+                "last_heartbeat": timezone.now(),
+                "started_at": started_at,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "mode": mode,
+                "details": details,
+            },
+        )
+
+
+@functools.cache
+def _finish_sql(model: type[InboundMessage]) -> str:
+    meta = model._meta
+    quote = connection.ops.quote_name
+
+    def column(name: str) -> str:
+        field = meta.get_field(name)
+        assert isinstance(field, Field)
+        return quote(field.column)
+
+    outcome, reason, processed_at, next_attempt_at, kind = (
+        column(name)
+        for name in ("outcome", "reason", "processed_at", "next_attempt_at", "kind")
+    )
+    asset_did, claim_id, record_id, pk = (
+        column(name) for name in ("asset_did", "claim_id", "record", "id")
+    )
+    # Only quoted identifiers from the model's own metadata are formatted in; every
+    # value is a parameter.
+    return (
+        f"UPDATE {quote(meta.db_table)} SET {outcome} = %s, {reason} = %s, "  # noqa: S608
+        f"{processed_at} = %s, {next_attempt_at} = NULL, "
+        f"{kind} = COALESCE(%s, {kind}), "
+        f"{asset_did} = COALESCE(NULLIF(%s, ''), {asset_did}), "
+        f"{claim_id} = COALESCE(NULLIF(%s, ''), {claim_id}), "
+        f"{record_id} = COALESCE(%s, {record_id}) "
+        f"WHERE {pk} = %s"
+    )
