@@ -104,7 +104,8 @@ async def _run(
 ) -> tuple[float, list[float], int, float, float]:
     from claims import metrics
     from claims.integrations import integrations_from_settings
-    from claims.listener import Listener, ListenerConfig
+    from claims.listener import Listener
+    from claims.listener_config import ListenerConfig
     from claims.models import ClaimRecord, ClaimStatus
 
     config = ListenerConfig.from_settings(name="bench", reconcile_on_start=False)

@@ -230,7 +230,8 @@ def main(argv: list[str]) -> None:
 
             async def run_all() -> None:
                 from claims.integrations import integrations_from_settings
-                from claims.listener import Listener, ListenerConfig
+                from claims.listener import Listener
+                from claims.listener_config import ListenerConfig
                 from evops.integrations.nats import NatsOptions
 
                 config = ListenerConfig(

@@ -60,7 +60,8 @@ async def _evops(
 
     from assets.services import asset_generate
     from claims.integrations import integrations_from_settings
-    from claims.listener import Listener, ListenerConfig
+    from claims.listener import Listener
+    from claims.listener_config import ListenerConfig
     from claims.models import ClaimRecord
 
     assets = await sync_to_async(asset_generate)(count=count)

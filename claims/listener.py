@@ -20,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -41,7 +39,9 @@ from claims import (
 )
 from claims.batches import BATCHED
 from claims.dbthreads import DatabaseThreads, using
+from claims.intake import DROP_SLOW_CONSUMER, IntakeHealth, IntakeQueue
 from claims.integrations import Integrations
+from claims.listener_config import Job, ListenerConfig, repeat
 from claims.models import (
     LIFECYCLE,
     LISTENER,
@@ -50,86 +50,8 @@ from claims.models import (
     ListenerHeartbeat,
 )
 from evops.integrations import nats as nats_integration
-from evops.integrations.nats import NatsOptions
-from evops.protocol.messages import subjects_for
 
 log = logging.getLogger(__name__)
-
-DROP_INTAKE_FULL = "intake_full"
-DROP_SLOW_CONSUMER = "slow_consumer"
-PROBLEM_READER_DEAD = "NATS read loop ended; reconnecting"
-PROBLEM_DROPPED = "received messages dropped before they were stored: {counts}"
-
-
-@dataclass
-class ListenerConfig:
-    """Everything a listener needs besides its integrations; see `from_settings`."""
-
-    nats: NatsOptions
-    subjects: Sequence[str]
-    name: str = ""
-    queue_group: str = ""
-    stream: str = ""
-    durable: str = "evops-listener"
-    concurrency: int = 100
-    reconcile_interval: float = 900.0
-    reconcile_on_start: bool = True
-    reconcile_concurrency: int = 20
-    heartbeat_interval: float = 5.0
-    # Seconds between lifecycle sweeps (claims.lifecycle); 0: none.
-    lifecycle_interval: float = 0.0
-    drain_timeout: float = 30.0
-    lease_seconds: float = 30.0
-    # Received messages waiting to be stored, at most (core mode).
-    intake_limit: int = 50000
-    # How long a dropped message keeps health red, and how often the read loop is
-    # checked (seconds).
-    drop_window: float = 300.0
-    watchdog_interval: float = 1.0
-    stream_max_age: float = 7 * 24 * 3600.0
-    fetch_batch: int = 100
-    # Database threads for the pipeline (0: as many as workers, at most 10).
-    db_threads: int = 0
-    idle_poll: float = 1.0
-    create_stream: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_settings(cls, **overrides: Any) -> ListenerConfig:
-        from django.conf import settings
-
-        name = overrides.pop("name", "") or socket.gethostname()
-        values: dict[str, Any] = {
-            "nats": nats_integration.nats_options_from_settings(name=f"evops-{name}"),
-            "subjects": subjects_for(
-                settings.NATS_PREQUALIFICATION_SUBJECT,
-                settings.NATS_CLAIM_EXCHANGE_SUBJECTS,
-            ),
-            "name": name,
-            "queue_group": settings.NATS_QUEUE_GROUP,
-            "stream": settings.NATS_JETSTREAM_STREAM,
-            "durable": settings.NATS_JETSTREAM_DURABLE,
-            "concurrency": settings.WORKER_CONCURRENCY,
-            "reconcile_interval": float(settings.RECONCILE_INTERVAL),
-            "reconcile_concurrency": settings.RECONCILE_CONCURRENCY,
-            "heartbeat_interval": float(settings.HEARTBEAT_INTERVAL),
-            "lifecycle_interval": float(settings.LIFECYCLE_INTERVAL),
-            "drain_timeout": float(settings.DRAIN_TIMEOUT),
-            "lease_seconds": float(settings.INBOX_LEASE_SECONDS),
-            "intake_limit": int(settings.INTAKE_QUEUE_LIMIT),
-            "drop_window": float(settings.HEALTH_DROP_WINDOW),
-            "stream_max_age": float(settings.NATS_JETSTREAM_MAX_AGE),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-
-@dataclass
-class _Job:
-    kind: str  # "message" or "record"
-    pk: int
-    row: Any = None  # the leased InboundMessage (subject, payload)
-    assets: Any = None  # the assets loaded with the lease, by address
 
 
 class Listener:
@@ -144,22 +66,26 @@ class Listener:
         self.client: Any = None
         self._subscriptions: list[Any] = []
         self._pull: Any = None
-        self._inflight: dict[asyncio.Task[Any], _Job] = {}
+        self._inflight: dict[asyncio.Task[Any], Job] = {}
         self._taking = True
         self.recorded = 0
         self.started_at = timezone.now()
         self._db_threads: DatabaseThreads | None = None
-        self._intake: list[tuple[str, bytes]] = []
-        self._recorder: asyncio.Task[None] | None = None
         # Records carried into `publishing` by this process's workers (their leases
         # are renewed with the heartbeat; see `claims.leases`).
         self._held_records: set[int] = set()
         self.watchdog: nats_integration.ReaderWatchdog | None = None
-        # Messages lost before they were stored, by reason, and when it last
-        # happened (health is red for `drop_window` after a loss).
-        self.dropped: dict[str, int] = {}
-        self._last_drop: float | None = None
-        self._reader_dead_since: float | None = None
+        # What makes intake unhealthy: messages lost before they were stored (red
+        # for `drop_window` after a loss), a dead NATS read loop.
+        self.health = IntakeHealth(name=config.name, drop_window=config.drop_window)
+        self.intake = IntakeQueue(
+            name=config.name,
+            limit=config.intake_limit,
+            batch=config.fetch_batch,
+            health=self.health,
+            db=lambda fn: self.db_threads.wrap(fn),
+            on_stored=self._stored,
+        )
         self.stream_changes: list[str] = []
         # Set once the subscriptions are in place (or the durable is bound): what
         # is published from then on reaches this listener. Being connected is not
@@ -237,85 +163,25 @@ class Listener:
     async def on_message(self, msg: Any) -> None:
         """Core NATS callback: have the message recorded, nothing else.
 
-        Messages are queued and stored in batches (`inbound_record_many`) by one
-        recorder task, so a burst costs a few round trips per batch rather than a
-        transaction per message; workers only ever see stored rows.
+        Messages are queued and stored in batches by the intake's recorder task
+        (`claims.intake.IntakeQueue`); workers only ever see stored rows.
         """
-        if not self._taking:
-            return
-        if len(self._intake) >= self.config.intake_limit:
-            # Core NATS has no flow control: past the bound the only choice is
-            # which message to lose. Count it; health turns red.
-            self._dropped(DROP_INTAKE_FULL)
-            return
-        self._intake.append((msg.subject, bytes(msg.data)))
-        if self._recorder is None or self._recorder.done():
-            self._recorder = asyncio.create_task(self._record_queued())
-
-    async def _record_queued(self) -> None:
-        while self._intake:
-            batch = self._intake[: self.config.fetch_batch]
-            try:
-                rows = await self.db_threads.wrap(inbox.inbound_record_many)(
-                    batch, listener=self.config.name
-                )
-            except Exception as exc:
-                log.error("could not record messages: %s", exc, exc_info=True)
-                # One row the database refuses must not hold back the others: store
-                # them one by one, the refused ones as rejected rows with the reason.
-                # If the database is down, none goes in: keep them and try again
-                # (core NATS will not redeliver).
-                stored = await self.db_threads.wrap(inbox.inbound_record_each)(
-                    batch, listener=self.config.name
-                )
-                if stored is None:
-                    await asyncio.sleep(1)
-                    continue
-                rows = stored
-            del self._intake[: len(batch)]
-            self._stored(len(rows))
+        if self._taking:
+            self.intake.put(msg.subject, bytes(msg.data))
 
     def _on_slow_consumer(self, subject: str) -> None:
-        self._dropped(DROP_SLOW_CONSUMER)
-
-    def _dropped(self, reason: str) -> None:
-        first = self.dropped.get(reason, 0) == 0
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        self._last_drop = asyncio.get_running_loop().time()
-        metrics.MESSAGES_DROPPED.labels(reason).inc()
-        if first or self.dropped[reason] % 1000 == 0:
-            log.error(
-                "received message dropped before it was stored (%s); %d so far",
-                reason,
-                self.dropped[reason],
-                extra={"listener": self.config.name},
-            )
-
-    def problems(self) -> list[str]:
-        """What makes this listener unhealthy now, in words (heartbeat, health)."""
-        found = []
-        now = asyncio.get_running_loop().time()
-        if self._reader_dead_since is not None:
-            found.append(PROBLEM_READER_DEAD)
-        if (
-            self._last_drop is not None
-            and now - self._last_drop < self.config.drop_window
-        ):
-            counts = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()))
-            found.append(PROBLEM_DROPPED.format(counts=counts))
-        return found
+        self.health.dropped_one(DROP_SLOW_CONSUMER)
 
     async def watch_once(self) -> bool:
         """Check the NATS read loop; a dead one is reported and reconnected."""
         if self.watchdog is None:
             return True
         if await self.watchdog.check():
-            if self._reader_dead_since is not None and self.client.is_connected:
-                self._reader_dead_since = None
+            if self.health.reader_dead and self.client.is_connected:
+                self.health.reader_back()
                 await self.heartbeat_once()
             return True
-        self._reader_dead_since = asyncio.get_running_loop().time()
-        metrics.NATS_READER_DEATHS.inc()
+        self.health.reader_died()
         await self.heartbeat_once()
         return False
 
@@ -326,23 +192,8 @@ class Listener:
         self.wake.set()
 
     async def flush_intake(self, wait: float | None = None) -> None:
-        """Wait until every message received so far is recorded (shutdown; tests).
-
-        At shutdown this waits at most `wait` seconds (the drain timeout): a database
-        that stays down must not keep the process from exiting.
-        """
-        recorder = self._recorder
-        if recorder is None or recorder.done():
-            return
-        await asyncio.wait([recorder], timeout=wait)
-        if not recorder.done():
-            log.error(
-                "%d received messages could not be recorded before shutdown",
-                len(self._intake),
-                extra={"listener": self.config.name},
-            )
-            recorder.cancel()
-            await asyncio.gather(recorder, return_exceptions=True)
+        """Wait until every message received so far is recorded (shutdown; tests)."""
+        await self.intake.flush(wait)
 
     async def fetch_once(self, wait: float = 1.0) -> int:
         """JetStream: fetch a batch, store it in one transaction, ack after commit."""
@@ -386,14 +237,14 @@ class Listener:
             limit=free, lease_seconds=self.config.lease_seconds
         )
         jobs = [
-            _Job("message", message.pk, message, leased.assets)
+            Job("message", message.pk, message, leased.assets)
             for message in leased.messages
         ]
         if len(jobs) < free:
             records = await self.db_threads.wrap(transitions.claims_lease_due)(
                 limit=free - len(jobs)
             )
-            jobs += [_Job("record", pk) for pk in records]
+            jobs += [Job("record", pk) for pk in records]
         for job in jobs:
             task = asyncio.create_task(self._run_job(job))
             self._inflight[task] = job
@@ -404,11 +255,11 @@ class Listener:
         self._inflight.pop(task, None)
         self.wake.set()
 
-    async def _run_job(self, job: _Job) -> None:
+    async def _run_job(self, job: Job) -> None:
         with using(self.db_threads), leases.collecting(self._held_records):
             await self._run_job_here(job)
 
-    async def _run_job_here(self, job: _Job) -> None:
+    async def _run_job_here(self, job: Job) -> None:
         try:
             if job.kind == "message":
                 await consumer.inbound_process(
@@ -471,11 +322,11 @@ class Listener:
                 "listening": self.listening.is_set(),
                 "inflight": len(self._inflight),
                 "recorded": self.recorded,
-                "intake_queue": len(self._intake),
-                "dropped": dict(self.dropped),
+                "intake_queue": len(self.intake),
+                "dropped": dict(self.health.dropped),
                 "reader_deaths": self.watchdog.deaths if self.watchdog else 0,
                 "stream_changes": self.stream_changes,
-                "problems": self.problems(),
+                "problems": self.health.problems(),
                 "signer": signer,
             },
         )
@@ -519,20 +370,41 @@ class Listener:
                 await self._set_state(ConnectionState.STOPPED)
                 return
             raise
+        config, stop = self.config, self.stop
         loops = [
             asyncio.create_task(self._worker_loop()),
-            asyncio.create_task(self._periodic(self.heartbeat_once, "heartbeat")),
             asyncio.create_task(
-                self._periodic(
-                    self.watch_once, "watchdog", self.config.watchdog_interval
+                repeat(
+                    stop, self.heartbeat_once, "heartbeat", config.heartbeat_interval
                 )
             ),
-            asyncio.create_task(self._reconcile_loop()),
+            asyncio.create_task(
+                repeat(stop, self.watch_once, "watchdog", config.watchdog_interval)
+            ),
+            asyncio.create_task(
+                repeat(
+                    stop,
+                    self.reconcile_once,
+                    "reconciliation",
+                    config.reconcile_interval,
+                    run_first=config.reconcile_on_start,
+                )
+            ),
         ]
-        if self.config.stream:
+        if config.stream:
             loops.append(asyncio.create_task(self._fetch_loop()))
-        if self.config.lifecycle_interval > 0:
-            loops.append(asyncio.create_task(self._lifecycle_loop()))
+        if config.lifecycle_interval > 0:
+            loops.append(
+                asyncio.create_task(
+                    repeat(
+                        stop,
+                        self.lifecycle_once,
+                        "lifecycle sweep",
+                        config.lifecycle_interval,
+                        run_first=False,
+                    )
+                )
+            )
         await self.stop.wait()
         await self.shutdown(loops)
 
@@ -554,34 +426,6 @@ class Listener:
                 log.warning("jetstream fetch failed: %s", exc)
                 await asyncio.sleep(1)
 
-    async def _periodic(
-        self, step: Any, what: str, interval: float | None = None
-    ) -> None:
-        every = self.config.heartbeat_interval if interval is None else interval
-        while not self.stop.is_set():
-            try:
-                await step()
-            except Exception as exc:
-                log.warning("%s failed: %s", what, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=every)
-
-    async def _reconcile_loop(self) -> None:
-        first = self.config.reconcile_on_start
-        while not self.stop.is_set():
-            if first:
-                try:
-                    await self.reconcile_once()
-                except Exception as exc:
-                    log.warning("reconciliation failed: %s", exc)
-            first = True
-            if self.config.reconcile_interval <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.stop.wait(), timeout=self.config.reconcile_interval
-                )
-
     async def lifecycle_once(self) -> Any:
         """One lifecycle sweep (claims.lifecycle) on this listener's threads."""
         from claims import lifecycle
@@ -594,19 +438,6 @@ class Listener:
                 )
         finally:
             await config.aclose()
-
-    async def _lifecycle_loop(self) -> None:
-        while not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.stop.wait(), timeout=self.config.lifecycle_interval
-                )
-            if self.stop.is_set():
-                return
-            try:
-                await self.lifecycle_once()
-            except Exception as exc:
-                log.warning("lifecycle sweep failed: %s", exc)
 
     async def shutdown(self, loops: Sequence[asyncio.Task[Any]] = ()) -> None:
         """Stop taking messages, finish or hand back in-flight work, drain NATS."""
@@ -647,7 +478,7 @@ class Listener:
         await self.heartbeat_once()
 
 
-def _hand_back(jobs: Sequence[_Job]) -> None:
+def _hand_back(jobs: Sequence[Job]) -> None:
     from claims.models import ClaimRecord
 
     inbox.inbound_release(message_ids=[job.pk for job in jobs if job.kind == "message"])

@@ -21,13 +21,9 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from claims import failures, inbox, pipeline, transitions
-from claims.listener import (
-    DROP_INTAKE_FULL,
-    PROBLEM_DROPPED,
-    PROBLEM_READER_DEAD,
-    Listener,
-    ListenerConfig,
-)
+from claims.intake import DROP_INTAKE_FULL, PROBLEM_DROPPED, PROBLEM_READER_DEAD
+from claims.listener import Listener
+from claims.listener_config import ListenerConfig
 from claims.models import (
     LISTENER,
     ClaimRecord,
@@ -277,7 +273,7 @@ async def test_a_dead_read_loop_is_reported_and_reconnected(
         await asyncio.gather(listener.client._reading_task, return_exceptions=True)
         assert listener.client.is_connected
         assert await listener.watch_once() is False
-        assert PROBLEM_READER_DEAD in listener.problems()
+        assert PROBLEM_READER_DEAD in listener.health.problems()
         beat = await ListenerHeartbeat.objects.aget(name=listener.config.name)
         assert PROBLEM_READER_DEAD in beat.details["problems"]
         with pytest.raises(SystemExit):
@@ -290,7 +286,7 @@ async def test_a_dead_read_loop_is_reported_and_reconnected(
                 listener.client.is_connected
                 and not listener.client._reading_task.done()
                 and await listener.watch_once()
-                and not listener.problems()
+                and not listener.health.problems()
             )
 
         await _until(recovered, "the reconnect")
@@ -328,8 +324,8 @@ async def test_a_full_intake_drops_counts_and_turns_health_red(
     # The recorder task is not allowed to run between these: the queue fills.
     for n in range(5):
         await listener.on_message(Msg(n))
-    assert listener.dropped == {DROP_INTAKE_FULL: 2}
-    assert listener.problems() == [
+    assert listener.health.dropped == {DROP_INTAKE_FULL: 2}
+    assert listener.health.problems() == [
         PROBLEM_DROPPED.format(counts=f"2 {DROP_INTAKE_FULL}")
     ]
     await listener.flush_intake()

@@ -37,7 +37,8 @@ from assets.models import Asset
 from assets.services import asset_create_from_key
 from assets.tests.conftest import LEAK_GUARD, make_key
 from claims.integrations import Integrations, integrations_from_settings
-from claims.listener import Listener, ListenerConfig
+from claims.listener import Listener
+from claims.listener_config import ListenerConfig
 from claims.models import (
     ClaimEvent,
     ClaimRecord,

@@ -21,7 +21,8 @@ from asgiref.sync import sync_to_async
 
 from claims import peer_calls, pipeline, reconcile
 from claims.integrations import Integrations
-from claims.listener import Listener, ListenerConfig
+from claims.listener import Listener
+from claims.listener_config import ListenerConfig
 from claims.models import LISTENER, RECONCILER, ClaimRecord, ClaimStatus, InboundMessage
 from claims.tests.conftest import E2E_ROLE
 from claims.transitions import claims_lease_due

@@ -11,7 +11,8 @@ import nats
 import pytest
 from asgiref.sync import sync_to_async
 
-from claims.listener import Listener, ListenerConfig
+from claims.listener import Listener
+from claims.listener_config import ListenerConfig
 from claims.models import (
     ClaimRecord,
     ClaimStatus,

@@ -13,7 +13,8 @@ from asgiref.sync import sync_to_async
 from django.core.management import call_command
 
 from assets import pkcs11
-from claims.listener import Listener, ListenerConfig
+from claims.listener import Listener
+from claims.listener_config import ListenerConfig
 from claims.models import ConnectionState, ListenerHeartbeat
 from evops.integrations.nats import NatsOptions
 

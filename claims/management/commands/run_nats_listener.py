@@ -16,7 +16,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from claims.integrations import integrations_from_settings
-from claims.listener import Listener, ListenerConfig
+from claims.listener import Listener
+from claims.listener_config import ListenerConfig
 from evops.startup import LISTENER_REFUSED, listener_problems
 
 #: The queue group `--processes` uses when none is configured (core NATS).
