@@ -475,7 +475,14 @@ class Listener:
     async def _set_state(self, state: str) -> None:
         self.state = ConnectionState(state)
         metrics.NATS_CONNECTED.set(1 if state == ConnectionState.CONNECTED else 0)
-        await self.heartbeat_once()
+        try:
+            await self.heartbeat_once()
+        except Exception as exc:
+            # A heartbeat that fails (database restarting) must not stop a start or
+            # a shutdown half-way; the next beat writes the state.
+            log.warning(
+                "heartbeat failed: %s", exc, extra={"listener": self.config.name}
+            )
 
 
 def _hand_back(jobs: Sequence[Job]) -> None:

@@ -30,6 +30,7 @@ from claims.models import (
     ClaimRecord,
     ClaimStatus,
 )
+from claims.querysets import skip_locked
 from claims.retry import MAX_ERROR
 
 log = logging.getLogger(__name__)
@@ -319,26 +320,42 @@ MSG_RESUMED = (
 
 
 def leases_renew(*, message_ids: Iterable[int], record_ids: Iterable[int]) -> None:
-    """Push the leases of what a live listener holds (its heartbeat)."""
+    """Push the leases of what a live listener holds (its heartbeat).
+
+    Rows another transaction holds right now (a worker finishing the message, a
+    transition of the record) are skipped, not waited for: they are being settled,
+    and waiting would order the locks differently from the batched finish, a
+    deadlock PostgreSQL then breaks by failing one side.
+    """
     from claims.models import InboundMessage, MessageOutcome
 
     now = timezone.now()
     inbox_until = now + timedelta(seconds=float(settings.INBOX_LEASE_SECONDS))
     messages = list(message_ids)
     if messages:
-        # Only leases, never a backoff a worker set that reaches further.
-        InboundMessage.objects.filter(
-            pk__in=messages,
-            outcome=MessageOutcome.PENDING,
-            next_attempt_at__lt=inbox_until,
-        ).update(next_attempt_at=inbox_until)
+        with transaction.atomic():
+            # Only leases, never a backoff a worker set that reaches further.
+            free = skip_locked(
+                InboundMessage.objects.filter(
+                    pk__in=messages,
+                    outcome=MessageOutcome.PENDING,
+                    next_attempt_at__lt=inbox_until,
+                ).order_by("pk")
+            ).values_list("pk", flat=True)
+            InboundMessage.objects.filter(pk__in=list(free)).update(
+                next_attempt_at=inbox_until
+            )
     records = list(record_ids)
     if records:
-        ClaimRecord.objects.filter(
-            pk__in=records,
-            status=ClaimStatus.PUBLISHING,
-            next_retry_at__lt=_lease(),
-        ).update(next_retry_at=_lease())
+        with transaction.atomic():
+            free = skip_locked(
+                ClaimRecord.objects.filter(
+                    pk__in=records,
+                    status=ClaimStatus.PUBLISHING,
+                    next_retry_at__lt=_lease(),
+                ).order_by("pk")
+            ).values_list("pk", flat=True)
+            ClaimRecord.objects.filter(pk__in=list(free)).update(next_retry_at=_lease())
 
 
 def claim_mark_published(

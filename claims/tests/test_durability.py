@@ -606,3 +606,47 @@ async def test_jetstream_stream_is_created_then_fixed_and_conflicts_refused(
     finally:
         await js.delete_stream(name)
         await client.close()
+
+
+async def test_renewing_leases_skips_a_row_being_finished(make_asset, settings):
+    """The heartbeat never waits for a row another transaction holds (no deadlock)."""
+    import threading
+
+    from django.db import connections, transaction
+
+    settings.INBOX_LEASE_SECONDS = 30
+    soon = timezone.now() + timedelta(seconds=1)
+    held, free = [
+        await InboundMessage.objects.acreate(
+            subject=f"t{n}.prequalification.exchange",
+            dedupe_key=f"renew-{n}",
+            next_attempt_at=soon,
+        )
+        for n in range(2)
+    ]
+    locked, release = threading.Event(), threading.Event()
+
+    def finishing_worker() -> None:
+        try:
+            with transaction.atomic():
+                InboundMessage.objects.select_for_update().get(pk=held.pk)
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=finishing_worker)
+    worker.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 10)
+        await sync_to_async(transitions.leases_renew, thread_sensitive=False)(
+            message_ids=[held.pk, free.pk], record_ids=[]
+        )
+    finally:
+        release.set()
+        await asyncio.to_thread(worker.join, 30)
+    await held.arefresh_from_db()
+    await free.arefresh_from_db()
+    floor = timezone.now() + timedelta(seconds=20)
+    assert free.next_attempt_at is not None and free.next_attempt_at > floor
+    assert held.next_attempt_at == soon
