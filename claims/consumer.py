@@ -99,17 +99,8 @@ async def inbound_process(
             if state == MessageOutcome.PENDING:
                 return Outcome(MessageOutcome.PENDING, readable_error(exc))
             metrics.MESSAGES.labels(hint.type.value, MessageOutcome.FAILED).inc()
-            gave_up = await db(InboundMessage.objects.values_list("reason").get)(
-                pk=message_id
-            )
-            # The row names what it was about, so it is found and settled with
-            # its claim.
-            await _finish(
-                message_id,
-                Outcome(MessageOutcome.FAILED, gave_up[0]),
-                kind=kind,
-                **context,
-            )
+            # The row already names its asset and claim (written on arrival), so
+            # it is found and settled with its claim when that publishes.
             await _fail_claim(hint, readable_error(exc), actor, assets)
             return Outcome(MessageOutcome.FAILED, readable_error(exc))
     await _finish(message_id, outcome, kind=kind, **context)
