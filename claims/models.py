@@ -389,3 +389,17 @@ class ListenerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.state})"
+
+    def reported_problems(self) -> list[str]:
+        """What the listener itself reported wrong in its last heartbeat, in words.
+
+        Its own `problems` (a dead NATS read loop, messages dropped before they were
+        stored; `claims.intake.IntakeHealth`) and its signer backend unavailable. Read
+        by `listener_health` and the console's dashboard.
+        """
+        details = self.details if isinstance(self.details, dict) else {}
+        found = [str(problem) for problem in details.get("problems") or []]
+        signer = details.get("signer") or {}
+        if isinstance(signer, dict) and signer.get("ok") is False:
+            found.append(f"signer unavailable: {signer.get('error', '')}")
+        return found

@@ -140,11 +140,7 @@ def _listeners(now: datetime) -> list[ListenerState]:
     states = []
     for beat in selectors.listener_heartbeats():
         age = (now - beat.last_heartbeat).total_seconds()
-        details = beat.details if isinstance(beat.details, dict) else {}
-        problems = [str(p) for p in details.get("problems") or []]
-        signer = details.get("signer") or {}
-        if isinstance(signer, dict) and signer.get("ok") is False:
-            problems.append(f"signer unavailable: {signer.get('error', '')}")
+        problems = beat.reported_problems()
         states.append(
             ListenerState(
                 name=beat.name,

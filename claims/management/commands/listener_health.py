@@ -71,12 +71,7 @@ def _problem(beat: ListenerHeartbeat, now: Any, max_age: float) -> str:
         return f"{beat.name}: last heartbeat {age:.0f}s ago"
     if beat.state != ConnectionState.CONNECTED:
         return f"{beat.name}: {beat.state}"
-    signer = (beat.details or {}).get("signer") or {}
-    if signer.get("ok") is False:
-        return f"{beat.name}: signer unavailable: {signer.get('error', '')}"
-    # What the listener itself found wrong: a dead NATS read loop, messages lost
-    # before they were stored (see `claims.listener.Listener.problems`).
-    reported = (beat.details or {}).get("problems") or []
+    reported = beat.reported_problems()
     if reported:
-        return f"{beat.name}: " + "; ".join(str(problem) for problem in reported)
+        return f"{beat.name}: " + "; ".join(reported)
     return ""
