@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from assets.models import Asset
@@ -329,33 +329,38 @@ def leases_renew(*, message_ids: Iterable[int], record_ids: Iterable[int]) -> No
     """
     from claims.models import InboundMessage, MessageOutcome
 
-    now = timezone.now()
-    inbox_until = now + timedelta(seconds=float(settings.INBOX_LEASE_SECONDS))
-    messages = list(message_ids)
+    messages, records = list(message_ids), list(record_ids)
+    inbox_until = timezone.now() + timedelta(
+        seconds=float(settings.INBOX_LEASE_SECONDS)
+    )
+    # Only leases, never a backoff a worker set that reaches further.
     if messages:
-        with transaction.atomic():
-            # Only leases, never a backoff a worker set that reaches further.
-            free = skip_locked(
-                InboundMessage.objects.filter(
-                    pk__in=messages,
-                    outcome=MessageOutcome.PENDING,
-                    next_attempt_at__lt=inbox_until,
-                ).order_by("pk")
-            ).values_list("pk", flat=True)
-            InboundMessage.objects.filter(pk__in=list(free)).update(
-                next_attempt_at=inbox_until
-            )
-    records = list(record_ids)
+        _renew_unlocked(
+            InboundMessage.objects.filter(
+                pk__in=messages,
+                outcome=MessageOutcome.PENDING,
+                next_attempt_at__lt=inbox_until,
+            ),
+            next_attempt_at=inbox_until,
+        )
+    publish_until = _lease()
     if records:
-        with transaction.atomic():
-            free = skip_locked(
-                ClaimRecord.objects.filter(
-                    pk__in=records,
-                    status=ClaimStatus.PUBLISHING,
-                    next_retry_at__lt=_lease(),
-                ).order_by("pk")
-            ).values_list("pk", flat=True)
-            ClaimRecord.objects.filter(pk__in=list(free)).update(next_retry_at=_lease())
+        _renew_unlocked(
+            ClaimRecord.objects.filter(
+                pk__in=records,
+                status=ClaimStatus.PUBLISHING,
+                next_retry_at__lt=publish_until,
+            ),
+            next_retry_at=publish_until,
+        )
+
+
+def _renew_unlocked(query: QuerySet[Any], **lease: Any) -> None:
+    """Set `lease` on the rows of `query` no other transaction holds, in id order."""
+    with transaction.atomic():
+        free = list(skip_locked(query.order_by("pk")).values_list("pk", flat=True))
+        if free:
+            query.model.objects.filter(pk__in=free).update(**lease)
 
 
 def claim_mark_published(
