@@ -204,6 +204,7 @@ async def claim_accept_issued(
         )
     assert claim is not None and claim.issued_token is not None
     token = claim.issued_token
+    sha = result.token_sha256 or token_sha256(token)
     if result.issuer_proof:
         details["issuer_proof"] = list(result.issuer_proof)
     # A re-issue on a claim id whose record holds an earlier credential
@@ -212,25 +213,25 @@ async def claim_accept_issued(
     await db(lifecycle_records.claim_prepare_reissue)(
         asset=asset,
         claim_id=claim_id,
-        token_sha256=result.token_sha256 or token_sha256(token),
+        token_sha256=sha,
         actor=actor,
     )
     record, _ = await db(transitions.claim_record_issued)(
         asset=asset,
         claim_id=claim_id,
         token=token,
-        token_sha256=result.token_sha256 or token_sha256(token),
+        token_sha256=sha,
         issuer_did=result.issuer,
         role=result.claim_type,
         role_version=result.claim_type_version,
         actor=actor,
         details=details,
     )
-    if record.token_sha256 == (result.token_sha256 or token_sha256(token)):
+    if record.token_sha256 == sha:
         await db(lifecycle_records.record_credential_facts)(
             record.pk,
             token,
-            hub_expiry=claim.raw.get("expirationTimestamp") if claim else None,
+            hub_expiry=claim.raw.get("expirationTimestamp"),
             actor=actor,
         )
     status = await claim_advance(
