@@ -1,7 +1,8 @@
 """The writes the listener shares between the workers writing at the same moment.
 
 Every message of a burst makes two writes: its claim record (a filed request) and
-its outcome. The listener gathers the same write of many workers into one call
+its outcome; every credential also moves its record through the pipeline
+(`claims.moves`). The listener gathers the same write of many workers into one call
 (`claims.dbthreads.Coalesced`), so a burst costs a few transactions instead of one
 per message. The pipeline and the consumer do not know: they call the single-row
 functions (`transitions.claim_record_requested`, `inbox.inbound_finish`) through
@@ -18,7 +19,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from assets.models import Asset
-from claims import inbox, transitions
+from claims import inbox, moves, transitions
 from claims.history import announce, event_row
 from claims.models import Actor, ClaimEvent, ClaimRecord, ClaimStatus, InboundMessage
 from claims.transitions import REQUESTED_MESSAGE
@@ -167,4 +168,8 @@ def _finish_many(calls: list[dict[str, Any]]) -> list[None]:
 BATCHED: Mapping[Callable[..., Any], Callable[[list[dict[str, Any]]], list[Any]]] = {
     transitions.claim_record_requested: _requested_many,
     inbox.inbound_finish: _finish_many,
+    # The moves every credential of a burst makes (claims.moves).
+    transitions.claim_record_stored: moves.claim_record_stored_many,
+    transitions.claim_begin_publishing: moves.claim_begin_publishing_many,
+    transitions.claim_mark_published: moves.claim_mark_published_many,
 }

@@ -21,7 +21,6 @@ from typing import Any
 from assets.models import Asset
 from claims import (
     failures,
-    history,
     leases,
     lifecycle_records,
     metrics,
@@ -207,16 +206,7 @@ async def claim_accept_issued(
     sha = result.token_sha256 or token_sha256(token)
     if result.issuer_proof:
         details["issuer_proof"] = list(result.issuer_proof)
-    # A re-issue on a claim id whose record holds an earlier credential
-    # (claims.lifecycle_records): that record keeps its entry until this one is on
-    # chain, under a renamed claim id.
-    await db(lifecycle_records.claim_prepare_reissue)(
-        asset=asset,
-        claim_id=claim_id,
-        token_sha256=sha,
-        actor=actor,
-    )
-    record, _ = await db(transitions.claim_record_issued)(
+    record = await db(_record_verified)(
         asset=asset,
         claim_id=claim_id,
         token=token,
@@ -226,19 +216,38 @@ async def claim_accept_issued(
         role_version=result.claim_type_version,
         actor=actor,
         details=details,
+        hub_expiry=claim.raw.get("expirationTimestamp"),
     )
-    if record.token_sha256 == sha:
-        await db(lifecycle_records.record_credential_facts)(
-            record.pk,
-            token,
-            hub_expiry=claim.raw.get("expirationTimestamp"),
-            actor=actor,
-        )
+    record.asset = asset  # the leased asset, its sealed key loaded
     status = await claim_advance(
-        record_id=record.pk, integrations=integrations, actor=actor
+        record_id=record.pk, integrations=integrations, actor=actor, record=record
     )
     reason = status or record.status
     return Outcome(MessageOutcome.PROCESSED, f"claim {reason}", record.pk)
+
+
+def _record_verified(
+    *, asset: Asset, claim_id: str, token: str, hub_expiry: Any, **issued: Any
+) -> ClaimRecord:
+    """A verified credential recorded (one database call for its three writes).
+
+    A re-issue on a claim id whose record holds an earlier credential
+    (claims.lifecycle_records): that record keeps its entry until this one is on
+    chain, under a renamed claim id. Then requested -> issued, and the token's
+    facts when the record now holds this very token.
+    """
+    sha, actor = issued["token_sha256"], issued["actor"]
+    lifecycle_records.claim_prepare_reissue(
+        asset=asset, claim_id=claim_id, token_sha256=sha, actor=actor
+    )
+    record, _ = transitions.claim_record_issued(
+        asset=asset, claim_id=claim_id, token=token, **issued
+    )
+    if record.token_sha256 == sha:
+        lifecycle_records.record_credential_facts(
+            record.pk, token, hub_expiry=hub_expiry, actor=actor
+        )
+    return record
 
 
 # Refusals that say the message is not backed by the hub: the claim is not touched.
@@ -288,14 +297,21 @@ async def claim_mark_rejected(
 
 
 async def claim_advance(
-    *, record_id: int, integrations: Integrations, actor: Actor
+    *,
+    record_id: int,
+    integrations: Integrations,
+    actor: Actor,
+    record: ClaimRecord | None = None,
 ) -> str:
     """Carry a record as far as it goes: issued → stored → publishing → published.
 
     Returns the status this call left the record in, or "" when another worker
     holds it. Safe to call from any number of places at once: each step is a CAS.
+    `record` is the row as the caller just read or wrote it (with its asset), which
+    saves reading it again; each move's CAS still decides.
     """
-    record = await _load(record_id)
+    if record is None:
+        record = await _load(record_id)
     if record.status == ClaimStatus.ISSUED:
         try:
             signer = await asset_signer(integrations, record.asset)
@@ -308,13 +324,14 @@ async def claim_advance(
                 await confirm_stored(store, cid, record.token)
         except Exception as exc:
             return await _step_failed(record, ClaimStatus.ISSUED, exc, actor, "store")
-        if not await db(transitions.claim_record_stored)(
+        if await db(transitions.claim_record_stored)(
             record_id=record.pk, cid=cid, actor=actor
         ):
+            record.status, record.cid = ClaimStatus.STORED, cid
+        else:
             record = await _load(record_id)
             if record.status != ClaimStatus.STORED:
                 return ""
-        record.status = ClaimStatus.STORED
     if record.status != ClaimStatus.STORED:
         return str(record.status)
     if not await db(transitions.claim_begin_publishing)(
@@ -322,7 +339,10 @@ async def claim_advance(
     ):
         return ""
     with leases.holding(record.pk):
-        return await _publish(await _load(record_id), integrations, actor)
+        # Not read again: the token and CID are what this call verified and
+        # stored, and a record only changes them by moving, which the CAS saw.
+        record.status = ClaimStatus.PUBLISHING
+        return await _publish(record, integrations, actor)
 
 
 async def _load(record_id: int) -> ClaimRecord:
@@ -406,25 +426,13 @@ async def _publish(
         return await _step_failed(record, ClaimStatus.PUBLISHING, exc, actor, "publish")
     tx_hash = str(result.tx_hash)
     log.info("service entry written", extra={**extra, "tx_hash": tx_hash})
-    await db(history.claim_note)(
-        record.pk,
+    # Kept on the row with its note: if confirmation fails, the next attempt finds
+    # the entry by hash and must not write again.
+    await db(transitions.claim_record_written)(
+        record_id=record.pk,
         actor=actor,
-        kind="written",
-        message=f"Service entry {service_id} written in {tx_hash}.",
-        details={
-            "tx_hash": tx_hash,
-            "block_number": result.block_number,
-            "gas_used": result.gas_used,
-            "mode": result.mode,
-        },
-    )
-    # Keep what was written on the row now: if confirmation fails, the next attempt
-    # finds the entry by hash and must not write again.
-    await db(ClaimRecord.objects.filter(pk=record.pk).update)(
-        tx_hash=tx_hash,
-        block_number=result.block_number,
         service_id=service_id,
-        attribute_name=erc1056.attribute_name(),  # what the removal must carry
+        result=result,
         attribute_value=value,
     )
     try:

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from assets.models import Asset
+from claims import moves
 from claims.history import announce, event_append
 from claims.models import (
     ALLOWED_TRANSITIONS,
@@ -32,11 +33,13 @@ from claims.models import (
 )
 from claims.querysets import skip_locked
 from claims.retry import MAX_ERROR
+from evops.integrations.chain import PublishResult
+from evops.protocol import erc1056
 
 log = logging.getLogger(__name__)
 
 
-ERR_NOT_ALLOWED = "A claim does not move from {current} to {to}."
+ERR_NOT_ALLOWED = moves.ERR_NOT_ALLOWED
 REQUESTED_MESSAGE = "Claim request filed for {role} v{version}."
 
 
@@ -86,8 +89,21 @@ def claim_transition(
     return True
 
 
-def _lease() -> datetime:
-    return timezone.now() + timedelta(seconds=float(settings.PUBLISH_LEASE_SECONDS))
+def claim_move(move: moves.Move) -> bool:
+    """`claim_transition` of one `claims.moves.Move`."""
+    return claim_transition(
+        record_id=move.record_id,
+        expected=[move.expected],
+        to=move.to,
+        actor=move.actor,
+        kind=move.kind,
+        message=move.message,
+        details=move.details,
+        **move.fields,
+    )
+
+
+_lease = moves.publish_lease
 
 
 def claim_record_requested(
@@ -274,15 +290,8 @@ def claim_record_found(
 
 def claim_record_stored(*, record_id: int, cid: str, actor: Actor) -> bool:
     """issued → stored, with the CID the credential store returned."""
-    return claim_transition(
-        record_id=record_id,
-        expected=[ClaimStatus.ISSUED],
-        to=ClaimStatus.STORED,
-        actor=actor,
-        message=f"Token stored as {cid}.",
-        details={"cid": cid},
-        cid=cid,
-        next_retry_at=_lease(),
+    return claim_move(
+        moves.stored_move(record_id=record_id, cid=cid, actor=actor, lease=_lease())
     )
 
 
@@ -293,14 +302,41 @@ def claim_begin_publishing(*, record_id: int, actor: Actor) -> bool:
     the holding listener's heartbeat (`claims.leases`): if that listener dies, the
     lease runs out and another worker resumes the record (`claim_resume_publishing`).
     """
-    return claim_transition(
-        record_id=record_id,
-        expected=[ClaimStatus.STORED],
-        to=ClaimStatus.PUBLISHING,
-        actor=actor,
-        attempts=F("attempts") + 1,
-        next_retry_at=_lease(),
+    return claim_move(
+        moves.publishing_move(record_id=record_id, actor=actor, lease=_lease())
     )
+
+
+def claim_record_written(
+    *,
+    record_id: int,
+    actor: Actor,
+    service_id: str,
+    result: PublishResult,
+    attribute_value: bytes,
+) -> None:
+    """A service entry sent and mined: its note, and what was written kept on the
+    row (the removal must carry the same name and value), in one transaction."""
+    with transaction.atomic():
+        event_append(
+            record_id,
+            actor=actor,
+            kind="written",
+            message=f"Service entry {service_id} written in {result.tx_hash}.",
+            details={
+                "tx_hash": result.tx_hash,
+                "block_number": result.block_number,
+                "gas_used": result.gas_used,
+                "mode": result.mode,
+            },
+        )
+        ClaimRecord.objects.filter(pk=record_id).update(
+            tx_hash=result.tx_hash,
+            block_number=result.block_number,
+            service_id=service_id,
+            attribute_name=erc1056.attribute_name(),
+            attribute_value=attribute_value,
+        )
 
 
 def claim_note_resumed(*, record_id: int, actor: Actor) -> None:
@@ -378,19 +414,17 @@ def claim_mark_published(
     Messages about this claim that failed earlier (a notice that gave up while the
     chain was down, say) are settled with it: the failure they report is over.
     """
-    moved = claim_transition(
-        record_id=record_id,
-        expected=[ClaimStatus.PUBLISHING],
-        to=ClaimStatus.PUBLISHED,
-        actor=actor,
-        message=message,
-        details={**(details or {}), "tx_hash": tx_hash, "service_id": service_id},
-        service_id=service_id,
-        tx_hash=tx_hash,
-        block_number=block_number,
-        published_at=timezone.now(),
-        next_retry_at=None,
-        last_error="",
+    moved = claim_move(
+        moves.published_move(
+            record_id=record_id,
+            actor=actor,
+            service_id=service_id,
+            tx_hash=tx_hash,
+            block_number=block_number,
+            message=message,
+            details=details,
+            now=timezone.now(),
+        )
     )
     if moved:
         inbound_settle_for(record_id=record_id)
@@ -418,7 +452,7 @@ def inbound_settle_for(*, record_id: int) -> int:
     )
 
 
-REASON_SETTLED = "settled: its claim (record #{record}) was published later"
+REASON_SETTLED = moves.REASON_SETTLED
 
 
 def claims_lease_due(*, limit: int) -> list[int]:

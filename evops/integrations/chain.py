@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -43,7 +44,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import aiohttp
-from eth_utils.address import to_checksum_address
+from eth_utils.address import to_checksum_address as _to_checksum_address
 from eth_utils.crypto import keccak
 from tenacity import RetryCallState
 from web3 import AsyncWeb3
@@ -197,6 +198,11 @@ def _rpc_message(exc: Web3RPCError) -> str:
     if isinstance(error, Mapping) and isinstance(error.get("message"), str):
         return str(error["message"])
     return str(exc.message)
+
+
+# The checksum is a keccak per call, and the same few addresses (each asset's, the
+# registry's) come back on every call of a publication: computed once per address.
+to_checksum_address = functools.lru_cache(maxsize=65536)(_to_checksum_address)
 
 
 def _hex(value: bytes) -> str:

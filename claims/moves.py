@@ -1,0 +1,236 @@
+"""Many compare-and-set moves of claim records in one transaction (the listener's).
+
+A burst of credentials walks every record through the same moves at about the same
+moment (issued → stored → publishing → published). One by one, each move is its own
+transaction: a SELECT, an UPDATE, an event INSERT and a commit. The listener's
+database threads gather the same move of many workers (`claims.dbthreads.Coalesced`,
+`claims.batches.BATCHED`) and make them here together: the rows locked in id order,
+one UPDATE per set of equal new values, one INSERT for all their events.
+
+The semantics are `claims.transitions.claim_transition`'s, row by row: a move
+happens only when the record is in the status it expects, only those that happened
+get an event (the history stays complete and append-only) and an announcement after
+commit, and each caller learns whether its own move happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from claims.history import announce, event_row
+from claims.models import (
+    ALLOWED_TRANSITIONS,
+    Actor,
+    ClaimEvent,
+    ClaimRecord,
+    ClaimStatus,
+    InboundMessage,
+    MessageOutcome,
+)
+
+ERR_NOT_ALLOWED = "A claim does not move from {current} to {to}."
+REASON_SETTLED = "settled: its claim (record #{record}) was published later"
+
+
+@dataclass(frozen=True)
+class Move:
+    """One record's move from `expected` to `to`, with the columns it sets."""
+
+    record_id: int
+    expected: str
+    to: str
+    actor: Actor
+    kind: str = ""
+    message: str = ""
+    details: Mapping[str, Any] | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+def publish_lease() -> datetime:
+    """Until when a record taken now is leased (`PUBLISH_LEASE_SECONDS`)."""
+    return timezone.now() + timedelta(seconds=float(settings.PUBLISH_LEASE_SECONDS))
+
+
+# The pipeline's hot moves, shared by the single calls (`claims.transitions`) and
+# the batched ones below, so both write the same columns, events and messages.
+
+
+def stored_move(*, record_id: int, cid: str, actor: Actor, lease: datetime) -> Move:
+    """issued → stored, with the CID the credential store returned."""
+    return Move(
+        record_id,
+        ClaimStatus.ISSUED,
+        ClaimStatus.STORED,
+        actor,
+        message=f"Token stored as {cid}.",
+        details={"cid": cid},
+        fields={"cid": cid, "next_retry_at": lease},
+    )
+
+
+def publishing_move(*, record_id: int, actor: Actor, lease: datetime) -> Move:
+    """stored → publishing (`transitions.claim_begin_publishing`)."""
+    return Move(
+        record_id,
+        ClaimStatus.STORED,
+        ClaimStatus.PUBLISHING,
+        actor,
+        fields={"attempts": F("attempts") + 1, "next_retry_at": lease},
+    )
+
+
+def published_move(
+    *,
+    record_id: int,
+    actor: Actor,
+    service_id: str,
+    tx_hash: str = "",
+    block_number: int | None = None,
+    message: str = "",
+    details: Mapping[str, Any] | None = None,
+    now: datetime,
+) -> Move:
+    """publishing → published (`transitions.claim_mark_published`)."""
+    return Move(
+        record_id,
+        ClaimStatus.PUBLISHING,
+        ClaimStatus.PUBLISHED,
+        actor,
+        message=message,
+        details={**(details or {}), "tx_hash": tx_hash, "service_id": service_id},
+        fields={
+            "service_id": service_id,
+            "tx_hash": tx_hash,
+            "block_number": block_number,
+            "published_at": now,
+            "next_retry_at": None,
+            "last_error": "",
+        },
+    )
+
+
+def claim_record_stored_many(calls: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """`transitions.claim_record_stored` for many records (keyword arguments)."""
+    lease = publish_lease()
+    return claim_transition_many([stored_move(**c, lease=lease) for c in calls])
+
+
+def claim_begin_publishing_many(calls: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """`transitions.claim_begin_publishing` for many records: one UPDATE."""
+    lease = publish_lease()
+    return claim_transition_many([publishing_move(**c, lease=lease) for c in calls])
+
+
+def claim_mark_published_many(calls: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """`transitions.claim_mark_published` for many records, settling the failed
+    messages about those that moved."""
+    now = timezone.now()
+    wanted = [published_move(**c, now=now) for c in calls]
+    moved = claim_transition_many(wanted)
+    done = [m.record_id for m, ok in zip(wanted, moved, strict=True) if ok]
+    inbound_settle_for_many(done)
+    return moved
+
+
+def claim_transition_many(moves: Sequence[Move]) -> list[bool]:
+    """`claim_transition` for many records in one transaction; whether each moved.
+
+    The records are locked in id order (as every batched writer does, so two
+    batches cannot deadlock) and read once; a record named twice sees the first
+    move's status, as two single calls would.
+    """
+    if not moves:
+        return []
+    moved = [False] * len(moves)
+    with transaction.atomic():
+        status: dict[int, str] = dict(
+            ClaimRecord.objects.select_for_update()
+            .filter(pk__in={m.record_id for m in moves})
+            .order_by("pk")
+            .values_list("pk", "status")
+        )
+        groups: dict[Any, list[Move]] = {}
+        events = []
+        for i, move in enumerate(moves):
+            current = status.get(move.record_id)
+            if current is None or current != move.expected:
+                continue
+            if move.to not in ALLOWED_TRANSITIONS[ClaimStatus(current)]:
+                raise ValueError(ERR_NOT_ALLOWED.format(current=current, to=move.to))
+            status[move.record_id] = move.to
+            moved[i] = True
+            groups.setdefault(_same_update(move, i), []).append(move)
+            events.append(
+                event_row(
+                    move.record_id,
+                    actor=move.actor,
+                    kind=move.kind or move.to,
+                    from_status=current,
+                    to_status=move.to,
+                    message=move.message,
+                    details=move.details,
+                )
+            )
+        now = timezone.now()
+        for group in groups.values():
+            ClaimRecord.objects.filter(pk__in=[m.record_id for m in group]).update(
+                status=group[0].to, updated_at=now, **group[0].fields
+            )
+        ClaimEvent.objects.bulk_create(events)
+        for move, done in zip(moves, moved, strict=True):
+            if done:
+                announce(move.record_id, move.to)
+    return moved
+
+
+def _same_update(move: Move, index: int) -> Any:
+    """Moves with this same key set the same columns to the same values."""
+    try:
+        key = (move.to, tuple(sorted(move.fields.items())))
+        hash(key)
+    except TypeError:
+        return index
+    return key
+
+
+def inbound_settle_for_many(record_ids: Sequence[int]) -> int:
+    """`transitions.inbound_settle_for` for many published records, in two queries
+    when no failed message names them (the usual case: one)."""
+    if not record_ids:
+        return 0
+    records = {
+        pk: (claim_id, did)
+        for pk, claim_id, did in ClaimRecord.objects.filter(
+            pk__in=record_ids
+        ).values_list("pk", "claim_id", "asset__did")
+    }
+    by_claim = {value: pk for pk, value in records.items()}
+    # A superset (any of the claim ids with any of the DIDs), narrowed below.
+    named = Q(record_id__in=list(records)) | Q(
+        claim_id__in={c for c, _ in records.values()},
+        asset_did__in={d for _, d in records.values()},
+    )
+    settled = 0
+    failed = InboundMessage.objects.filter(outcome=MessageOutcome.FAILED).filter(named)
+    for message_id, record_id, claim_id, did in failed.values_list(
+        "pk", "record_id", "claim_id", "asset_did"
+    ):
+        owner = record_id if record_id in records else by_claim.get((claim_id, did))
+        if owner is None:
+            continue
+        settled += InboundMessage.objects.filter(
+            pk=message_id, outcome=MessageOutcome.FAILED
+        ).update(
+            outcome=MessageOutcome.PROCESSED,
+            reason=REASON_SETTLED.format(record=owner),
+            processed_at=timezone.now(),
+        )
+    return settled
