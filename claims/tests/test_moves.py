@@ -1,0 +1,152 @@
+"""Many compare-and-set moves in one transaction (claims/moves.py) and through the
+listener's database threads (claims.batches.BATCHED)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from claims import batches, moves, transitions
+from claims.dbthreads import DatabaseThreads, db, using
+from claims.models import (
+    LISTENER,
+    RECONCILER,
+    ClaimRecord,
+    ClaimStatus,
+    InboundMessage,
+    MessageOutcome,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def _record(asset, claim_id: str, status: str) -> ClaimRecord:
+    return ClaimRecord.objects.create(asset=asset, claim_id=claim_id, status=status)
+
+
+def _history(record: ClaimRecord) -> list[tuple[str, str, str, str]]:
+    return list(
+        record.events.order_by("id").values_list(
+            "kind", "from_status", "to_status", "message"
+        )
+    )
+
+
+def test_only_records_in_the_expected_status_move_and_get_an_event(make_asset):
+    asset = make_asset()
+    one, two = (_record(asset, f"c-{i}", ClaimStatus.ISSUED) for i in (1, 2))
+    ahead = _record(asset, "c-3", ClaimStatus.PUBLISHING)
+    calls = [
+        {"record_id": one.pk, "cid": "cid-1", "actor": LISTENER},
+        {"record_id": two.pk, "cid": "cid-2", "actor": LISTENER},
+        {"record_id": ahead.pk, "cid": "cid-3", "actor": LISTENER},
+        # The same record twice: the second finds it stored already.
+        {"record_id": one.pk, "cid": "cid-9", "actor": RECONCILER},
+        {"record_id": 10**9, "cid": "cid-0", "actor": LISTENER},  # no such record
+    ]
+    assert moves.claim_record_stored_many(calls) == [True, True, False, False, False]
+    for record, cid in ((one, "cid-1"), (two, "cid-2")):
+        record.refresh_from_db()
+        assert (record.status, record.cid) == (ClaimStatus.STORED, cid)
+        assert record.next_retry_at is not None  # leased, as the single move does
+        assert _history(record) == [
+            ("stored", "issued", "stored", f"Token stored as {cid}.")
+        ]
+    ahead.refresh_from_db()
+    assert (ahead.status, ahead.cid) == (ClaimStatus.PUBLISHING, "")
+    assert _history(ahead) == []
+
+
+def test_the_batched_moves_write_what_the_single_ones_write(make_asset):
+    asset = make_asset()
+    single, batched = (_record(asset, f"c-{i}", ClaimStatus.STORED) for i in (1, 2))
+    assert transitions.claim_begin_publishing(record_id=single.pk, actor=LISTENER)
+    assert moves.claim_begin_publishing_many(
+        [{"record_id": batched.pk, "actor": LISTENER}]
+    ) == [True]
+    published = {
+        "actor": LISTENER,
+        "service_id": "svc",
+        "tx_hash": "0xabc",
+        "block_number": 7,
+        "message": "Published in block 7; confirmed from chain.",
+    }
+    assert transitions.claim_mark_published(record_id=single.pk, **published)
+    assert moves.claim_mark_published_many(
+        [{"record_id": batched.pk, **published}]
+    ) == [True]
+    columns = ("status", "attempts", "service_id", "tx_hash", "block_number")
+    rows = ClaimRecord.objects.filter(pk__in=[single.pk, batched.pk])
+    assert len({row for row in rows.values_list(*columns)}) == 1
+    assert _history(single) == _history(batched)
+    assert [e.details for e in single.events.order_by("id")] == [
+        e.details for e in batched.events.order_by("id")
+    ]
+    assert all(r.published_at is not None for r in rows)
+    # A second publication of either is refused: it is no longer publishing.
+    assert moves.claim_mark_published_many(
+        [{"record_id": batched.pk, **published}]
+    ) == [False]
+    assert batched.events.count() == 2
+
+
+def test_publishing_many_settles_failed_messages_of_the_moved_only(make_asset):
+    asset = make_asset()
+    moving = _record(asset, "c-1", ClaimStatus.PUBLISHING)
+    staying = _record(asset, "c-2", ClaimStatus.STORED)
+
+    def failed(claim_id: str, record: ClaimRecord | None) -> InboundMessage:
+        return InboundMessage.objects.create(
+            subject="s",
+            payload=b"{}",
+            outcome=MessageOutcome.FAILED,
+            asset_did=asset.did,
+            claim_id=claim_id,
+            record=record,
+        )
+
+    by_claim, by_record = failed("c-1", None), failed("", moving)
+    other = failed("c-2", staying)
+    result = moves.claim_mark_published_many(
+        [
+            {"record_id": moving.pk, "actor": LISTENER, "service_id": "a"},
+            {"record_id": staying.pk, "actor": LISTENER, "service_id": "b"},
+        ]
+    )
+    assert result == [True, False]
+    for message in (by_claim, by_record):
+        message.refresh_from_db()
+        assert message.outcome == MessageOutcome.PROCESSED
+        assert message.reason == transitions.REASON_SETTLED.format(record=moving.pk)
+    other.refresh_from_db()
+    assert other.outcome == MessageOutcome.FAILED
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_listeners_pool_gathers_a_burst_of_moves(make_asset):
+    asset = await sync_to_async(make_asset)()
+    records = [
+        await sync_to_async(_record)(asset, f"c-{i}", ClaimStatus.STORED)
+        for i in range(12)
+    ]
+    pool = DatabaseThreads(3, name="evops-db-test", batched=batches.BATCHED)
+    try:
+        with using(pool):
+            # Every record twice at once: exactly one of each pair wins.
+            results = await asyncio.gather(
+                *(
+                    db(transitions.claim_begin_publishing)(
+                        record_id=record.pk, actor=LISTENER
+                    )
+                    for record in records + records
+                )
+            )
+    finally:
+        await pool.aclose()
+    assert [a + b for a, b in zip(results[:12], results[12:], strict=True)] == [1] * 12
+    for record in records:
+        await record.arefresh_from_db()
+        assert (record.status, record.attempts) == (ClaimStatus.PUBLISHING, 1)
+        assert await record.events.acount() == 1
