@@ -4,6 +4,7 @@ listener's database threads (claims.batches.BATCHED)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -66,7 +67,7 @@ def test_the_batched_moves_write_what_the_single_ones_write(make_asset):
     assert moves.claim_begin_publishing_many(
         [{"record_id": batched.pk, "actor": LISTENER}]
     ) == [True]
-    published = {
+    published: dict[str, Any] = {
         "actor": LISTENER,
         "service_id": "svc",
         "tx_hash": "0xabc",
@@ -100,7 +101,7 @@ def test_publishing_many_settles_failed_messages_of_the_moved_only(make_asset):
     def failed(claim_id: str, record: ClaimRecord | None) -> InboundMessage:
         return InboundMessage.objects.create(
             subject="s",
-            payload=b"{}",
+            payload="{}",
             outcome=MessageOutcome.FAILED,
             asset_did=asset.did,
             claim_id=claim_id,
