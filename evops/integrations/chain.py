@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -73,6 +74,8 @@ Mode = Literal["asset", "relay"]
 MODES: tuple[Mode, ...] = ("asset", "relay")
 
 DEFAULT_GAS_MARGIN = 0.25
+# Calls per JSON-RPC batch (`Chain._raw`); public RPC providers take 50-100.
+DEFAULT_MAX_BATCH = 50
 # Fixed gas added on top of the proportional margin: the gas trap (test-stack.md) is a
 # constant ~631 gas, which a small proportional margin on a cheap call may not cover.
 GAS_MARGIN_FLOOR = 2_000
@@ -218,6 +221,42 @@ def _address_word(address: str) -> bytes:
     return bytes(12) + bytes.fromhex(to_checksum_address(address)[2:])
 
 
+@dataclass
+class _Call:
+    """One JSON-RPC call waiting to go out with the others (`Chain._raw`)."""
+
+    method: str
+    params: list[Any]
+    tx_hash: str | None
+    future: asyncio.Future[Mapping[str, Any]]
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+    def settle(self, answer: Mapping[str, Any] | ChainError) -> None:
+        if isinstance(answer, ChainError):
+            self.fail(answer)
+        elif not self.future.done():
+            self.future.set_result(answer)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.future.done():
+            return
+        if isinstance(exc, ChainError):
+            # Each caller gets its own error (callers amend theirs), naming its
+            # own transaction.
+            own = ChainError(
+                exc.reason, permanent=exc.permanent, tx_hash=exc.tx_hash or self.tx_hash
+            )
+            own.__cause__ = exc.__cause__
+            exc = own
+        if isinstance(exc, Exception):
+            self.future.set_exception(exc)
+        else:
+            self.future.cancel()
+
+
 @dataclass(frozen=True)
 class _Receipt:
     block_number: int
@@ -252,6 +291,7 @@ class Chain:
         max_connections: int = 50,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         retry: RetryPolicy = DEFAULT_RETRY,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -271,7 +311,12 @@ class Chain:
         self.poll_interval = poll_interval
         self.request_timeout = request_timeout
         self.max_response_bytes = max_response_bytes
+        self.max_batch = max(1, int(max_batch))
         self._retry = retry
+        # Calls made while the event loop is busy, sent together (`_raw`).
+        self._queue: list[_Call] = []
+        self._sending: set[asyncio.Future[None]] = set()
+        self._batches_refused = False
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[str, str] = {}
         # No automatic retries inside web3: a dead RPC must become a transient
@@ -308,12 +353,118 @@ class Chain:
     async def _raw(
         self, method: str, params: list[Any], *, tx_hash: str | None = None
     ) -> Mapping[str, Any]:
-        """One JSON-RPC exchange; transport failures become transient ChainErrors.
+        """One JSON-RPC call's answer; transport failures become transient ChainErrors.
+
+        Calls made by many tasks while the event loop is busy (a burst of
+        publications reads, sends and polls at the same moments) go to the node
+        together as one JSON-RPC batch of at most `max_batch` calls: one HTTP
+        exchange instead of one each. A lone call is sent as before; a node that
+        refuses batches gets every call on its own from then on.
+        """
+        await self._ensure_session()
+        if self.max_batch == 1 or self._batches_refused:
+            return await self._exchange(method, params, tx_hash=tx_hash)
+        loop = asyncio.get_running_loop()
+        call = _Call(method, params, tx_hash, loop.create_future())
+        self._queue.append(call)
+        if len(self._queue) == 1:
+            # After the tasks that are ready now had their turn to add theirs.
+            loop.call_soon(self._flush)
+        return await call.future
+
+    def _flush(self) -> None:
+        queued, self._queue = self._queue, []
+        for start in range(0, len(queued), self.max_batch):
+            batch = [c for c in queued[start : start + self.max_batch] if not c.done]
+            if batch:
+                task = asyncio.ensure_future(self._send_batch(batch))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+
+    async def _send_batch(self, calls: list[_Call]) -> None:
+        """Send `calls` (one exchange), and give each caller its own answer."""
+        try:
+            if len(calls) == 1:
+                call = calls[0]
+                call.settle(
+                    await self._exchange(call.method, call.params, tx_hash=call.tx_hash)
+                )
+                return
+            answers = await self._exchange_batch(calls)
+            if answers is None:
+                # Refused as a batch: every call on its own, now and from now on.
+                self._batches_refused = True
+                logger.warning("the chain RPC refuses JSON-RPC batches")
+                await asyncio.gather(*(self._send_batch([c]) for c in calls))
+                return
+            for call, answer in zip(calls, answers, strict=True):
+                call.settle(answer)
+        except BaseException as exc:
+            for call in calls:
+                call.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _exchange_batch(
+        self, calls: list[_Call]
+    ) -> list[Mapping[str, Any] | ChainError] | None:
+        """One HTTP exchange carrying `calls`; their answers in order (None: the node
+        does not take batches). Limits as for one call: `request_timeout` for the
+        exchange, `max_response_bytes` per call."""
+        assert self._session is not None
+        body = json.dumps(
+            [
+                {"jsonrpc": "2.0", "method": c.method, "params": c.params, "id": i}
+                for i, c in enumerate(calls)
+            ],
+            separators=(",", ":"),
+        ).encode()
+        methods = ",".join(sorted({c.method for c in calls}))
+        try:
+            async with (
+                asyncio.timeout(self.request_timeout),
+                self._session.post(
+                    self.rpc_url,
+                    data=body,
+                    headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+                ) as answer,
+            ):
+                raw = await read_limited(answer, self.max_response_bytes * len(calls))
+        except BodyTooLarge as exc:
+            raise ChainError(
+                f"{RPC_TOO_LARGE}: {methods}: {exc}", permanent=False
+            ) from exc
+        except _TRANSPORT_ERRORS as exc:
+            reason, permanent = _classify_rpc_error(exc)
+            raise ChainError(reason, permanent=permanent) from exc
+        try:
+            decoded = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ChainError(f"{RPC_BAD_ANSWER}: {methods}", permanent=False) from exc
+        if isinstance(decoded, Mapping):
+            return None
+        by_id = {
+            item.get("id"): item
+            for item in (decoded if isinstance(decoded, list) else [])
+            if isinstance(item, Mapping)
+        }
+        return [
+            by_id.get(i)
+            or ChainError(
+                f"{RPC_BAD_ANSWER}: {c.method}", permanent=False, tx_hash=c.tx_hash
+            )
+            for i, c in enumerate(calls)
+        ]
+
+    async def _exchange(
+        self, method: str, params: list[Any], *, tx_hash: str | None = None
+    ) -> Mapping[str, Any]:
+        """One JSON-RPC exchange of one call.
 
         The whole exchange ends within `request_timeout` and reads at most
         `max_response_bytes`, whatever the node sends.
         """
-        await self._ensure_session()
         assert self._session is not None
         body = self._provider.encode_rpc_request(RPCEndpoint(method), params)
         try:
@@ -379,6 +530,8 @@ class Chain:
         if self._session_loop is loop:
             return
         self._session_loop = loop
+        self._queue = []
+        self._sending = set()
         session = aiohttp.ClientSession(
             raise_for_status=True,
             connector=aiohttp.TCPConnector(limit=self._max_connections),
