@@ -437,6 +437,8 @@ CHAIN_RPC_TIMEOUT = _float("CHAIN_RPC_TIMEOUT", 10.0)
 CHAIN_RPC_MAX_RESPONSE_BYTES = _int(
     "CHAIN_RPC_MAX_RESPONSE_BYTES", 8 * 1024 * 1024, minimum=1024
 )
+# Most JSON-RPC calls sent together in one batch (1: every call on its own).
+CHAIN_RPC_BATCH = _int("CHAIN_RPC_BATCH", 50, minimum=1)
 # Fraction added to every gas estimate (estimates can be short; see test-stack.md).
 CHAIN_GAS_MARGIN = float(_chain_decimal("CHAIN_GAS_MARGIN", "0.25"))
 

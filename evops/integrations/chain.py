@@ -28,7 +28,9 @@ provider's pooled aiohttp session: web3's method formatters and middleware cost 
 a millisecond of CPU per call, which made them, not the chain, the limit of the relay
 benchmark (`bench/chain.py`); and web3 reads a whole answer into memory, where this
 module reads at most `max_response_bytes` within `request_timeout` in all (a node that
-floods or drips is cut off with a transient error).
+floods or drips is cut off with a transient error). Calls that many publications make
+at the same moment (a burst: reads, sends, receipt polls) go out as one JSON-RPC batch
+of at most `max_batch` calls (`CHAIN_RPC_BATCH`), each caller getting its own answer.
 """
 
 from __future__ import annotations
@@ -1117,6 +1119,7 @@ def chain_from_settings(
     extra: dict[str, Any] = {
         "request_timeout": settings.CHAIN_RPC_TIMEOUT,
         "max_response_bytes": settings.CHAIN_RPC_MAX_RESPONSE_BYTES,
+        "max_batch": settings.CHAIN_RPC_BATCH,
     }
     if request_timeout is not None:
         extra["request_timeout"] = request_timeout
