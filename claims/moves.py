@@ -35,6 +35,7 @@ from claims.models import (
     InboundMessage,
     MessageOutcome,
 )
+from claims.querysets import AnyOf
 
 ERR_NOT_ALLOWED = "A claim does not move from {current} to {to}."
 REASON_SETTLED = "settled: its claim (record #{record}) was published later"
@@ -153,7 +154,7 @@ def claim_transition_many(moves: Sequence[Move]) -> list[bool]:
     with transaction.atomic():
         status: dict[int, str] = dict(
             ClaimRecord.objects.select_for_update()
-            .filter(pk__in={m.record_id for m in moves})
+            .filter(AnyOf(F("pk"), sorted({m.record_id for m in moves})))
             .order_by("pk")
             .values_list("pk", "status")
         )
@@ -181,9 +182,9 @@ def claim_transition_many(moves: Sequence[Move]) -> list[bool]:
             )
         now = timezone.now()
         for group in groups.values():
-            ClaimRecord.objects.filter(pk__in=[m.record_id for m in group]).update(
-                status=group[0].to, updated_at=now, **group[0].fields
-            )
+            ClaimRecord.objects.filter(
+                AnyOf(F("pk"), [m.record_id for m in group])
+            ).update(status=group[0].to, updated_at=now, **group[0].fields)
         ClaimEvent.objects.bulk_create(events)
         for move, done in zip(moves, moved, strict=True):
             if done:
@@ -209,14 +210,14 @@ def inbound_settle_for_many(record_ids: Sequence[int]) -> int:
     records = {
         pk: (claim_id, did)
         for pk, claim_id, did in ClaimRecord.objects.filter(
-            pk__in=record_ids
+            AnyOf(F("pk"), list(record_ids))
         ).values_list("pk", "claim_id", "asset__did")
     }
     by_claim = {value: pk for pk, value in records.items()}
     # A superset (any of the claim ids with any of the DIDs), narrowed below.
-    named = Q(record_id__in=list(records)) | Q(
-        claim_id__in={c for c, _ in records.values()},
-        asset_did__in={d for _, d in records.values()},
+    named = Q(AnyOf(F("record_id"), list(records))) | Q(
+        AnyOf(F("claim_id"), sorted({c for c, _ in records.values()})),
+        AnyOf(F("asset_did"), sorted({d for _, d in records.values()})),
     )
     settled = 0
     failed = InboundMessage.objects.filter(outcome=MessageOutcome.FAILED).filter(named)

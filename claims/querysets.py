@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import connection, models, transaction
-from django.db.models import F, Field
+from django.db.models import F, Field, Lookup
 from django.utils import timezone
 
 if TYPE_CHECKING:
@@ -27,6 +27,27 @@ if TYPE_CHECKING:
         InboundMessage,
         ListenerHeartbeat,
     )
+
+
+class AnyOf(Lookup):  # type: ignore[type-arg]
+    """`column = ANY(%s)` with the values bound as one array (PostgreSQL).
+
+    `pk__in=ids` binds one parameter per id: for a batch of a hundred, building,
+    quoting and parsing those took longer than the query (psycopg parses a long
+    statement anew every time). Elsewhere (SQLite) it is `IN (...)` as usual.
+    `queryset.filter(AnyOf(F("pk"), ids))`.
+    """
+
+    lookup_name = "any_of"
+    prepare_rhs = False
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        lhs, params = self.process_lhs(compiler, connection)
+        values = list(self.rhs)
+        if connection.vendor != "postgresql":
+            marks = ", ".join(["%s"] * len(values)) or "NULL"
+            return f"{lhs} IN ({marks})", [*params, *values]
+        return f"{lhs} = ANY(%s)", [*params, values]
 
 
 def skip_locked(query: Any) -> Any:

@@ -151,3 +151,24 @@ async def test_the_listeners_pool_gathers_a_burst_of_moves(make_asset):
         await record.arefresh_from_db()
         assert (record.status, record.attempts) == (ClaimStatus.PUBLISHING, 1)
         assert await record.events.acount() == 1
+
+
+def test_any_of_binds_the_ids_as_one_array(make_asset):
+    from django.db import connection
+    from django.db.models import F
+    from django.test.utils import CaptureQueriesContext
+
+    from claims.querysets import AnyOf
+
+    asset = make_asset()
+    records = [_record(asset, f"c-{i}", ClaimStatus.STORED) for i in range(3)]
+    wanted = [records[0].pk, records[2].pk, 10**9]
+    with CaptureQueriesContext(connection) as queries:
+        found = list(
+            ClaimRecord.objects.filter(AnyOf(F("pk"), wanted)).values_list(
+                "pk", flat=True
+            )
+        )
+    assert sorted(found) == wanted[:2]
+    assert "= ANY(" in queries.captured_queries[0]["sql"]
+    assert list(ClaimRecord.objects.filter(AnyOf(F("pk"), []))) == []
