@@ -62,11 +62,15 @@ def claim_transition(
     """
     expected = list(expected)
     with transaction.atomic():
-        current = (
-            ClaimRecord.objects.filter(pk=record_id, status__in=expected)
-            .values_list("status", flat=True)
-            .first()
-        )
+        if len(expected) == 1 and to in ALLOWED_TRANSITIONS[ClaimStatus(expected[0])]:
+            # One status expected: the UPDATE alone is the compare-and-set.
+            current = expected[0]
+        else:
+            current = (
+                ClaimRecord.objects.filter(pk=record_id, status__in=expected)
+                .values_list("status", flat=True)
+                .first()
+            )
         if current is None:
             return False
         if to not in ALLOWED_TRANSITIONS[ClaimStatus(current)]:
