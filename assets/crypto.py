@@ -402,7 +402,13 @@ def sign_transaction(
     """Sign a transaction dict (web3 field names); return the raw signed bytes."""
     from eth_account import Account
 
-    signed = Account.sign_transaction(
-        dict(transaction), _open(sealed, address, purpose)
+    from evops.protocol.ethsig import encode_signed_transaction
+
+    secret = _open(sealed, address, purpose)
+    encoded = encode_signed_transaction(
+        lambda digest: _sign(secret, digest), transaction
     )
+    if encoded is not None:
+        return encoded
+    signed = Account.sign_transaction(dict(transaction), secret)
     return bytes(signed.raw_transaction)

@@ -20,6 +20,7 @@ from evops.protocol._crypto import (
     public_key_to_address_bytes,
 )
 from evops.protocol.errors import EncodingError
+from evops.protocol.ethsig import encode_signed_transaction
 
 ERR_KEY = "private key must be 32 bytes (or 64 hex digits) in the secp256k1 range"
 ERR_DIGEST = "digest must be 32 bytes"
@@ -103,6 +104,9 @@ class LocalKeySigner:
         Mirrors ethers' `Wallet.signTransaction` (via eth_account) for direct-mode
         `setAttribute` writes.
         """
+        encoded = encode_signed_transaction(self.sign_hash, transaction)
+        if encoded is not None:
+            return encoded
         signed = Account.sign_transaction(dict(transaction), self._key.secret)
         return bytes(signed.raw_transaction)
 
