@@ -19,7 +19,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from assets.models import Asset
-from claims import inbox, moves, transitions
+from claims import inbox, issued, moves, transitions
 from claims.history import announce, event_row
 from claims.models import Actor, ClaimEvent, ClaimRecord, ClaimStatus, InboundMessage
 from claims.transitions import REQUESTED_MESSAGE
@@ -168,7 +168,8 @@ def _finish_many(calls: list[dict[str, Any]]) -> list[None]:
 BATCHED: Mapping[Callable[..., Any], Callable[[list[dict[str, Any]]], list[Any]]] = {
     transitions.claim_record_requested: _requested_many,
     inbox.inbound_finish: _finish_many,
-    # The moves every credential of a burst makes (claims.moves).
+    # The writes every credential of a burst makes (claims.issued, claims.moves).
+    issued.claim_record_verified: issued.claim_record_verified_many,
     transitions.claim_record_stored: moves.claim_record_stored_many,
     transitions.claim_begin_publishing: moves.claim_begin_publishing_many,
     transitions.claim_mark_published: moves.claim_mark_published_many,

@@ -64,6 +64,40 @@ def publish_lease() -> datetime:
 # the batched ones below, so both write the same columns, events and messages.
 
 
+def issued_move(
+    *,
+    record_id: int,
+    token: str,
+    token_sha256: str,
+    issuer_did: str,
+    role: str,
+    role_version: int | None,
+    actor: Actor,
+    details: Mapping[str, Any] | None = None,
+    now: datetime,
+    lease: datetime,
+) -> Move:
+    """requested → issued with the verified token (`claim_record_issued`)."""
+    return Move(
+        record_id,
+        ClaimStatus.REQUESTED,
+        ClaimStatus.ISSUED,
+        actor,
+        message=f"Issued by {issuer_did}; token verified.",
+        details={**(details or {}), "token_sha256": token_sha256},
+        fields={
+            "token": token,
+            "token_sha256": token_sha256,
+            "issuer_did": issuer_did,
+            "role": role,
+            "role_version": role_version,
+            "issued_at": now,
+            "next_retry_at": lease,
+            "last_error": "",
+        },
+    )
+
+
 def stored_move(*, record_id: int, cid: str, actor: Actor, lease: datetime) -> Move:
     """issued → stored, with the CID the credential store returned."""
     return Move(
@@ -150,45 +184,51 @@ def claim_transition_many(moves: Sequence[Move]) -> list[bool]:
     """
     if not moves:
         return []
-    moved = [False] * len(moves)
     with transaction.atomic():
-        status: dict[int, str] = dict(
-            ClaimRecord.objects.select_for_update()
-            .filter(AnyOf(F("pk"), sorted({m.record_id for m in moves})))
-            .order_by("pk")
-            .values_list("pk", "status")
-        )
-        groups: dict[Any, list[Move]] = {}
-        events = []
-        for i, move in enumerate(moves):
-            current = status.get(move.record_id)
-            if current is None or current != move.expected:
-                continue
-            if move.to not in ALLOWED_TRANSITIONS[ClaimStatus(current)]:
-                raise ValueError(ERR_NOT_ALLOWED.format(current=current, to=move.to))
-            status[move.record_id] = move.to
-            moved[i] = True
-            groups.setdefault(_same_update(move, i), []).append(move)
-            events.append(
-                event_row(
-                    move.record_id,
-                    actor=move.actor,
-                    kind=move.kind or move.to,
-                    from_status=current,
-                    to_status=move.to,
-                    message=move.message,
-                    details=move.details,
-                )
+        return transition_together(moves)
+
+
+def transition_together(moves: Sequence[Move]) -> list[bool]:
+    """`claim_transition_many`'s work, inside the caller's transaction (which
+    `claims.issued` shares with its other writes)."""
+    moved = [False] * len(moves)
+    status: dict[int, str] = dict(
+        ClaimRecord.objects.select_for_update()
+        .filter(AnyOf(F("pk"), sorted({m.record_id for m in moves})))
+        .order_by("pk")
+        .values_list("pk", "status")
+    )
+    groups: dict[Any, list[Move]] = {}
+    events = []
+    for i, move in enumerate(moves):
+        current = status.get(move.record_id)
+        if current is None or current != move.expected:
+            continue
+        if move.to not in ALLOWED_TRANSITIONS[ClaimStatus(current)]:
+            raise ValueError(ERR_NOT_ALLOWED.format(current=current, to=move.to))
+        status[move.record_id] = move.to
+        moved[i] = True
+        groups.setdefault(_same_update(move, i), []).append(move)
+        events.append(
+            event_row(
+                move.record_id,
+                actor=move.actor,
+                kind=move.kind or move.to,
+                from_status=current,
+                to_status=move.to,
+                message=move.message,
+                details=move.details,
             )
-        now = timezone.now()
-        for group in groups.values():
-            ClaimRecord.objects.filter(
-                AnyOf(F("pk"), [m.record_id for m in group])
-            ).update(status=group[0].to, updated_at=now, **group[0].fields)
-        ClaimEvent.objects.bulk_create(events)
-        for move, done in zip(moves, moved, strict=True):
-            if done:
-                announce(move.record_id, move.to)
+        )
+    now = timezone.now()
+    for group in groups.values():
+        ClaimRecord.objects.filter(AnyOf(F("pk"), [m.record_id for m in group])).update(
+            status=group[0].to, updated_at=now, **group[0].fields
+        )
+    ClaimEvent.objects.bulk_create(events)
+    for move, done in zip(moves, moved, strict=True):
+        if done:
+            announce(move.record_id, move.to)
     return moved
 
 

@@ -21,8 +21,8 @@ from typing import Any
 from assets.models import Asset
 from claims import (
     failures,
+    issued,
     leases,
-    lifecycle_records,
     metrics,
     selectors,
     transitions,
@@ -206,7 +206,8 @@ async def claim_accept_issued(
     sha = result.token_sha256 or token_sha256(token)
     if result.issuer_proof:
         details["issuer_proof"] = list(result.issuer_proof)
-    record = await db(_record_verified)(
+    # The re-issue check, requested -> issued and the token's facts (claims.issued).
+    record = await db(issued.claim_record_verified)(
         asset=asset,
         claim_id=claim_id,
         token=token,
@@ -224,30 +225,6 @@ async def claim_accept_issued(
     )
     reason = status or record.status
     return Outcome(MessageOutcome.PROCESSED, f"claim {reason}", record.pk)
-
-
-def _record_verified(
-    *, asset: Asset, claim_id: str, token: str, hub_expiry: Any, **issued: Any
-) -> ClaimRecord:
-    """A verified credential recorded (one database call for its three writes).
-
-    A re-issue on a claim id whose record holds an earlier credential
-    (claims.lifecycle_records): that record keeps its entry until this one is on
-    chain, under a renamed claim id. Then requested -> issued, and the token's
-    facts when the record now holds this very token.
-    """
-    sha, actor = issued["token_sha256"], issued["actor"]
-    lifecycle_records.claim_prepare_reissue(
-        asset=asset, claim_id=claim_id, token_sha256=sha, actor=actor
-    )
-    record, _ = transitions.claim_record_issued(
-        asset=asset, claim_id=claim_id, token=token, **issued
-    )
-    if record.token_sha256 == sha:
-        lifecycle_records.record_credential_facts(
-            record.pk, token, hub_expiry=hub_expiry, actor=actor
-        )
-    return record
 
 
 # Refusals that say the message is not backed by the hub: the claim is not touched.
@@ -403,13 +380,16 @@ async def _publish(
         metrics.PUBLICATIONS.labels("already_present").inc()
         log.info("credential already published", extra=extra)
         return ClaimStatus.PUBLISHED
-    service_id = await db(selectors.reusable_service_id)(
-        asset_id=asset.pk,
-        role=record.role,
-        role_version=record.role_version,
-        exclude_pk=record.pk,
-        entries=service_entries(document),
-    ) or str(uuid.uuid4())
+    entries, service_id = service_entries(document), ""
+    if entries:  # none (a new asset): no entry to reuse, nothing to read
+        service_id = await db(selectors.reusable_service_id)(
+            asset_id=asset.pk,
+            role=record.role,
+            role_version=record.role_version,
+            exclude_pk=record.pk,
+            entries=entries,
+        )
+    service_id = service_id or str(uuid.uuid4())
     value = erc1056.service_value(
         service_id=service_id, cid=record.cid, token_sha256=record.token_sha256
     )

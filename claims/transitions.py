@@ -61,6 +61,7 @@ def claim_transition(
     transaction as the change, and the live update goes out after commit.
     """
     expected = list(expected)
+    current: str | None
     with transaction.atomic():
         if len(expected) == 1 and to in ALLOWED_TRANSITIONS[ClaimStatus(expected[0])]:
             # One status expected: the UPDATE alone is the compare-and-set.
@@ -192,21 +193,19 @@ def claim_record_issued(
     further along) is returned unchanged, so a duplicate notice is a no-op.
     """
     record = claim_get_or_create(asset, claim_id, actor)
-    moved = claim_transition(
-        record_id=record.pk,
-        expected=[ClaimStatus.REQUESTED],
-        to=ClaimStatus.ISSUED,
-        actor=actor,
-        message=f"Issued by {issuer_did}; token verified.",
-        details={**(details or {}), "token_sha256": token_sha256},
-        token=token,
-        token_sha256=token_sha256,
-        issuer_did=issuer_did,
-        role=role,
-        role_version=role_version,
-        issued_at=timezone.now(),
-        next_retry_at=_lease(),
-        last_error="",
+    moved = claim_move(
+        moves.issued_move(
+            record_id=record.pk,
+            token=token,
+            token_sha256=token_sha256,
+            issuer_did=issuer_did,
+            role=role,
+            role_version=role_version,
+            actor=actor,
+            details=details,
+            now=timezone.now(),
+            lease=_lease(),
+        )
     )
     record.refresh_from_db()
     return record, moved

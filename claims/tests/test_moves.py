@@ -172,3 +172,61 @@ def test_any_of_binds_the_ids_as_one_array(make_asset):
     assert sorted(found) == wanted[:2]
     assert "= ANY(" in queries.captured_queries[0]["sql"]
     assert list(ClaimRecord.objects.filter(AnyOf(F("pk"), []))) == []
+
+
+def _verified(asset, claim_id: str, sha: str) -> dict[str, Any]:
+    return {
+        "asset": asset,
+        "claim_id": claim_id,
+        "token": f"token-{sha}",
+        "token_sha256": sha,
+        "issuer_did": "did:ethr:0x" + "ab" * 20,
+        "role": "role.ns",
+        "role_version": 1,
+        "actor": LISTENER,
+        "details": {"source": "test"},
+    }
+
+
+def _burst_scene(asset) -> list[dict[str, Any]]:
+    """A requested claim, another, a published one re-issued, an unknown one."""
+    _record(asset, "c-1", ClaimStatus.REQUESTED)
+    _record(asset, "c-2", ClaimStatus.REQUESTED)
+    ClaimRecord.objects.create(
+        asset=asset, claim_id="c-3", status=ClaimStatus.PUBLISHED, token_sha256="old"
+    )
+    return [
+        _verified(asset, "c-1", "a1"),
+        _verified(asset, "c-2", "a2"),
+        _verified(asset, "c-3", "a3"),
+        _verified(asset, "c-4", "a4"),
+        _verified(asset, "c-1", "a1"),  # the same notice again
+    ]
+
+
+def _outcome(asset) -> list[Any]:
+    return [
+        (
+            r.claim_id.split("@")[0],  # a set-aside record's name carries its pk
+            r.status,
+            r.token_sha256,
+            r.lifecycle_checked_at is not None,
+            [e[:3] for e in _history(r)],
+        )
+        for r in ClaimRecord.objects.filter(asset=asset).order_by("claim_id")
+    ]
+
+
+def test_a_burst_of_verified_credentials_is_recorded_as_one_by_one(make_asset):
+    from claims import issued
+
+    one_by_one, together = make_asset(), make_asset()
+    singles = [issued.claim_record_verified(**c) for c in _burst_scene(one_by_one)]
+    batched = issued.claim_record_verified_many(_burst_scene(together))
+    assert [(r.claim_id, r.status) for r in batched] == [
+        (r.claim_id, r.status) for r in singles
+    ]
+    assert [r.status for r in batched] == [ClaimStatus.ISSUED] * 5
+    assert _outcome(one_by_one) == _outcome(together)
+    names = ClaimRecord.objects.filter(asset=together).values_list("claim_id")
+    assert any(n.startswith("c-3@") for (n,) in names)  # the earlier one set aside
