@@ -172,5 +172,6 @@ BATCHED: Mapping[Callable[..., Any], Callable[[list[dict[str, Any]]], list[Any]]
     issued.claim_record_verified: issued.claim_record_verified_many,
     transitions.claim_record_stored: moves.claim_record_stored_many,
     transitions.claim_begin_publishing: moves.claim_begin_publishing_many,
+    transitions.claim_record_written: moves.claim_record_written_many,
     transitions.claim_mark_published: moves.claim_mark_published_many,
 }

@@ -36,6 +36,7 @@ from claims.models import (
     MessageOutcome,
 )
 from claims.querysets import AnyOf
+from evops.protocol import erc1056
 
 ERR_NOT_ALLOWED = "A claim does not move from {current} to {to}."
 REASON_SETTLED = "settled: its claim (record #{record}) was published later"
@@ -173,6 +174,47 @@ def claim_mark_published_many(calls: Sequence[Mapping[str, Any]]) -> list[bool]:
     done = [m.record_id for m, ok in zip(wanted, moved, strict=True) if ok]
     inbound_settle_for_many(done)
     return moved
+
+
+def claim_record_written_many(calls: Sequence[Mapping[str, Any]]) -> list[None]:
+    """`transitions.claim_record_written` for many records: their notes in one
+    INSERT, what was written kept on each row, in one transaction."""
+    with transaction.atomic():
+        ClaimEvent.objects.bulk_create(
+            [
+                event_row(
+                    c["record_id"],
+                    actor=c["actor"],
+                    kind="written",
+                    message=written_message(c["service_id"], c["result"].tx_hash),
+                    details=written_details(c["result"]),
+                )
+                for c in calls
+            ]
+        )
+        for c in calls:
+            ClaimRecord.objects.filter(pk=c["record_id"]).update(
+                tx_hash=c["result"].tx_hash,
+                block_number=c["result"].block_number,
+                service_id=c["service_id"],
+                attribute_name=erc1056.attribute_name(),
+                attribute_value=c["attribute_value"],
+            )
+    return [None] * len(calls)
+
+
+def written_message(service_id: str, tx_hash: str) -> str:
+    return f"Service entry {service_id} written in {tx_hash}."
+
+
+def written_details(result: Any) -> dict[str, Any]:
+    """A `PublishResult` as the `written` note keeps it."""
+    return {
+        "tx_hash": result.tx_hash,
+        "block_number": result.block_number,
+        "gas_used": result.gas_used,
+        "mode": result.mode,
+    }
 
 
 def claim_transition_many(moves: Sequence[Move]) -> list[bool]:

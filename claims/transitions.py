@@ -325,13 +325,8 @@ def claim_record_written(
             record_id,
             actor=actor,
             kind="written",
-            message=f"Service entry {service_id} written in {result.tx_hash}.",
-            details={
-                "tx_hash": result.tx_hash,
-                "block_number": result.block_number,
-                "gas_used": result.gas_used,
-                "mode": result.mode,
-            },
+            message=moves.written_message(service_id, result.tx_hash),
+            details=moves.written_details(result),
         )
         ClaimRecord.objects.filter(pk=record_id).update(
             tx_hash=result.tx_hash,

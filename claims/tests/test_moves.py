@@ -230,3 +230,29 @@ def test_a_burst_of_verified_credentials_is_recorded_as_one_by_one(make_asset):
     assert _outcome(one_by_one) == _outcome(together)
     names = ClaimRecord.objects.filter(asset=together).values_list("claim_id")
     assert any(n.startswith("c-3@") for (n,) in names)  # the earlier one set aside
+
+
+def test_written_notes_of_a_burst_are_those_of_one_by_one(make_asset):
+    from evops.integrations.chain import PublishResult
+
+    asset = make_asset()
+    single, batched = (_record(asset, f"c-{i}", ClaimStatus.PUBLISHING) for i in (1, 2))
+
+    def written(record: ClaimRecord) -> dict[str, Any]:
+        return {
+            "record_id": record.pk,
+            "actor": LISTENER,
+            "service_id": f"svc-{record.pk}",
+            "result": PublishResult("0xfeed", 9, 50_000, "asset"),
+            "attribute_value": b"value",
+        }
+
+    transitions.claim_record_written(**written(single))
+    assert moves.claim_record_written_many([written(batched)]) == [None]
+    columns = ("tx_hash", "block_number", "attribute_name", "attribute_value")
+    rows = ClaimRecord.objects.filter(pk__in=[single.pk, batched.pk])
+    assert len({bytes(r[3]) and r for r in rows.values_list(*columns)}) == 1
+    for record in (single, batched):
+        (event,) = record.events.all()
+        assert (event.kind, event.details["tx_hash"]) == ("written", "0xfeed")
+        assert event.message == f"Service entry svc-{record.pk} written in 0xfeed."
