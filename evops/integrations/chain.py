@@ -363,10 +363,11 @@ class Chain:
         exchange instead of one each. A lone call is sent as before; a node that
         refuses batches gets every call on its own from then on.
         """
-        await self._ensure_session()
+        loop = asyncio.get_running_loop()
+        if self._session_loop is not loop:
+            await self._ensure_session()
         if self.max_batch == 1 or self._batches_refused:
             return await self._exchange(method, params, tx_hash=tx_hash)
-        loop = asyncio.get_running_loop()
         call = _Call(method, params, tx_hash, loop.create_future())
         self._queue.append(call)
         if len(self._queue) == 1:
