@@ -192,14 +192,21 @@ def claim_record_written_many(calls: Sequence[Mapping[str, Any]]) -> list[None]:
                 for c in calls
             ]
         )
-        for c in calls:
-            ClaimRecord.objects.filter(pk=c["record_id"]).update(
-                tx_hash=c["result"].tx_hash,
-                block_number=c["result"].block_number,
-                service_id=c["service_id"],
-                attribute_name=erc1056.attribute_name(),
-                attribute_value=c["attribute_value"],
-            )
+        ClaimRecord.objects.update_each(
+            [
+                (
+                    c["record_id"],
+                    {
+                        "tx_hash": c["result"].tx_hash,
+                        "block_number": c["result"].block_number,
+                        "service_id": c["service_id"],
+                        "attribute_name": erc1056.attribute_name(),
+                        "attribute_value": c["attribute_value"],
+                    },
+                )
+                for c in calls
+            ]
+        )
     return [None] * len(calls)
 
 
@@ -263,15 +270,28 @@ def transition_together(moves: Sequence[Move]) -> list[bool]:
             )
         )
     now = timezone.now()
+    each: dict[Any, list[tuple[int, Mapping[str, Any]]]] = {}
     for group in groups.values():
+        first = group[0]
+        if len(group) == 1 and not _has_expression(first.fields):
+            # Values of its own (a CID, a token): with the others of its kind.
+            row = {"status": first.to, "updated_at": now, **first.fields}
+            each.setdefault(tuple(row), []).append((first.record_id, row))
+            continue
         ClaimRecord.objects.filter(AnyOf(F("pk"), [m.record_id for m in group])).update(
-            status=group[0].to, updated_at=now, **group[0].fields
+            status=first.to, updated_at=now, **first.fields
         )
+    for rows in each.values():
+        ClaimRecord.objects.update_each(rows)
     ClaimEvent.objects.bulk_create(events)
     for move, done in zip(moves, moved, strict=True):
         if done:
             announce(move.record_id, move.to)
     return moved
+
+
+def _has_expression(fields: Mapping[str, Any]) -> bool:
+    return any(hasattr(value, "resolve_expression") for value in fields.values())
 
 
 def _same_update(move: Move, index: int) -> Any:

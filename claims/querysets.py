@@ -12,9 +12,9 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import connection, models, transaction
 from django.db.models import F, Field, Lookup
@@ -61,6 +61,32 @@ def skip_locked(query: Any) -> Any:
 
 
 class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
+    def update_each(self, rows: Sequence[tuple[int, Mapping[str, Any]]]) -> None:
+        """Give each record (by pk) its own values, the same columns for all.
+
+        One UPDATE prepared once and run for each row (psycopg pipelines
+        `executemany`), rather than an ORM query built per record: a burst's moves
+        set a different CID, token or transaction on every row. Plain values only
+        (no expressions); the rows are expected to be locked by the caller.
+        """
+        if not rows:
+            return
+        names = tuple(rows[0][1])
+        fields = [
+            cast("Field[Any, Any]", self.model._meta.get_field(name)) for name in names
+        ]
+        assert all(isinstance(field, Field) for field in fields)
+        params = [
+            [
+                field.get_db_prep_save(values[name], connection)
+                for name, field in zip(names, fields, strict=True)
+            ]
+            + [pk]
+            for pk, values in rows
+        ]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.executemany(_update_sql(self.model, names), params)
+
     def lease_due(self, *, limit: int, until: datetime) -> list[int]:
         """Take up to `limit` records due for another try, time past.
 
@@ -179,6 +205,21 @@ class ListenerHeartbeatQuerySet(models.QuerySet["ListenerHeartbeat"]):
                 "details": details,
             },
         )
+
+
+@functools.cache
+def _update_sql(model: type[models.Model], names: tuple[str, ...]) -> str:
+    meta, quote = model._meta, connection.ops.quote_name
+    columns = []
+    for name in (*names, "pk"):
+        field = meta.pk if name == "pk" else meta.get_field(name)
+        assert isinstance(field, Field)
+        columns.append(quote(field.column))
+    *sets, pk = columns
+    assignments = ", ".join(f"{column} = %s" for column in sets)
+    # Only quoted identifiers from the model's own metadata are formatted in; every
+    # value is a parameter.
+    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {pk} = %s"  # noqa: S608
 
 
 @functools.cache
