@@ -547,23 +547,24 @@ class CacheServerClient:
             )
 
         try:
-            async for attempt in self._retry.retrying(retries=retries, log=log):
-                with attempt:
-                    return await self._attempt(
-                        method,
-                        path,
-                        json_body=json_body,
-                        params=params,
-                        headers=headers,
-                        retry_statuses=retry_statuses,
-                    )
+            return await self._retry.call(
+                lambda: self._attempt(
+                    method,
+                    path,
+                    json_body=json_body,
+                    params=params,
+                    headers=headers,
+                    retry_statuses=retry_statuses,
+                ),
+                retries=retries,
+                log=log,
+            )
         except RetryableAnswer as exc:
             raise CacheServerError(
                 f"{ERR_TRANSIENT}: {method} {path}: {exc.reason}",
                 permanent=False,
                 status=exc.status,
             ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(
         self,
@@ -910,11 +911,9 @@ class CacheServerClient:
             "registrationTypes": [OFF_CHAIN],
         }
         try:
-            async for attempt in self._retry.retrying():
-                with attempt:
-                    response = await self._post_claim_request(
-                        signer, did_text, body, role
-                    )
+            response = await self._retry.call(
+                lambda: self._post_claim_request(signer, did_text, body, role)
+            )
         except RetryableAnswer as exc:
             raise CacheServerError(
                 f"{ERR_TRANSIENT}: claim request: {exc.reason}",
