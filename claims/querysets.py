@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from django.db import connection, models, transaction
+from django.db import connection, connections, models, transaction
 from django.db.models import F, Field
 from django.utils import timezone
 
@@ -50,15 +50,19 @@ def insert_rows(rows: Sequence[M]) -> Sequence[M]:
     if connection.vendor != "postgresql" or model._meta.auto_field is None:
         return model._default_manager.bulk_create(rows)
     sql, fields = _insert_sql(model)
+    # The database wrapper itself, not the `connection` proxy: every read through
+    # the proxy is a context-local lookup, and each value's preparation makes several.
+    db = connections[connection.alias]
     params = [
         tuple(
-            field.get_db_prep_save(field.pre_save(row, True), connection)
-            for field in fields
+            None if value is None and plain else field.get_db_prep_save(value, db)
+            for field, plain in fields
+            for value in (field.pre_save(row, True),)
         )
         for row in rows
     ]
     ids: list[Any] = []
-    with connection.cursor() as wrapper, connection.wrap_database_errors:
+    with db.cursor() as wrapper, db.wrap_database_errors:
         cursor = wrapper.cursor  # psycopg's own: `returning` is not on the wrapper
         cursor.executemany(sql, params, returning=True)
         while True:
@@ -69,12 +73,16 @@ def insert_rows(rows: Sequence[M]) -> Sequence[M]:
     for row, pk in zip(rows, ids, strict=True):
         row.pk = pk
         row._state.adding = False
-        row._state.db = connection.alias
+        row._state.db = db.alias
     return rows
 
 
 @functools.cache
-def _insert_sql(model: type[models.Model]) -> tuple[str, tuple[Field[Any, Any], ...]]:
+def _insert_sql(
+    model: type[models.Model],
+) -> tuple[str, tuple[tuple[Field[Any, Any], bool], ...]]:
+    """The INSERT, and each field with whether None needs no preparing for it (its
+    database value is None, as for every field but a JSONField: maybe JSON null)."""
     meta = model._meta
     quote = connection.ops.quote_name
     pk = meta.pk
@@ -92,7 +100,9 @@ def _insert_sql(model: type[models.Model]) -> tuple[str, tuple[Field[Any, Any], 
         f"INSERT INTO {quote(meta.db_table)} ({columns}) "  # noqa: S608
         f"VALUES ({values}) RETURNING {quote(pk.column)}"
     )
-    return sql, fields
+    return sql, tuple(
+        (field, not isinstance(field, models.JSONField)) for field in fields
+    )
 
 
 def skip_locked(query: Any) -> Any:
