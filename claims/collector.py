@@ -16,21 +16,43 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from collections.abc import Iterator
 
 #: Young objects allocated before a collection (CPython's default: 700).
 LISTENER_THRESHOLDS = (20_000, 50, 100)
 
 
+_lock = threading.Lock()
+_holders = 0
+_previous = gc.get_threshold()
+
+
 @contextlib.contextmanager
 def collector_tuned() -> Iterator[None]:
-    """Freeze the heap as it is now and raise the thresholds; undo both on exit."""
-    previous = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*LISTENER_THRESHOLDS)
+    """Freeze the heap as it is now and raise the thresholds; undo both on exit.
+
+    Counted: listeners overlapping in one process (tests) tune once, when the first
+    starts, and restore once, when the last stops.
+    """
+    global _holders, _previous
+    with _lock:
+        if _holders == 0:
+            _previous = gc.get_threshold()
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(*LISTENER_THRESHOLDS)
+        _holders += 1
     try:
         yield
     finally:
-        gc.set_threshold(*previous)
-        gc.unfreeze()
+        with _lock:
+            _holders -= 1
+            if _holders == 0:
+                gc.set_threshold(*_previous)
+                gc.unfreeze()
+
+
+def holders() -> int:
+    """How many `collector_tuned` blocks are open in this process now."""
+    return _holders

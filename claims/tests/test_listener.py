@@ -12,7 +12,7 @@ import nats
 import pytest
 from asgiref.sync import sync_to_async
 
-from claims.collector import LISTENER_THRESHOLDS
+from claims import collector
 from claims.listener import Listener
 from claims.listener_config import ListenerConfig
 from claims.models import (
@@ -316,23 +316,21 @@ async def test_run_stops_cleanly_when_told(nats_server, fakes):
     assert beat.details["listening"] is False
 
 
-async def test_run_tunes_the_collector_while_running_and_restores_it(
-    nats_server, fakes
-):
+async def test_run_holds_the_collector_tuned_while_running(nats_server, fakes):
     integrations, _, _, _ = fakes
-    before, frozen = gc.get_threshold(), gc.get_freeze_count()
     listener = Listener(_config(nats_server.url, uuid.uuid4().hex), integrations)
     task = asyncio.create_task(listener.run())
 
     async def tuned() -> bool:
-        return gc.get_threshold() == LISTENER_THRESHOLDS
+        return collector.holders() >= 1 and listener.listening.is_set()
 
     await _until(tuned, "the collector tuned")
-    assert gc.get_freeze_count() > frozen  # the start-up heap is frozen
+    holding = collector.holders()
+    assert gc.get_threshold() == collector.LISTENER_THRESHOLDS
+    assert gc.get_freeze_count() > 0  # the start-up heap is frozen
     listener.stop.set()
     await asyncio.wait_for(task, timeout=30)
-    assert gc.get_threshold() == before
-    assert gc.get_freeze_count() == 0
+    assert collector.holders() < holding
 
 
 async def test_unreachable_nats_is_retried_until_stopped(fakes):
