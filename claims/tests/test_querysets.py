@@ -34,7 +34,7 @@ def _records(asset, prefix: str, count: int) -> list[ClaimRecord]:
     ]
 
 
-def _columns(row) -> dict:
+def _columns(row) -> dict[str, object]:
     skip = {"id", "created_at", "updated_at"}
     return {
         f.attname: getattr(row, f.attname)

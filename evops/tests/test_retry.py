@@ -3,6 +3,8 @@ and when the in-call loop gives up."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from tenacity import RetryCallState
 
@@ -123,7 +125,7 @@ def test_a_peer_without_a_retry_after_cap_ignores_the_header():
 def via(request) -> str:
     """Each loop test runs through `PeerRetry.retrying` and through `PeerRetry.call`
     (its first try outside tenacity), which must retry alike."""
-    return request.param
+    return str(request.param)
 
 
 async def _run(
@@ -192,7 +194,9 @@ async def test_the_loop_returns_the_first_success():
 
 
 async def test_call_returns_the_first_success_and_logs_each_failed_try():
-    answers = iter([RetryableAnswer("timeout"), RetryableAnswer("timeout"), "ok"])
+    answers: Iterator[RetryableAnswer | str] = iter(
+        [RetryableAnswer("timeout"), RetryableAnswer("timeout"), "ok"]
+    )
     logged: list[tuple[int, str]] = []
 
     def log(state: RetryCallState) -> None:
