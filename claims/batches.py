@@ -21,7 +21,8 @@ from django.db import IntegrityError, transaction
 from assets.models import Asset
 from claims import inbox, issued, moves, transitions
 from claims.history import announce, event_row
-from claims.models import Actor, ClaimEvent, ClaimRecord, ClaimStatus, InboundMessage
+from claims.models import Actor, ClaimRecord, ClaimStatus, InboundMessage
+from claims.querysets import insert_rows
 from claims.transitions import REQUESTED_MESSAGE
 
 
@@ -84,8 +85,8 @@ def _record_requested_together(
                 status=ClaimStatus.REQUESTED,
             )
             new[key] = (record, r)
-    ClaimRecord.objects.bulk_create([record for record, _ in new.values()])
-    ClaimEvent.objects.bulk_create(
+    insert_rows([record for record, _ in new.values()])
+    insert_rows(
         [
             event_row(
                 record.pk,

@@ -28,6 +28,7 @@ from claims.models import (
     MessageKind,
     MessageOutcome,
 )
+from claims.querysets import insert_rows
 from claims.retry import REASON_GAVE_UP, readable_error, retry_policy
 from evops.protocol import messages as wire
 from evops.protocol.dids import DID
@@ -249,9 +250,7 @@ def _store_batch(built: list[tuple[dict[str, Any], str]]) -> list[InboundMessage
         else:
             first.append(index)
         seen_here.add(key)
-    created = InboundMessage.objects.bulk_create(
-        [InboundMessage(**built[index][0]) for index in first]
-    )
+    created = insert_rows([InboundMessage(**built[index][0]) for index in first])
     for index, row in zip(first, created, strict=True):
         rows[index] = row
         originals.setdefault(row.dedupe_key, row.pk)
@@ -259,9 +258,7 @@ def _store_batch(built: list[tuple[dict[str, Any], str]]) -> list[InboundMessage
         for index in later:
             fields = built[index][0]
             fields.update(_duplicate_of(originals[fields["dedupe_key"]]))
-        created = InboundMessage.objects.bulk_create(
-            [InboundMessage(**built[index][0]) for index in later]
-        )
+        created = insert_rows([InboundMessage(**built[index][0]) for index in later])
         rows.update(zip(later, created, strict=True))
     return [rows[index] for index in range(len(built))]
 

@@ -38,6 +38,7 @@ from claims import (
     transitions,
 )
 from claims.batches import BATCHED
+from claims.collector import collector_tuned
 from claims.dbthreads import DatabaseThreads, using
 from claims.intake import DROP_SLOW_CONSUMER, IntakeHealth, IntakeQueue
 from claims.integrations import Integrations
@@ -405,7 +406,8 @@ class Listener:
                     )
                 )
             )
-        await self.stop.wait()
+        with collector_tuned():  # the loops run from here until `stop`
+            await self.stop.wait()
         await self.shutdown(loops)
 
     async def _worker_loop(self) -> None:

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,11 @@ def send_claim_changed(record_id: int, status: str) -> bool:
     """Push one event now; True when the layer took it."""
     layer = get_channel_layer()
     if layer is None:
+        return False
+    if isinstance(layer, InMemoryChannelLayer) and not layer.groups.get(GROUP):
+        # No console socket in this process (the listener's: consoles elsewhere
+        # poll the history): nothing to push, so no hop into the event loop, which
+        # cost the listener's database threads a round trip per claim.
         return False
     try:
         async_to_sync(layer.group_send)(GROUP, claim_event(record_id, status))

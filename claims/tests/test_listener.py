@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import uuid
 from typing import Any
@@ -11,6 +12,7 @@ import nats
 import pytest
 from asgiref.sync import sync_to_async
 
+from claims import collector
 from claims.listener import Listener
 from claims.listener_config import ListenerConfig
 from claims.models import (
@@ -312,6 +314,23 @@ async def test_run_stops_cleanly_when_told(nats_server, fakes):
     beat = await ListenerHeartbeat.objects.aget(name=listener.config.name)
     assert beat.state == ConnectionState.STOPPED
     assert beat.details["listening"] is False
+
+
+async def test_run_holds_the_collector_tuned_while_running(nats_server, fakes):
+    integrations, _, _, _ = fakes
+    listener = Listener(_config(nats_server.url, uuid.uuid4().hex), integrations)
+    task = asyncio.create_task(listener.run())
+
+    async def tuned() -> bool:
+        return collector.holders() >= 1 and listener.listening.is_set()
+
+    await _until(tuned, "the collector tuned")
+    holding = collector.holders()
+    assert gc.get_threshold() == collector.LISTENER_THRESHOLDS
+    assert gc.get_freeze_count() > 0  # the start-up heap is frozen
+    listener.stop.set()
+    await asyncio.wait_for(task, timeout=30)
+    assert collector.holders() < holding
 
 
 async def test_unreachable_nats_is_retried_until_stopped(fakes):

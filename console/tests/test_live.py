@@ -128,6 +128,17 @@ async def test_history_poll_relays_changes_from_other_processes(settings):
     await communicator.disconnect()
 
 
+async def test_no_socket_in_this_process_means_nothing_to_push(monkeypatch):
+    """The listener's own process (in-memory layer, no console socket): the event is
+    not pushed at all, instead of a hop into the event loop per claim change."""
+
+    def hop(*args, **kwargs):
+        raise AssertionError("async_to_sync called with nobody listening")
+
+    monkeypatch.setattr(live, "async_to_sync", hop)
+    assert await sync_to_async(live.send_claim_changed)(5, "requested") is False
+
+
 async def test_a_broken_layer_never_breaks_the_write(monkeypatch):
     class Broken:
         async def group_send(self, group, message):

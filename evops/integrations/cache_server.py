@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 from tenacity import RetryCallState
@@ -41,6 +41,7 @@ from tenacity import RetryCallState
 from evops.integrations.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     AiohttpTransport,
+    Reply,
     ResponseTooLarge,
 )
 from evops.integrations.retry import DEFAULT_RETRY, RetryableAnswer, RetryPolicy
@@ -85,6 +86,14 @@ _REFRESH_MARGIN_SECONDS = 30.0
 _DEFAULT_TOKEN_LIFETIME = 300.0
 # How long one read of the chain's block number serves identity-token logins.
 _BLOCK_MAX_AGE_SECONDS = 1.0
+_ACCEPT = "application/json, text/plain, */*"
+
+
+def _json_dumps(value: Any) -> bytes:
+    """A request body as httpx encodes one (compact, UTF-8, no NaN)."""
+    return json.dumps(
+        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    ).encode("utf-8")
 
 
 # `CacheServerClient.store_requester`: one authenticated request of one asset.
@@ -264,7 +273,7 @@ def _canonical(did: DID | str) -> tuple[str, str]:
     return _canonical_text(did)
 
 
-def _retryable(response: httpx.Response, reason: str) -> RetryableAnswer:
+def _retryable(response: Reply, reason: str) -> RetryableAnswer:
     """A 5xx or 429 answer as a retryable outcome (a 429's Retry-After kept)."""
     status = response.status_code
     retry_after = response.headers.get("Retry-After", "") if status == 429 else ""
@@ -291,10 +300,14 @@ class _RedactRefreshToken(logging.Filter):
 
     _pattern = re.compile(r"(refresh_token=)[^&\s\"']+")
 
+    @classmethod
+    def redact(cls, text: str) -> str:
+        return cls._pattern.sub(r"\1[redacted]", text)
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "refresh_token=" in message:
-            record.msg = self._pattern.sub(r"\1[redacted]", message)
+            record.msg = self.redact(message)
             record.args = ()
         return True
 
@@ -302,7 +315,7 @@ class _RedactRefreshToken(logging.Filter):
 _REDACTOR = _RedactRefreshToken()
 
 
-def _json_body(response: httpx.Response) -> Any:
+def _json_body(response: Reply) -> Any:
     """The JSON body, or None for the server's empty 200 bodies."""
     if not response.content.strip():
         return None
@@ -316,7 +329,7 @@ def _json_body(response: httpx.Response) -> Any:
         ) from None
 
 
-def _text_body(response: httpx.Response) -> str:
+def _text_body(response: Reply) -> str:
     """A bare-text answer (claim id, CID, stored token); tolerate a JSON string."""
     text = response.text.strip()
     if text.startswith('"'):
@@ -329,7 +342,7 @@ def _text_body(response: httpx.Response) -> str:
     return text
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(response: Reply) -> str:
     """NestJS error bodies are `{"statusCode", "message", "error"}`."""
     try:
         data = response.json()
@@ -432,21 +445,26 @@ class CacheServerClient:
         self._max_sessions = max_sessions
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._timeout = timeout
+        # Without a `transport` (the tests' httpx ones), every call goes straight to
+        # the pooled aiohttp transport (`_direct`): httpx's request and response
+        # models cost more CPU per call than the exchange itself.
+        self._pool = AiohttpTransport(
+            limit=max_concurrency,
+            max_response_bytes=max_response_bytes,
+            deadline=timeout,
+        )
         self._http = httpx.AsyncClient(
             base_url=self._base,
             timeout=httpx.Timeout(timeout),
             # A bare CookieJar: httpx copies an `httpx.Cookies` into a fresh jar,
             # which would drop the policy.
             cookies=CookieJar(policy=_NoCookies()),
-            headers={"Accept": "application/json, text/plain, */*"},
-            transport=transport
-            or AiohttpTransport(
-                limit=max_concurrency,
-                max_response_bytes=max_response_bytes,
-                deadline=timeout,
-            ),
+            headers={"Accept": _ACCEPT},
+            transport=transport or self._pool,
             follow_redirects=False,
         )
+        self._exchange = self._via_httpx if transport is not None else self._direct
         self.logins = 0
         self.refreshes = 0
         httpx_logger = logging.getLogger("httpx")
@@ -456,6 +474,7 @@ class CacheServerClient:
     async def aclose(self) -> None:
         """Close the pooled connections."""
         await self._http.aclose()
+        await self._pool.aclose()
 
     async def __aenter__(self) -> CacheServerClient:
         return self
@@ -475,7 +494,7 @@ class CacheServerClient:
         params: Mapping[str, str] | None = None,
         retry_statuses: bool = True,
         retries: int | None = None,
-    ) -> httpx.Response:
+    ) -> Reply:
         """One HTTP exchange with transient-failure retries; no auth handling.
 
         Returns any response that is not transient (including 4xx); raises a transient
@@ -514,7 +533,7 @@ class CacheServerClient:
         params: Mapping[str, str] | None,
         retry_statuses: bool,
         retries: int | None,
-    ) -> httpx.Response:
+    ) -> Reply:
         headers = {"Authorization": f"Bearer {token}"} if token else None
 
         def log(state: RetryCallState) -> None:
@@ -528,23 +547,24 @@ class CacheServerClient:
             )
 
         try:
-            async for attempt in self._retry.retrying(retries=retries, log=log):
-                with attempt:
-                    return await self._attempt(
-                        method,
-                        path,
-                        json_body=json_body,
-                        params=params,
-                        headers=headers,
-                        retry_statuses=retry_statuses,
-                    )
+            return await self._retry.call(
+                lambda: self._attempt(
+                    method,
+                    path,
+                    json_body=json_body,
+                    params=params,
+                    headers=headers,
+                    retry_statuses=retry_statuses,
+                ),
+                retries=retries,
+                log=log,
+            )
         except RetryableAnswer as exc:
             raise CacheServerError(
                 f"{ERR_TRANSIENT}: {method} {path}: {exc.reason}",
                 permanent=False,
                 status=exc.status,
             ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(
         self,
@@ -555,12 +575,12 @@ class CacheServerClient:
         params: Mapping[str, str] | None,
         headers: Mapping[str, str] | None,
         retry_statuses: bool,
-    ) -> httpx.Response:
+    ) -> Reply:
         """One exchange; raises `RetryableAnswer` for what a retry may mend."""
         try:
             async with self._semaphore:
-                response = await self._http.request(
-                    method, path, json=json_body, params=params, headers=headers
+                response = await self._exchange(
+                    method, path, json_body, params, headers
                 )
         except ResponseTooLarge as exc:
             # Not retried: the same request would bring the same flood.
@@ -575,6 +595,55 @@ class CacheServerClient:
         if (status < 500 and status != 429) or not retry_statuses:
             return response
         raise _retryable(response, f"HTTP {status}")
+
+    async def _direct(
+        self,
+        method: str,
+        path: str,
+        json_body: Any,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+    ) -> Reply:
+        """One exchange on the pooled aiohttp transport (its size and time limits)."""
+        url = self._base + path
+        if params:
+            url = f"{url}?{urlencode(params)}"
+        sent = {"Accept": _ACCEPT, **headers} if headers else {"Accept": _ACCEPT}
+        body = None
+        if json_body is not None:
+            body = _json_dumps(json_body)
+            sent["Content-Type"] = "application/json"
+        reply = await self._pool.exchange(
+            method,
+            url,
+            headers=sent,
+            body=body,
+            connect=self._timeout,
+            read=self._timeout,
+        )
+        if logger.isEnabledFor(logging.DEBUG):
+            # What httpx's request log said, refresh tokens redacted likewise.
+            logger.debug(
+                "HTTP Request: %s %s %d",
+                method,
+                _RedactRefreshToken.redact(url),
+                reply.status_code,
+            )
+        return reply
+
+    async def _via_httpx(
+        self,
+        method: str,
+        path: str,
+        json_body: Any,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+    ) -> Reply:
+        """One exchange through httpx and the `transport` given (tests)."""
+        response = await self._http.request(
+            method, path, json=json_body, params=params, headers=headers
+        )
+        return Reply(response.status_code, response.content, response.headers)
 
     # --- sessions --------------------------------------------------------------------
 
@@ -683,7 +752,7 @@ class CacheServerClient:
 
     async def _identity_login(
         self, signer: Signer, did: str, *, fresh_block: bool = False
-    ) -> httpx.Response:
+    ) -> Reply:
         # The block number is read (or taken from a read of the last second) right
         # before signing: the server rejects tokens more than a few blocks old, and
         # `_send`'s retries would reuse a stale one.
@@ -691,7 +760,7 @@ class CacheServerClient:
         token = identity_token(signer, did=did, block_number=block)
         return await self._send("POST", "/v1/login", json_body={"identityToken": token})
 
-    async def _siwe_login(self, signer: Signer, did: str) -> httpx.Response:
+    async def _siwe_login(self, signer: Signer, did: str) -> Reply:
         response = await self._send("POST", "/v1/login/siwe/initiate")
         if response.status_code == 404:
             raise CacheServerError(ERR_NO_LOGIN, permanent=True, status=404)
@@ -743,7 +812,7 @@ class CacheServerClient:
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
         retry_statuses: bool = True,
-    ) -> httpx.Response:
+    ) -> Reply:
         """An authenticated call: session handling, 401 recovery, error mapping.
 
         Returns 2xx responses and 4xx ones other than 401/429, which the caller
@@ -779,7 +848,7 @@ class CacheServerClient:
         return response
 
     @staticmethod
-    def _raise_for_status(response: httpx.Response, what: str) -> None:
+    def _raise_for_status(response: Reply, what: str) -> None:
         if response.status_code >= 400:
             raise CacheServerError(
                 f"{ERR_PERMANENT}: {what}: HTTP {response.status_code} "
@@ -842,11 +911,9 @@ class CacheServerClient:
             "registrationTypes": [OFF_CHAIN],
         }
         try:
-            async for attempt in self._retry.retrying():
-                with attempt:
-                    response = await self._post_claim_request(
-                        signer, did_text, body, role
-                    )
+            response = await self._retry.call(
+                lambda: self._post_claim_request(signer, did_text, body, role)
+            )
         except RetryableAnswer as exc:
             raise CacheServerError(
                 f"{ERR_TRANSIENT}: claim request: {exc.reason}",
@@ -880,7 +947,7 @@ class CacheServerClient:
 
     async def _post_claim_request(
         self, signer: Signer, did: str, body: Mapping[str, Any], role: Role
-    ) -> httpx.Response:
+    ) -> Reply:
         """One POST of the claim request; raises `RetryableAnswer` on 5xx and 429.
 
         Quirk: an unknown role is a bare 500. The role is read then: that raises
@@ -1010,9 +1077,12 @@ class CacheServerClient:
             json: Any = None,
             params: Mapping[str, str] | None = None,
         ) -> httpx.Response:
-            return await self._call(
+            reply = await self._call(
                 signer, did_text, method, path, json_body=json, params=params
             )
+            # The store reads an httpx response (its other requester is an
+            # `httpx.AsyncClient`); not a hot path.
+            return reply.to_httpx()
 
         return request
 

@@ -10,6 +10,11 @@ stays bounded either way.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import httpx
@@ -39,6 +44,46 @@ class DeadlineExceeded(httpx.ReadTimeout):
     """The whole exchange (connect, send, every read) outlived its deadline."""
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A peer's whole answer, read within the limits (`AiohttpTransport.exchange`).
+
+    The part of `httpx.Response` the clients read (`status_code`, `content`,
+    case-insensitive `headers`, `text`, `json()`), without httpx's per-request
+    model building: a hot client calls `exchange` directly.
+    """
+
+    status_code: int
+    content: bytes
+    headers: Mapping[str, str]
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    def to_httpx(self, request: httpx.Request | None = None) -> httpx.Response:
+        """As an `httpx.Response` (the body is already decoded: encoding and
+        length headers are dropped so httpx does not decode it again)."""
+        headers = [
+            (name, value)
+            for name, value in self.headers.items()
+            if name.lower() not in _DROP_RESPONSE_HEADERS
+        ]
+        return httpx.Response(
+            self.status_code, headers=headers, content=self.content, request=request
+        )
+
+
+@functools.lru_cache(maxsize=16)
+def _timeouts(connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=None, connect=connect, sock_connect=connect, sock_read=read
+    )
+
+
 async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """The body of `response`, refusing more than `limit` bytes (after decoding).
 
@@ -64,7 +109,7 @@ _DROP_REQUEST_HEADERS = frozenset(
     {"host", "content-length", "connection", "transfer-encoding", "accept-encoding"}
 )
 _DROP_RESPONSE_HEADERS = frozenset(
-    {b"content-encoding", b"content-length", b"transfer-encoding"}
+    {"content-encoding", "content-length", "transfer-encoding"}
 )
 
 
@@ -112,39 +157,55 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
-        connect = timeouts.get("connect")
-        read = timeouts.get("read")
         headers = [
             (name, value)
             for name, value in request.headers.multi_items()
             if name.lower() not in _DROP_REQUEST_HEADERS
         ]
         body = await request.aread()
+        reply = await self.exchange(
+            request.method,
+            str(request.url),
+            headers=headers,
+            body=body or None,
+            connect=timeouts.get("connect"),
+            read=timeouts.get("read"),
+            request=request,
+        )
+        return reply.to_httpx(request)
+
+    async def exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | list[tuple[str, str]],
+        body: bytes | None,
+        connect: float | None,
+        read: float | None,
+        request: httpx.Request | None = None,
+    ) -> Reply:
+        """One exchange within the limits; errors in httpx's exception family.
+
+        `connect` bounds pool acquisition plus connecting, `read` each socket read,
+        the transport's `deadline` the whole exchange. `request` is only attached to
+        the errors (httpx's transports have one; a direct caller need not).
+        """
         deadline = asyncio.timeout(self.deadline)
         try:
             async with (
                 deadline,
                 self._client().request(
-                    request.method,
-                    str(request.url),
+                    method,
+                    url,
                     headers=headers,
-                    data=body or None,
+                    data=body,
                     allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None,
-                        connect=connect,
-                        sock_connect=connect,
-                        sock_read=read,
-                    ),
+                    timeout=_timeouts(connect, read),
                 ) as response,
             ):
                 content = await read_limited(response, self.max_response_bytes)
-                status = response.status
-                raw_headers = [
-                    (name, value)
-                    for name, value in response.raw_headers
-                    if name.lower() not in _DROP_RESPONSE_HEADERS
-                ]
+                return Reply(response.status, content, response.headers)
         except BodyTooLarge as exc:
             raise ResponseTooLarge(str(exc), request=request) from exc
         except TimeoutError as exc:
@@ -166,9 +227,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadError(
                 str(exc) or type(exc).__name__, request=request
             ) from exc
-        return httpx.Response(
-            status, headers=raw_headers, content=content, request=request
-        )
 
     async def aclose(self) -> None:
         if self._session is not None:

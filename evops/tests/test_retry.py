@@ -3,6 +3,8 @@ and when the in-call loop gives up."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from tenacity import RetryCallState
 
@@ -119,8 +121,15 @@ def test_a_peer_without_a_retry_after_cap_ignores_the_header():
 # --- the in-call loop (tenacity) ---------------------------------------------------
 
 
+@pytest.fixture(params=["retrying", "call"])
+def via(request) -> str:
+    """Each loop test runs through `PeerRetry.retrying` and through `PeerRetry.call`
+    (its first try outside tenacity), which must retry alike."""
+    return str(request.param)
+
+
 async def _run(
-    peer: PeerRetry, fail: BaseException, **kwargs
+    peer: PeerRetry, fail: BaseException, via: str = "retrying", **kwargs
 ) -> tuple[int, list[float]]:
     """Run a call that always fails with `fail`; (calls made, waits planned)."""
     calls = 0
@@ -135,33 +144,38 @@ async def _run(
         raise fail
 
     with pytest.raises(type(fail)):
-        async for attempt in peer.retrying(log=log, **kwargs):
-            with attempt:
-                await call()
+        if via == "call":
+            await peer.call(call, log=log, **kwargs)
+        else:
+            async for attempt in peer.retrying(log=log, **kwargs):
+                with attempt:
+                    await call()
     return calls, waits
 
 
 @pytest.mark.parametrize("retries", [0, 1, 4])
-async def test_the_loop_gives_up_after_the_first_try_and_its_retries(retries):
-    calls, waits = await _run(PeerRetry(retries=retries), RetryableAnswer("HTTP 503"))
+async def test_the_loop_gives_up_after_the_first_try_and_its_retries(retries, via):
+    calls, waits = await _run(
+        PeerRetry(retries=retries), RetryableAnswer("HTTP 503"), via
+    )
     assert calls == retries + 1
     assert len(waits) == retries
 
 
-async def test_a_per_call_retry_count_overrides_the_peers():
-    calls, _ = await _run(PeerRetry(retries=4), RetryableAnswer("x"), retries=0)
+async def test_a_per_call_retry_count_overrides_the_peers(via):
+    calls, _ = await _run(PeerRetry(retries=4), RetryableAnswer("x"), via, retries=0)
     assert calls == 1
 
 
-async def test_the_loop_honours_retry_after_from_the_failed_attempt():
+async def test_the_loop_honours_retry_after_from_the_failed_attempt(via):
     peer = PeerRetry(retries=2, retry_after_cap=0.02)
-    calls, waits = await _run(peer, RetryableAnswer("HTTP 429", retry_after="120"))
+    calls, waits = await _run(peer, RetryableAnswer("HTTP 429", retry_after="120"), via)
     assert calls == 3
     assert waits == [0.02, 0.02]
 
 
-async def test_errors_a_retry_cannot_mend_are_raised_at_once():
-    calls, waits = await _run(PeerRetry(retries=4), ValueError("permanent"))
+async def test_errors_a_retry_cannot_mend_are_raised_at_once(via):
+    calls, waits = await _run(PeerRetry(retries=4), ValueError("permanent"), via)
     assert (calls, waits) == (1, [])
 
 
@@ -176,6 +190,27 @@ async def test_the_loop_returns_the_first_success():
                 raise answer
             result = "ok"
     assert result == "ok"
+    assert next(answers, "spent") == "spent"
+
+
+async def test_call_returns_the_first_success_and_logs_each_failed_try():
+    answers: Iterator[RetryableAnswer | str] = iter(
+        [RetryableAnswer("timeout"), RetryableAnswer("timeout"), "ok"]
+    )
+    logged: list[tuple[int, str]] = []
+
+    def log(state: RetryCallState) -> None:
+        assert state.outcome is not None
+        logged.append((state.attempt_number, str(state.outcome.exception())))
+
+    async def call() -> str:
+        answer = next(answers)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    assert await PeerRetry(retries=4).call(call, log=log) == "ok"
+    assert logged == [(1, "timeout"), (2, "timeout")]
     assert next(answers, "spent") == "spent"
 
 

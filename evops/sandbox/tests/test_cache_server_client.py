@@ -341,7 +341,9 @@ async def test_refresh_tokens_and_access_tokens_never_reach_the_logs(
     stand_in.revoke_access_tokens()  # 401: the refresh sends the token in the query
     await client.role(asset, asset_did, ROLE)
     assert stand_in.refresh_count == 1
-    assert "refresh_token=[redacted]" in caplog.text  # httpx logged the refresh
+    # The client's debug log of each exchange (httpx's request log before it went
+    # straight to aiohttp) shows the refresh, its token redacted.
+    assert "refresh_token=[redacted]" in caplog.text
     secrets = [value for pair in issued for value in pair.values()]
     assert len(secrets) == 4
     for secret in secrets:
