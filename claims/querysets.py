@@ -50,6 +50,7 @@ class AnyOf(Lookup):  # type: ignore[type-arg]
             return f"{lhs} IN ({marks})", [*params, *values]
         return f"{lhs} = ANY(%s)", [*params, values]
 
+
 M = TypeVar("M", bound=models.Model)
 
 
