@@ -439,6 +439,10 @@ CHAIN_RPC_MAX_RESPONSE_BYTES = _int(
 )
 # Fraction added to every gas estimate (estimates can be short; see test-stack.md).
 CHAIN_GAS_MARGIN = float(_chain_decimal("CHAIN_GAS_MARGIN", "0.25"))
+# Reading many DID documents (reconciliation): JSON-RPC calls per batch request, and
+# identities whose registry history is kept (rebuilt while `changed` is unchanged).
+CHAIN_RPC_BATCH_SIZE = _int("CHAIN_RPC_BATCH_SIZE", 100, minimum=1)
+CHAIN_DOCUMENT_CACHE_SIZE = _int("CHAIN_DOCUMENT_CACHE_SIZE", 50_000, minimum=0)
 
 # --- Relay operator account (assets) -------------------------------------------------
 # The operator account that sends relayed writes (CHAIN_WRITE_MODE=relay). Empty: the

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -61,7 +62,11 @@ from evops.integrations.registry import REGISTRY_ADDRESSES
 from evops.integrations.retry import DEFAULT_RETRY, RetryPolicy
 from evops.protocol import erc1056
 from evops.protocol.dids import DID
-from evops.protocol.resolver import resolve_did_document_async
+from evops.protocol.resolver import (
+    RegistryHistoryCache,
+    resolve_did_document_async,
+    resolve_did_documents_async,
+)
 
 if TYPE_CHECKING:
     from evops.protocol.signer import Signer
@@ -212,6 +217,19 @@ def _address_word(address: str) -> bytes:
     return bytes(12) + bytes.fromhex(to_checksum_address(address)[2:])
 
 
+def _decode_logs(entries: Any) -> list[erc1056.RegistryEvent]:
+    """An `eth_getLogs` answer as registry events, in log order."""
+    return [
+        erc1056.decode_registry_log(
+            [bytes.fromhex(t[2:]) for t in entry["topics"]],
+            bytes.fromhex(entry["data"][2:]),
+            _quantity(entry["blockNumber"]),
+            _quantity(entry["logIndex"]),
+        )
+        for entry in sorted(entries, key=lambda e: _quantity(e["logIndex"]))
+    ]
+
+
 @dataclass(frozen=True)
 class _Receipt:
     block_number: int
@@ -246,6 +264,8 @@ class Chain:
         max_connections: int = 50,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         retry: RetryPolicy = DEFAULT_RETRY,
+        batch_size: int = 100,
+        document_cache_size: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -265,6 +285,9 @@ class Chain:
         self.poll_interval = poll_interval
         self.request_timeout = request_timeout
         self.max_response_bytes = max_response_bytes
+        self.batch_size = max(1, batch_size)
+        # Registry histories for `resolve_documents` (reconciliation's reads).
+        self.histories = RegistryHistoryCache(document_cache_size)
         self._retry = retry
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[str, str] = {}
@@ -350,6 +373,66 @@ class Chain:
             reason, permanent = _classify_rpc_error(exc)
             raise ChainError(reason, permanent=permanent, tx_hash=tx_hash) from exc
         return response.get("result")
+
+    async def _batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """Many calls as JSON-RPC batch requests of `batch_size`, results in order.
+
+        Any error answer, a missing one or a malformed body fails the whole read
+        (transient, like a failed single call).
+        """
+        results: list[Any] = []
+        for start in range(0, len(calls), self.batch_size):
+            chunk = calls[start : start + self.batch_size]
+            body = json.dumps(
+                [
+                    {"jsonrpc": "2.0", "id": i, "method": method, "params": params}
+                    for i, (method, params) in enumerate(chunk)
+                ]
+            ).encode()
+            answers = await self._post_batch(body, chunk[0][0], len(chunk))
+            by_id = {a.get("id"): a for a in answers if isinstance(a, Mapping)}
+            for i, (method, _) in enumerate(chunk):
+                answer = by_id.get(i)
+                if answer is None or "result" not in answer:
+                    error = answer.get("error") if answer is not None else "no answer"
+                    raise ChainError(f"{RPC_ERROR}: {method}: {error}", permanent=False)
+                results.append(answer["result"])
+        return results
+
+    async def _post_batch(self, body: bytes, method: str, count: int) -> list[Any]:
+        await self._ensure_session()
+        assert self._session is not None
+        try:
+            async with (
+                asyncio.timeout(self.request_timeout),
+                self._session.post(
+                    self.rpc_url,
+                    data=body,
+                    headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+                ) as answer,
+            ):
+                raw = await read_limited(answer, self.max_response_bytes)
+        except BodyTooLarge as exc:
+            raise ChainError(
+                f"{RPC_TOO_LARGE}: {count} x {method}: {exc}", permanent=False
+            ) from exc
+        except _TRANSPORT_ERRORS as exc:
+            reason, permanent = _classify_rpc_error(exc)
+            raise ChainError(reason, permanent=permanent) from exc
+        try:
+            answers = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ChainError(
+                f"{RPC_BAD_ANSWER}: {count} x {method}", permanent=False
+            ) from exc
+        if not isinstance(answers, list):
+            # A node that refuses batches answers one error object.
+            error = answers.get("error") if isinstance(answers, Mapping) else None
+            raise ChainError(
+                f"{RPC_BAD_ANSWER}: {count} x {method}: {error}", permanent=False
+            )
+        return answers
 
     async def _view(self, selector: bytes, address: str, block: str = "latest") -> str:
         """eth_call of a registry view taking one address; the 32-byte word as hex."""
@@ -450,21 +533,77 @@ class Chain:
                 }
             ],
         )
-        events = []
-        for entry in sorted(entries, key=lambda e: _quantity(e["logIndex"])):
-            events.append(
-                erc1056.decode_registry_log(
-                    [bytes.fromhex(t[2:]) for t in entry["topics"]],
-                    bytes.fromhex(entry["data"][2:]),
-                    _quantity(entry["blockNumber"]),
-                    _quantity(entry["logIndex"]),
-                )
+        return _decode_logs(entries)
+
+    def _view_call(self, selector: bytes, address: str) -> tuple[str, list[Any]]:
+        call = {
+            "to": self.registry_address,
+            "data": _hex(selector + _address_word(address)),
+        }
+        return ("eth_call", [call, "latest"])
+
+    async def _views(self, selector: bytes, identities: Sequence[str]) -> list[str]:
+        words = [
+            str(word)
+            for word in await self._batch(
+                [self._view_call(selector, identity) for identity in identities]
             )
-        return events
+        ]
+        if any(len(word) != 66 for word in words):
+            raise ChainError(f"{NO_REGISTRY}: {self.registry_address}", permanent=True)
+        return words
+
+    async def changed_many(self, identities: Sequence[str]) -> list[int]:
+        """`changed(identity)` of each, in JSON-RPC batches."""
+        return [_quantity(word) for word in await self._views(_CHANGED, identities)]
+
+    async def identity_owners(self, identities: Sequence[str]) -> list[str]:
+        """`identityOwner(identity)` of each, in JSON-RPC batches."""
+        words = await self._views(_IDENTITY_OWNER, identities)
+        return [to_checksum_address("0x" + word[-40:]) for word in words]
+
+    async def logs_many(
+        self, queries: Sequence[tuple[str, int]]
+    ) -> list[list[erc1056.RegistryEvent]]:
+        """`logs(identity, block)` of each (identity, block), in JSON-RPC batches."""
+        answers = await self._batch(
+            [
+                (
+                    "eth_getLogs",
+                    [
+                        {
+                            "address": self.registry_address,
+                            "fromBlock": hex(block),
+                            "toBlock": hex(block),
+                            "topics": [None, _hex(_address_word(identity))],
+                        }
+                    ],
+                )
+                for identity, block in queries
+            ]
+        )
+        return [_decode_logs(entries) for entries in answers]
 
     def reader(self) -> Chain:
         """The `AsyncRegistryReader` the protocol resolver walks."""
         return self
+
+    async def resolve_documents(self, dids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Many DID documents, by canonical DID, in JSON-RPC batches: one batch of
+        `changed` reads, and the logs and owner of the identities whose history is
+        not cached (`CHAIN_DOCUMENT_CACHE_SIZE`) or changed since. What every reader
+        sees, like `resolve_document`; histories less than `confirmations` blocks
+        deep are not kept."""
+        if not dids:
+            return {}
+        settled = await self.block_number() - self.confirmations
+        return await resolve_did_documents_async(
+            dids,
+            self,
+            now=int(time.time()),
+            cache=self.histories,
+            settled_block=settled,
+        )
 
     async def resolve_document(self, did: DID | str) -> dict[str, Any]:
         """The DID document as every reader sees it, straight from chain."""
@@ -972,5 +1111,7 @@ def chain_from_settings(
         receipt_timeout=settings.CHAIN_RECEIPT_TIMEOUT,
         gas_margin=settings.CHAIN_GAS_MARGIN,
         retry=retry,
+        batch_size=settings.CHAIN_RPC_BATCH_SIZE,
+        document_cache_size=settings.CHAIN_DOCUMENT_CACHE_SIZE,
         **extra,
     )
