@@ -82,7 +82,7 @@ async def asset_reconcile(
     )
 
 
-@dataclass
+@dataclass(eq=False)
 class _Listed:
     """One asset between listing its claims and acting on them."""
 
@@ -111,13 +111,13 @@ async def _reconcile_page(
             await _list_claims(item, integrations, actor)
 
     await asyncio.gather(*(listing(item) for item in listed))
-    holding = [item for item in listed if item.claims and not item.failed]
+    holding = {item for item in listed if item.claims and not item.failed}
     documents: dict[str, dict[str, Any]] = {}
     unread: Exception | None = None
     if holding:
         try:
             documents = await resolve_documents(
-                integrations, [item.asset.did for item in holding]
+                integrations, [item.asset.did for item in listed if item in holding]
             )
         except Exception as exc:
             unread = exc  # every asset holding a claim fails with it
