@@ -17,8 +17,9 @@ async def _issued(asset, integrations, cache) -> str:
     signer = integrations.signer_for(asset)
     role = await cache.role(None, None, "r")
     result = await cache.request_claim(signer, asset.did, role=role)
-    cache.issue(result.claim_id)
-    return result.claim_id
+    claim_id = str(result.claim_id)
+    cache.issue(claim_id)
+    return claim_id
 
 
 async def test_the_fleet_is_reconciled_page_by_page(make_asset, fakes, monkeypatch):
