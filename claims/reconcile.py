@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,9 +77,7 @@ async def asset_reconcile(
     without a write; what is missing goes through the same verify-record-publish
     path as a NATS notice, so racing the listener still gives one write.
     """
-    return await _reconcile_page(
-        [asset], integrations, actor, asyncio.Semaphore(1), None
-    )
+    return await _reconcile_page([asset], integrations, actor, 1, None)
 
 
 @dataclass(eq=False)
@@ -97,7 +95,7 @@ async def _reconcile_page(
     assets: Sequence[Asset],
     integrations: Integrations,
     actor: Actor,
-    semaphore: asyncio.Semaphore,
+    concurrency: int,
     progress: Callable[[int], object] | None,
 ) -> ReconcileResult:
     known = await db(selectors.known_claims)([asset.pk for asset in assets])
@@ -105,43 +103,59 @@ async def _reconcile_page(
         _Listed(asset, ReconcileResult(assets=1), known.get(asset.pk, _NOTHING_KNOWN))
         for asset in assets
     ]
-
-    async def listing(item: _Listed) -> None:
-        async with semaphore:
-            await _list_claims(item, integrations, actor)
-
-    await asyncio.gather(*(listing(item) for item in listed))
-    holding = {item for item in listed if item.claims and not item.failed}
     documents: dict[str, dict[str, Any]] = {}
-    unread: Exception | None = None
-    if holding:
-        try:
-            documents = await resolve_documents(
-                integrations, [item.asset.did for item in listed if item in holding]
-            )
-        except Exception as exc:
-            unread = exc  # every asset holding a claim fails with it
 
-    async def acting(item: _Listed) -> None:
-        if item in holding:
-            if unread is not None:
-                _failed(item, unread)
-            else:
-                async with semaphore:
-                    await _act(item, documents, integrations, actor)
+    def done(item: _Listed) -> None:
+        if not item.failed:
+            metrics.RECONCILE_RUNS.labels("done" if item.claims else "nothing").inc()
         if progress is not None:
             progress(1)
 
-    await asyncio.gather(*(acting(item) for item in listed))
+    async def listing(item: _Listed) -> None:
+        await _list_claims(item, integrations, actor)
+        if item.failed or not item.claims:
+            done(item)
+
+    async def acting(item: _Listed) -> None:
+        await _act(item, documents, integrations, actor)
+        done(item)
+
+    await _each(listed, concurrency, listing)
+    holding = [item for item in listed if item.claims and not item.failed]
+    if holding:
+        try:
+            documents = await resolve_documents(
+                integrations, [item.asset.did for item in holding]
+            )
+        except Exception as exc:
+            for item in holding:  # each asset holding a claim fails with it
+                _failed(item, exc)
+                done(item)
+            holding = []
+    await _each(holding, concurrency, acting)
     total = ReconcileResult()
     for item in listed:
-        if not item.failed:
-            metrics.RECONCILE_RUNS.labels("done" if item.claims else "nothing").inc()
         total.add(item.result)
     return total
 
 
 _NOTHING_KNOWN = selectors.KnownClaims()
+
+
+async def _each(
+    items: Sequence[_Listed],
+    workers: int,
+    work: Callable[[_Listed], Awaitable[None]],
+) -> None:
+    """`work(item)` for every item, at most `workers` at once: a few tasks that
+    each take the next item when done, not a task per item."""
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            await work(item)
+
+    await asyncio.gather(*(worker() for _ in range(min(max(1, workers), len(items)))))
 
 
 async def _list_claims(item: _Listed, integrations: Integrations, actor: Actor) -> None:
@@ -169,7 +183,7 @@ async def _act(
 ) -> None:
     asset, result = item.asset, item.result
     try:
-        document = documents[DID.parse(asset.did).canonical]
+        document = documents.get(asset.did) or documents[DID.parse(asset.did).canonical]
         for claim, token in item.claims:
             sha = token_sha256(token)
             entry = find_service_by_hash(document, sha)
@@ -252,10 +266,11 @@ async def reconcile_assets(
     """Reconcile many assets with bounded concurrency; `progress(n)` after each."""
     total = ReconcileResult()
     await db(transitions.claims_release_stale_publishing)(actor=actor)
-    semaphore = asyncio.Semaphore(max(1, concurrency))
     for start in range(0, len(assets), PAGE_SIZE):
         page = assets[start : start + PAGE_SIZE]
-        total.add(await _reconcile_page(page, integrations, actor, semaphore, progress))
+        total.add(
+            await _reconcile_page(page, integrations, actor, concurrency, progress)
+        )
     return total
 
 
@@ -266,11 +281,10 @@ async def reconcile_active_assets(
     fleet is never all in memory)."""
     total = ReconcileResult()
     await db(transitions.claims_release_stale_publishing)(actor=actor)
-    semaphore = asyncio.Semaphore(max(1, concurrency))
     after_id = 0
     while page := await db(selectors.active_assets_page)(
         after_id=after_id, limit=PAGE_SIZE
     ):
-        total.add(await _reconcile_page(page, integrations, actor, semaphore, None))
+        total.add(await _reconcile_page(page, integrations, actor, concurrency, None))
         after_id = page[-1].pk
     return total

@@ -217,6 +217,15 @@ def _address_word(address: str) -> bytes:
     return bytes(12) + bytes.fromhex(to_checksum_address(address)[2:])
 
 
+def _identity_word(address: str) -> bytes:
+    """`_address_word` for an address taken from a parsed DID (already checked):
+    no second checksum, which costs a keccak per identity of a batch."""
+    raw = bytes.fromhex(address.removeprefix("0x"))
+    if len(raw) != 20:
+        raise ValueError(f"not an address: {address!r}")
+    return bytes(12) + raw
+
+
 def _decode_logs(entries: Any) -> list[erc1056.RegistryEvent]:
     """An `eth_getLogs` answer as registry events, in log order."""
     return [
@@ -538,7 +547,7 @@ class Chain:
     def _view_call(self, selector: bytes, address: str) -> tuple[str, list[Any]]:
         call = {
             "to": self.registry_address,
-            "data": _hex(selector + _address_word(address)),
+            "data": _hex(selector + _identity_word(address)),
         }
         return ("eth_call", [call, "latest"])
 
@@ -575,7 +584,7 @@ class Chain:
                             "address": self.registry_address,
                             "fromBlock": hex(block),
                             "toBlock": hex(block),
-                            "topics": [None, _hex(_address_word(identity))],
+                            "topics": [None, _hex(_identity_word(identity))],
                         }
                     ],
                 )
