@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from evops.integrations.chain import RPC_BAD_ANSWER, ChainError
+from evops.integrations.chain import RPC_BAD_ANSWER, ChainError, chain_from_settings
 from evops.protocol import erc1056
 from evops.protocol.keys import LocalKeySigner
 from evops.sandbox.peers import Anvil
@@ -126,3 +126,11 @@ async def test_a_failed_batch_is_a_transient_error(answer):
     finally:
         await chain.aclose()
         server.close()
+
+
+def test_batched_reads_are_configured_from_settings(settings):
+    settings.CHAIN_RPC_URL = "http://127.0.0.1:1"
+    settings.CHAIN_RPC_BATCH_SIZE = 7
+    settings.CHAIN_DOCUMENT_CACHE_SIZE = 123
+    chain = chain_from_settings(read_only=True)
+    assert (chain.batch_size, chain.histories.size) == (7, 123)
