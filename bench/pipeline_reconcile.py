@@ -15,7 +15,8 @@ with the settings' concurrency, in four passes:
    claim on the stand-in, the service entry in its DID document on chain, written
    directly on anvil before the pass); evops records what it finds;
 4. steady fleet: the same again, what a running listener pays every interval, one
-   DID-document read per asset.
+   DID-document read per asset (in JSON-RPC batches per page of assets: a
+   `changed(identity)` call each, the logs only of identities changed since).
 
 Goals: <= 15 raw signatures of CPU per asset with nothing to do (pass 2); the steady
 fleet under 60 s for 10,000 assets (pass 4); cost linear in N (`--count 50000`,

@@ -60,6 +60,10 @@ class Chain(Protocol):
 
     async def resolve_document(self, did: str) -> dict[str, Any]: ...
 
+    async def resolve_documents(
+        self, dids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]: ...
+
 
 @dataclass
 class Integrations:

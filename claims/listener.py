@@ -341,9 +341,7 @@ class Listener:
 
     async def reconcile_once(self) -> reconcile.ReconcileResult:
         with using(self.db_threads):
-            assets = await self.db_threads.wrap(selectors.assets_for_reconciliation)()
-            result = await reconcile.reconcile_assets(
-                assets=assets,
+            result = await reconcile.reconcile_active_assets(
                 integrations=self.integrations,
                 actor=RECONCILER,
                 concurrency=self.config.reconcile_concurrency,

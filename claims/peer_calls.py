@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from assets.models import Asset, SignerBackend
@@ -80,3 +81,11 @@ def find_service_by_hash(document: dict[str, Any], sha: str) -> dict[str, Any] |
 async def resolve_document(integrations: Integrations, did: str) -> dict[str, Any]:
     with metrics.timed(metrics.CHAIN_LATENCY, "resolve"):
         return await integrations.chain.resolve_document(did)
+
+
+async def resolve_documents(
+    integrations: Integrations, dids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Many DID documents read together, by canonical DID."""
+    with metrics.timed(metrics.CHAIN_LATENCY, "resolve_many"):
+        return await integrations.chain.resolve_documents(dids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db.models import Count, Min
@@ -41,14 +42,48 @@ def asset_for_claim_id(claim_id: str) -> Asset | None:
 
 
 def assets_for_reconciliation(dids: Sequence[str] | None = None) -> list[Asset]:
-    """Active assets, or the ones named (by DID or address), in id order."""
+    """Active assets, or the ones named (by DID or address), in id order, each with
+    its sealed key (reconciliation builds every asset's signer)."""
     query = Asset.objects.filter(active=True)
     if dids:
         from evops.protocol.dids import DID
 
         addresses = [DID.parse(text).address for text in dids]
         query = Asset.objects.filter(address__in=addresses)
-    return list(query.order_by("id"))
+    return list(query.select_related("key").order_by("id"))
+
+
+def active_assets_page(*, after_id: int, limit: int) -> list[Asset]:
+    """The next `limit` active assets with an id above `after_id`, in id order, each
+    with its sealed key (reconciliation pages through the fleet)."""
+    return list(
+        Asset.objects.filter(active=True, id__gt=after_id)
+        .select_related("key")
+        .order_by("id")[:limit]
+    )
+
+
+@dataclass(frozen=True)
+class KnownClaims:
+    """One asset's claim ids evops waits on (`requested`) and holds `published`."""
+
+    waiting: frozenset[str] = frozenset()
+    published: frozenset[str] = frozenset()
+
+
+def known_claims(asset_ids: Sequence[int]) -> dict[int, KnownClaims]:
+    """`KnownClaims` of each asset, in one query (assets without any left out)."""
+    rows: dict[int, tuple[set[str], set[str]]] = {}
+    for asset_id, claim_id, status in ClaimRecord.objects.filter(
+        asset_id__in=asset_ids,
+        status__in=(ClaimStatus.REQUESTED, ClaimStatus.PUBLISHED),
+    ).values_list("asset_id", "claim_id", "status"):
+        waiting, published = rows.setdefault(asset_id, (set(), set()))
+        (waiting if status == ClaimStatus.REQUESTED else published).add(claim_id)
+    return {
+        asset_id: KnownClaims(frozenset(waiting), frozenset(published))
+        for asset_id, (waiting, published) in rows.items()
+    }
 
 
 LIFECYCLE_MANAGED = (
@@ -98,16 +133,6 @@ def reusable_service_id(
         .first()
     )
     return by_hash.get(known, "") if known else ""
-
-
-def open_claim_ids(asset_id: int) -> set[str]:
-    """Claims of an asset evops filed and still waits on (reconciliation re-reads
-    them by id: a rejection or issuance sent while evops was down is found)."""
-    return set(
-        ClaimRecord.objects.filter(
-            asset_id=asset_id, status=ClaimStatus.REQUESTED
-        ).values_list("claim_id", flat=True)
-    )
 
 
 def inbox_backlog(now: datetime | None = None) -> tuple[int, float]:

@@ -441,6 +441,9 @@ CHAIN_RPC_MAX_RESPONSE_BYTES = _int(
 CHAIN_RPC_BATCH = _int("CHAIN_RPC_BATCH", 50, minimum=1)
 # Fraction added to every gas estimate (estimates can be short; see test-stack.md).
 CHAIN_GAS_MARGIN = float(_chain_decimal("CHAIN_GAS_MARGIN", "0.25"))
+# Reading many DID documents (reconciliation; its calls batched by CHAIN_RPC_BATCH):
+# identities whose registry history is kept (rebuilt while `changed` is unchanged).
+CHAIN_DOCUMENT_CACHE_SIZE = _int("CHAIN_DOCUMENT_CACHE_SIZE", 50_000, minimum=0)
 
 # --- Relay operator account (assets) -------------------------------------------------
 # The operator account that sends relayed writes (CHAIN_WRITE_MODE=relay). Empty: the

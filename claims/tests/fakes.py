@@ -7,6 +7,7 @@ the pipeline be exercised one step at a time, with failures injected on demand.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -206,6 +207,13 @@ class FakeChain:
             "id": did,
             "publicKey": keys,
             "service": list(self.documents.get(address, {}).values()),
+        }
+
+    async def resolve_documents(self, dids: Sequence[str]) -> dict[str, Any]:
+        if self.fail_resolve:
+            raise self.fail_resolve.pop(0)
+        return {
+            DID.parse(did).canonical: await self.resolve_document(did) for did in dids
         }
 
 

@@ -1013,7 +1013,7 @@ class CacheServerClient:
 
     async def accepted_claims(self, signer: Signer, did: DID | str) -> list[RoleClaim]:
         """The asset's accepted claims (reconciliation's source of truth)."""
-        did_text = DID.coerce(did).canonical
+        did_text, _ = _canonical(did)
         response = await self._call(
             signer,
             did_text,

@@ -41,7 +41,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -65,7 +65,11 @@ from evops.integrations.registry import REGISTRY_ADDRESSES
 from evops.integrations.retry import DEFAULT_RETRY, RetryPolicy
 from evops.protocol import erc1056
 from evops.protocol.dids import DID
-from evops.protocol.resolver import resolve_did_document_async
+from evops.protocol.resolver import (
+    RegistryHistoryCache,
+    resolve_did_document_async,
+    resolve_did_documents_async,
+)
 
 if TYPE_CHECKING:
     from evops.protocol.signer import Signer
@@ -223,6 +227,10 @@ def _address_word(address: str) -> bytes:
     return bytes(12) + bytes.fromhex(to_checksum_address(address)[2:])
 
 
+class _BatchTooLarge(Exception):
+    """A batch's answers together are larger than one answer may be."""
+
+
 @dataclass
 class _Call:
     """One JSON-RPC call waiting to go out with the others (`Chain._raw`)."""
@@ -257,6 +265,28 @@ class _Call:
             self.future.set_exception(exc)
         else:
             self.future.cancel()
+
+
+def _identity_word(address: str) -> bytes:
+    """`_address_word` for an address taken from a parsed DID (already checked):
+    no second checksum, which costs a keccak per identity of a batch."""
+    raw = bytes.fromhex(address.removeprefix("0x"))
+    if len(raw) != 20:
+        raise ValueError(f"not an address: {address!r}")
+    return bytes(12) + raw
+
+
+def _decode_logs(entries: Any) -> list[erc1056.RegistryEvent]:
+    """An `eth_getLogs` answer as registry events, in log order."""
+    return [
+        erc1056.decode_registry_log(
+            [bytes.fromhex(t[2:]) for t in entry["topics"]],
+            bytes.fromhex(entry["data"][2:]),
+            _quantity(entry["blockNumber"]),
+            _quantity(entry["logIndex"]),
+        )
+        for entry in sorted(entries, key=lambda e: _quantity(e["logIndex"]))
+    ]
 
 
 @dataclass(frozen=True)
@@ -294,6 +324,7 @@ class Chain:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         retry: RetryPolicy = DEFAULT_RETRY,
         max_batch: int = DEFAULT_MAX_BATCH,
+        document_cache_size: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -314,6 +345,8 @@ class Chain:
         self.request_timeout = request_timeout
         self.max_response_bytes = max_response_bytes
         self.max_batch = max(1, int(max_batch))
+        # Registry histories for `resolve_documents` (reconciliation's reads).
+        self.histories = RegistryHistoryCache(document_cache_size)
         self._retry = retry
         # Calls made while the event loop is busy, sent together (`_raw`).
         self._queue: list[_Call] = []
@@ -393,7 +426,13 @@ class Chain:
                     await self._exchange(call.method, call.params, tx_hash=call.tx_hash)
                 )
                 return
-            answers = await self._exchange_batch(calls)
+            try:
+                answers = await self._exchange_batch(calls)
+            except _BatchTooLarge:
+                # Their answers together pass the limit: each on its own, each with
+                # the whole limit (memory stays bounded by one limit per exchange).
+                await asyncio.gather(*(self._send_batch([c]) for c in calls))
+                return
             if answers is None:
                 # Refused as a batch: every call on its own, now and from now on.
                 self._batches_refused = True
@@ -413,7 +452,8 @@ class Chain:
     ) -> list[Mapping[str, Any] | ChainError] | None:
         """One HTTP exchange carrying `calls`; their answers in order (None: the node
         does not take batches). Limits as for one call: `request_timeout` for the
-        exchange, `max_response_bytes` per call."""
+        exchange, `max_response_bytes` for the whole answer (`_BatchTooLarge` past it,
+        and the calls go out one by one)."""
         assert self._session is not None
         body = json.dumps(
             [
@@ -433,11 +473,9 @@ class Chain:
                     timeout=aiohttp.ClientTimeout(total=self.request_timeout),
                 ) as answer,
             ):
-                raw = await read_limited(answer, self.max_response_bytes * len(calls))
+                raw = await read_limited(answer, self.max_response_bytes)
         except BodyTooLarge as exc:
-            raise ChainError(
-                f"{RPC_TOO_LARGE}: {methods}: {exc}", permanent=False
-            ) from exc
+            raise _BatchTooLarge(methods) from exc
         except _TRANSPORT_ERRORS as exc:
             reason, permanent = _classify_rpc_error(exc)
             raise ChainError(reason, permanent=permanent) from exc
@@ -510,6 +548,30 @@ class Chain:
             reason, permanent = _classify_rpc_error(exc)
             raise ChainError(reason, permanent=permanent, tx_hash=tx_hash) from exc
         return response.get("result")
+
+    async def _batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """Many calls at once, results in order.
+
+        They are made together, so `_raw` sends them as JSON-RPC batches of at most
+        `max_batch` (`CHAIN_RPC_BATCH`). Any error answer, a missing one or a
+        malformed body fails the whole read, as transient as a failed single call
+        (a read is tried again by the next pass).
+        """
+        answers = await asyncio.gather(
+            *(self._raw(method, params) for method, params in calls),
+            return_exceptions=True,
+        )
+        results: list[Any] = []
+        for (method, _), answer in zip(calls, answers, strict=True):
+            if isinstance(answer, ChainError):
+                raise ChainError(answer.reason, permanent=False) from answer
+            if isinstance(answer, BaseException):
+                raise answer
+            if "result" not in answer:
+                error = answer.get("error", "no result")
+                raise ChainError(f"{RPC_ERROR}: {method}: {error}", permanent=False)
+            results.append(answer["result"])
+        return results
 
     async def _view(self, selector: bytes, address: str, block: str = "latest") -> str:
         """eth_call of a registry view taking one address; the 32-byte word as hex."""
@@ -612,21 +674,77 @@ class Chain:
                 }
             ],
         )
-        events = []
-        for entry in sorted(entries, key=lambda e: _quantity(e["logIndex"])):
-            events.append(
-                erc1056.decode_registry_log(
-                    [bytes.fromhex(t[2:]) for t in entry["topics"]],
-                    bytes.fromhex(entry["data"][2:]),
-                    _quantity(entry["blockNumber"]),
-                    _quantity(entry["logIndex"]),
-                )
+        return _decode_logs(entries)
+
+    def _view_call(self, selector: bytes, address: str) -> tuple[str, list[Any]]:
+        call = {
+            "to": self.registry_address,
+            "data": _hex(selector + _identity_word(address)),
+        }
+        return ("eth_call", [call, "latest"])
+
+    async def _views(self, selector: bytes, identities: Sequence[str]) -> list[str]:
+        words = [
+            str(word)
+            for word in await self._batch(
+                [self._view_call(selector, identity) for identity in identities]
             )
-        return events
+        ]
+        if any(len(word) != 66 for word in words):
+            raise ChainError(f"{NO_REGISTRY}: {self.registry_address}", permanent=True)
+        return words
+
+    async def changed_many(self, identities: Sequence[str]) -> list[int]:
+        """`changed(identity)` of each, in JSON-RPC batches."""
+        return [_quantity(word) for word in await self._views(_CHANGED, identities)]
+
+    async def identity_owners(self, identities: Sequence[str]) -> list[str]:
+        """`identityOwner(identity)` of each, in JSON-RPC batches."""
+        words = await self._views(_IDENTITY_OWNER, identities)
+        return [to_checksum_address("0x" + word[-40:]) for word in words]
+
+    async def logs_many(
+        self, queries: Sequence[tuple[str, int]]
+    ) -> list[list[erc1056.RegistryEvent]]:
+        """`logs(identity, block)` of each (identity, block), in JSON-RPC batches."""
+        answers = await self._batch(
+            [
+                (
+                    "eth_getLogs",
+                    [
+                        {
+                            "address": self.registry_address,
+                            "fromBlock": hex(block),
+                            "toBlock": hex(block),
+                            "topics": [None, _hex(_identity_word(identity))],
+                        }
+                    ],
+                )
+                for identity, block in queries
+            ]
+        )
+        return [_decode_logs(entries) for entries in answers]
 
     def reader(self) -> Chain:
         """The `AsyncRegistryReader` the protocol resolver walks."""
         return self
+
+    async def resolve_documents(self, dids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Many DID documents, by canonical DID, in JSON-RPC batches: one batch of
+        `changed` reads, and the logs and owner of the identities whose history is
+        not cached (`CHAIN_DOCUMENT_CACHE_SIZE`) or changed since. What every reader
+        sees, like `resolve_document`; histories less than `confirmations` blocks
+        deep are not kept."""
+        if not dids:
+            return {}
+        settled = await self.block_number() - self.confirmations
+        return await resolve_did_documents_async(
+            dids,
+            self,
+            now=int(time.time()),
+            cache=self.histories,
+            settled_block=settled,
+        )
 
     async def resolve_document(self, did: DID | str) -> dict[str, Any]:
         """The DID document as every reader sees it, straight from chain."""
@@ -1135,5 +1253,6 @@ def chain_from_settings(
         receipt_timeout=settings.CHAIN_RECEIPT_TIMEOUT,
         gas_margin=settings.CHAIN_GAS_MARGIN,
         retry=retry,
+        document_cache_size=settings.CHAIN_DOCUMENT_CACHE_SIZE,
         **extra,
     )

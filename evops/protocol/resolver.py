@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -36,13 +38,17 @@ ERR_HISTORY_TOO_LONG = "registry history is longer than the resolver's limit"
 
 __all__ = [
     "AsyncRegistryReader",
+    "BatchRegistryReader",
     "RegistryEvent",
+    "RegistryHistory",
+    "RegistryHistoryCache",
     "RegistryReader",
     "build_did_document",
     "find_service_by_hash",
     "find_service_for_claim",
     "resolve_did_document",
     "resolve_did_document_async",
+    "resolve_did_documents_async",
 ]
 
 
@@ -72,6 +78,60 @@ class AsyncRegistryReader(Protocol):
     ) -> Sequence[RegistryEvent]: ...
 
     async def identity_owner(self, identity: str) -> str: ...
+
+
+class BatchRegistryReader(Protocol):
+    """`AsyncRegistryReader` for many identities per call (JSON-RPC batches)."""
+
+    async def changed_many(self, identities: Sequence[str]) -> list[int]: ...
+
+    async def logs_many(
+        self, queries: Sequence[tuple[str, int]]
+    ) -> Sequence[Sequence[RegistryEvent]]: ...
+
+    async def identity_owners(self, identities: Sequence[str]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class RegistryHistory:
+    """What the walk read for one identity: its events up to `changed`, its owner."""
+
+    changed: int
+    events: tuple[RegistryEvent, ...]
+    owner: str
+
+
+class RegistryHistoryCache:
+    """Registry histories by identity address, at most `size` (least recently used
+    dropped first).
+
+    ERC-1056 sets `changed[identity]` to the current block on every change of the
+    identity (attribute, delegate, owner), so a history read when `changed` was N
+    is still the whole history while `changed` reads N: the document is rebuilt
+    from it (validity is judged at each build) without reading the logs again.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(0, size)
+        self._entries: OrderedDict[str, RegistryHistory] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, address: str, changed: int) -> RegistryHistory | None:
+        entry = self._entries.get(address)
+        if entry is None or entry.changed != changed:
+            return None
+        self._entries.move_to_end(address)
+        return entry
+
+    def put(self, address: str, history: RegistryHistory) -> None:
+        if not self.size:
+            return
+        self._entries[address] = history
+        self._entries.move_to_end(address)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
 
 
 def _now_seconds(now: datetime | float) -> float:
@@ -141,6 +201,69 @@ async def resolve_did_document_async(
         block = _next_block(block, found)
     owner = await reader.identity_owner(subject.address)
     return build_did_document(subject, events, owner=owner, now=now)
+
+
+async def resolve_did_documents_async(
+    dids: Sequence[DID | str],
+    reader: BatchRegistryReader,
+    *,
+    now: datetime | float,
+    cache: RegistryHistoryCache | None = None,
+    settled_block: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Many DID documents at once, by canonical DID: the same walk as
+    `resolve_did_document_async`, one level of every identity's history per call.
+
+    `changed` is read for every identity; an identity whose `changed` matches its
+    history in `cache` is rebuilt from it without reading logs or owner. A history
+    read now is kept in `cache` only if its newest change is at or below
+    `settled_block` (deep enough that a reorganisation will not replace it).
+    """
+    subjects = list({s.canonical: s for s in map(DID.coerce, dids)}.values())
+    if not subjects:
+        return {}
+    changed = await reader.changed_many([s.address for s in subjects])
+    histories: dict[str, RegistryHistory] = {}
+    todo: list[tuple[DID, int]] = []
+    for subject, block in zip(subjects, changed, strict=True):
+        hit = cache.get(subject.address, block) if cache is not None else None
+        if hit is not None:
+            histories[subject.canonical] = hit
+        else:
+            todo.append((subject, block))
+    if todo:
+        events: dict[str, list[RegistryEvent]] = {s.canonical: [] for s, _ in todo}
+        frontier = [(s, block) for s, block in todo if block]
+        visited = 0
+        while frontier:
+            visited += 1
+            if visited > MAX_HISTORY_BLOCKS:
+                raise ProtocolError(ERR_HISTORY_TOO_LONG)
+            answers = await reader.logs_many([(s.address, b) for s, b in frontier])
+            following: list[tuple[DID, int]] = []
+            for (subject, block), logs in zip(frontier, answers, strict=True):
+                found = _own_events(subject, logs)
+                events[subject.canonical].extend(found)
+                if older := _next_block(block, found):
+                    following.append((subject, older))
+            frontier = following
+        owners = await reader.identity_owners([s.address for s, _ in todo])
+        for (subject, block), owner in zip(todo, owners, strict=True):
+            history = RegistryHistory(
+                changed=block, events=tuple(events[subject.canonical]), owner=owner
+            )
+            histories[subject.canonical] = history
+            if cache is not None and (settled_block is None or block <= settled_block):
+                cache.put(subject.address, history)
+    return {
+        subject.canonical: build_did_document(
+            subject,
+            histories[subject.canonical].events,
+            owner=histories[subject.canonical].owner,
+            now=now,
+        )
+        for subject in subjects
+    }
 
 
 def _public_key_entry(

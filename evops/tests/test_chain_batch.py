@@ -135,6 +135,25 @@ async def test_a_node_refusing_batches_gets_single_calls(serve):
     assert len(node.bodies) == 7
 
 
+async def test_a_batch_answer_past_the_size_limit_is_asked_again_call_by_call(serve):
+    node = Node()
+    chain = await serve(node)
+    await chain.block_number()
+    # One answer fits the limit, four together do not: memory stays bounded by one
+    # limit per exchange, and the calls still get their answers, one by one.
+    chain.max_response_bytes = len(json.dumps(node.answer(_call()))) * 2
+    node.bodies.clear()
+    results = await asyncio.gather(*(chain.changed(IDENTITY) for _ in range(4)))
+    assert results == [7] * 4
+    assert isinstance(node.bodies[0], list)
+    assert [type(body) for body in node.bodies[1:]] == [dict] * 4
+    assert not chain._batches_refused  # the next burst is batched again
+
+
+def _call() -> dict[str, Any]:
+    return {"id": 0, "method": "eth_call", "params": [{"data": "0x" + "22" * 36}]}
+
+
 async def test_a_dead_node_fails_every_caller_with_its_own_error():
     chain = Chain(
         "http://127.0.0.1:9/",  # discard port: nothing listens

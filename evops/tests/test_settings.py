@@ -297,6 +297,7 @@ def test_plain_peer_is_fine_without_deploy():
         ("CACHE_SERVER_MAX_RESPONSE_BYTES", "10", "CACHE_SERVER_MAX_RESPONSE_BYTES"),
         ("CACHE_SERVER_DEADLINE", "0", "CACHE_SERVER_DEADLINE must be more than 0"),
         ("CHAIN_RPC_MAX_RESPONSE_BYTES", "x", "CHAIN_RPC_MAX_RESPONSE_BYTES"),
+        ("CHAIN_DOCUMENT_CACHE_SIZE", "-1", "CHAIN_DOCUMENT_CACHE_SIZE must be at"),
         ("CREDENTIAL_STORE_MAX_RESPONSE_BYTES", "-1", "CREDENTIAL_STORE_MAX"),
     ],
 )
