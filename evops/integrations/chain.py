@@ -267,6 +267,11 @@ class _Call:
             self.future.cancel()
 
 
+def _word_address(word: str) -> str:
+    """The address in a 32-byte word (hex), checksummed."""
+    return to_checksum_address("0x" + word[-40:])
+
+
 def _identity_word(address: str) -> bytes:
     """`_address_word` for an address taken from a parsed DID (already checked):
     no second checksum, which costs a keccak per identity of a batch."""
@@ -575,14 +580,32 @@ class Chain:
 
     async def _view(self, selector: bytes, address: str, block: str = "latest") -> str:
         """eth_call of a registry view taking one address; the 32-byte word as hex."""
-        call = {
-            "to": self.registry_address,
-            "data": _hex(selector + _address_word(address)),
-        }
-        result = str(await self._request("eth_call", [call, block]))
-        if len(result) != 66:
+        call = self._view_call(selector, _address_word(address), block)
+        return self._registry_word(await self._request(*call))
+
+    def _view_call(
+        self, selector: bytes, word: bytes, block: str = "latest"
+    ) -> tuple[str, list[Any]]:
+        """The eth_call of a registry view taking one address word."""
+        call = {"to": self.registry_address, "data": _hex(selector + word)}
+        return ("eth_call", [call, block])
+
+    def _registry_word(self, result: Any) -> str:
+        """A view's answer as a 32-byte word; anything else: no registry there."""
+        word = str(result)
+        if len(word) != 66:
             raise ChainError(f"{NO_REGISTRY}: {self.registry_address}", permanent=True)
-        return result
+        return word
+
+    def _logs_call(self, word: bytes, block: int) -> tuple[str, list[Any]]:
+        """The eth_getLogs of the registry's events for one identity in one block."""
+        query = {
+            "address": self.registry_address,
+            "fromBlock": hex(block),
+            "toBlock": hex(block),
+            "topics": [None, _hex(word)],
+        }
+        return ("eth_getLogs", [query])
 
     async def _ensure_session(self) -> None:
         """Give the provider a pooled keep-alive session on this event loop.
@@ -656,43 +679,19 @@ class Chain:
         return _quantity(await self._view(_NONCE, identity))
 
     async def identity_owner(self, identity: str) -> str:
-        word = await self._view(_IDENTITY_OWNER, identity)
-        return to_checksum_address("0x" + word[-40:])
+        return _word_address(await self._view(_IDENTITY_OWNER, identity))
 
     async def logs(
         self, identity: str, block_number: int
     ) -> list[erc1056.RegistryEvent]:
         """Every registry event for `identity` in one block, in log order."""
-        entries = await self._request(
-            "eth_getLogs",
-            [
-                {
-                    "address": self.registry_address,
-                    "fromBlock": hex(block_number),
-                    "toBlock": hex(block_number),
-                    "topics": [None, _hex(_address_word(identity))],
-                }
-            ],
-        )
-        return _decode_logs(entries)
-
-    def _view_call(self, selector: bytes, address: str) -> tuple[str, list[Any]]:
-        call = {
-            "to": self.registry_address,
-            "data": _hex(selector + _identity_word(address)),
-        }
-        return ("eth_call", [call, "latest"])
+        call = self._logs_call(_address_word(identity), block_number)
+        return _decode_logs(await self._request(*call))
 
     async def _views(self, selector: bytes, identities: Sequence[str]) -> list[str]:
-        words = [
-            str(word)
-            for word in await self._batch(
-                [self._view_call(selector, identity) for identity in identities]
-            )
-        ]
-        if any(len(word) != 66 for word in words):
-            raise ChainError(f"{NO_REGISTRY}: {self.registry_address}", permanent=True)
-        return words
+        """`_view` of each identity, the calls made together (JSON-RPC batches)."""
+        calls = [self._view_call(selector, _identity_word(i)) for i in identities]
+        return [self._registry_word(result) for result in await self._batch(calls)]
 
     async def changed_many(self, identities: Sequence[str]) -> list[int]:
         """`changed(identity)` of each, in JSON-RPC batches."""
@@ -701,29 +700,14 @@ class Chain:
     async def identity_owners(self, identities: Sequence[str]) -> list[str]:
         """`identityOwner(identity)` of each, in JSON-RPC batches."""
         words = await self._views(_IDENTITY_OWNER, identities)
-        return [to_checksum_address("0x" + word[-40:]) for word in words]
+        return [_word_address(word) for word in words]
 
     async def logs_many(
         self, queries: Sequence[tuple[str, int]]
     ) -> list[list[erc1056.RegistryEvent]]:
         """`logs(identity, block)` of each (identity, block), in JSON-RPC batches."""
-        answers = await self._batch(
-            [
-                (
-                    "eth_getLogs",
-                    [
-                        {
-                            "address": self.registry_address,
-                            "fromBlock": hex(block),
-                            "toBlock": hex(block),
-                            "topics": [None, _hex(_identity_word(identity))],
-                        }
-                    ],
-                )
-                for identity, block in queries
-            ]
-        )
-        return [_decode_logs(entries) for entries in answers]
+        calls = [self._logs_call(_identity_word(i), block) for i, block in queries]
+        return [_decode_logs(entries) for entries in await self._batch(calls)]
 
     def reader(self) -> Chain:
         """The `AsyncRegistryReader` the protocol resolver walks."""
@@ -775,34 +759,7 @@ class Chain:
         (same name and value) was sent but its receipt never arrived, its result is
         returned once mined instead of writing the attribute twice.
         """
-        await self._ensure_chain()
-        identity = to_checksum_address(asset.address)
-        async with self._identity_lock(identity):
-            previous = await self._settle_inflight(identity, name, value)
-            if previous is not None:
-                return previous
-            await self._wait_identity_free(identity)
-            if self.mode == "relay":
-                assert self.operator is not None
-                sender = self.operator
-                # Read just before signing: the digest is only valid for this nonce.
-                registry_nonce = await self.registry_nonce(identity)
-                digest = erc1056.set_attribute_signed_digest(
-                    registry=self.registry_address,
-                    nonce=registry_nonce,
-                    identity=identity,
-                    name=name,
-                    value=value,
-                    validity=validity,
-                )
-                v, r, s = erc1056.split_signature(asset.sign_hash(digest))
-                data = erc1056.set_attribute_signed_calldata(
-                    identity, v, r, s, name, value, validity
-                )
-            else:
-                sender = asset
-                data = erc1056.set_attribute_calldata(identity, name, value, validity)
-            return await self._transact(sender, identity, data, name, value)
+        return await self._write_attribute(asset, name, value, validity)
 
     async def revoke_attribute(
         self, asset: Signer, *, name: bytes, value: bytes
@@ -816,32 +773,73 @@ class Chain:
         registry's digest with the nonce read just before signing. Idempotent across
         a lost outcome like `publish_attribute`.
         """
+        return await self._write_attribute(asset, name, value, None)
+
+    async def _write_attribute(
+        self, asset: Signer, name: bytes, value: bytes, validity: int | None
+    ) -> PublishResult:
+        """`publish_attribute` (a `validity`) or `revoke_attribute` (None): one write
+        path, so both are serialised per identity, idempotent and signed alike."""
+        kind = "set" if validity is not None else "revoke"
         await self._ensure_chain()
         identity = to_checksum_address(asset.address)
         async with self._identity_lock(identity):
-            previous = await self._settle_inflight(identity, name, value, "revoke")
+            previous = await self._settle_inflight(identity, name, value, kind)
             if previous is not None:
                 return previous
             await self._wait_identity_free(identity)
             if self.mode == "relay":
                 assert self.operator is not None
                 sender = self.operator
+                # Read just before signing: the digest is only valid for this nonce.
                 registry_nonce = await self.registry_nonce(identity)
-                digest = erc1056.revoke_attribute_signed_digest(
-                    registry=self.registry_address,
-                    nonce=registry_nonce,
-                    identity=identity,
-                    name=name,
-                    value=value,
-                )
-                v, r, s = erc1056.split_signature(asset.sign_hash(digest))
-                data = erc1056.revoke_attribute_signed_calldata(
-                    identity, v, r, s, name, value
+                data = self._signed_calldata(
+                    asset, identity, registry_nonce, name, value, validity
                 )
             else:
                 sender = asset
-                data = erc1056.revoke_attribute_calldata(identity, name, value)
-            return await self._transact(sender, identity, data, name, value, "revoke")
+                data = (
+                    erc1056.set_attribute_calldata(identity, name, value, validity)
+                    if validity is not None
+                    else erc1056.revoke_attribute_calldata(identity, name, value)
+                )
+            return await self._transact(sender, identity, data, name, value, kind)
+
+    def _signed_calldata(
+        self,
+        asset: Signer,
+        identity: str,
+        registry_nonce: int,
+        name: bytes,
+        value: bytes,
+        validity: int | None,
+    ) -> bytes:
+        """`setAttributeSigned` (a `validity`) or `revokeAttributeSigned` (None)
+        calldata, signed by `asset` over the registry's digest for `registry_nonce`."""
+        if validity is None:
+            digest = erc1056.revoke_attribute_signed_digest(
+                registry=self.registry_address,
+                nonce=registry_nonce,
+                identity=identity,
+                name=name,
+                value=value,
+            )
+            v, r, s = erc1056.split_signature(asset.sign_hash(digest))
+            return erc1056.revoke_attribute_signed_calldata(
+                identity, v, r, s, name, value
+            )
+        digest = erc1056.set_attribute_signed_digest(
+            registry=self.registry_address,
+            nonce=registry_nonce,
+            identity=identity,
+            name=name,
+            value=value,
+            validity=validity,
+        )
+        v, r, s = erc1056.split_signature(asset.sign_hash(digest))
+        return erc1056.set_attribute_signed_calldata(
+            identity, v, r, s, name, value, validity
+        )
 
     async def call(self, to: str, data: bytes, block: str = "latest") -> bytes:
         """`eth_call` of any contract view: the raw return bytes.
