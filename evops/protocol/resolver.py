@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import base64
 import json
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+
+from cachetools import LRUCache
 
 from evops.protocol.dids import DID, normalize_address
 from evops.protocol.erc1056 import (
@@ -113,25 +114,21 @@ class RegistryHistoryCache:
 
     def __init__(self, size: int) -> None:
         self.size = max(0, size)
-        self._entries: OrderedDict[str, RegistryHistory] = OrderedDict()
+        # cachetools refuses a zero maxsize's every entry; `put` keeps none then.
+        self._entries: LRUCache[str, RegistryHistory] = LRUCache(max(1, self.size))
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, address: str, changed: int) -> RegistryHistory | None:
-        entry = self._entries.get(address)
+        entry = self._entries.get(address)  # a hit counts as a use
         if entry is None or entry.changed != changed:
             return None
-        self._entries.move_to_end(address)
         return entry
 
     def put(self, address: str, history: RegistryHistory) -> None:
-        if not self.size:
-            return
-        self._entries[address] = history
-        self._entries.move_to_end(address)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        if self.size:
+            self._entries[address] = history
 
 
 def _now_seconds(now: datetime | float) -> float:
