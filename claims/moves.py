@@ -29,13 +29,12 @@ from claims.history import announce, event_row
 from claims.models import (
     ALLOWED_TRANSITIONS,
     Actor,
-    ClaimEvent,
     ClaimRecord,
     ClaimStatus,
     InboundMessage,
     MessageOutcome,
 )
-from claims.querysets import AnyOf
+from claims.querysets import AnyOf, insert_rows
 from evops.protocol import erc1056
 
 ERR_NOT_ALLOWED = "A claim does not move from {current} to {to}."
@@ -180,7 +179,7 @@ def claim_record_written_many(calls: Sequence[Mapping[str, Any]]) -> list[None]:
     """`transitions.claim_record_written` for many records: their notes in one
     INSERT, what was written kept on each row, in one transaction."""
     with transaction.atomic():
-        ClaimEvent.objects.bulk_create(
+        insert_rows(
             [
                 event_row(
                     c["record_id"],
@@ -283,7 +282,7 @@ def transition_together(moves: Sequence[Move]) -> list[bool]:
         )
     for rows in each.values():
         ClaimRecord.objects.update_each(rows)
-    ClaimEvent.objects.bulk_create(events)
+    insert_rows(events)
     for move, done in zip(moves, moved, strict=True):
         if done:
             announce(move.record_id, move.to)

@@ -431,23 +431,7 @@ def claim_mark_published(
 
 def inbound_settle_for(*, record_id: int) -> int:
     """Failed messages about a claim that has since been published: settled."""
-    from claims.models import InboundMessage, MessageOutcome
-
-    record = ClaimRecord.objects.filter(pk=record_id).select_related("asset").first()
-    if record is None:
-        return 0
-    return (
-        InboundMessage.objects.filter(outcome=MessageOutcome.FAILED)
-        .filter(
-            Q(record_id=record_id)
-            | Q(claim_id=record.claim_id, asset_did=record.asset.did)
-        )
-        .update(
-            outcome=MessageOutcome.PROCESSED,
-            reason=REASON_SETTLED.format(record=record_id),
-            processed_at=timezone.now(),
-        )
-    )
+    return moves.inbound_settle_for_many([record_id])
 
 
 REASON_SETTLED = moves.REASON_SETTLED
