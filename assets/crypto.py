@@ -4,13 +4,14 @@ Keys are encrypted at rest with AES-256-GCM under a master key from
 `EVOPS_KEY_ENCRYPTION_KEYS` (the first encrypts, every listed key decrypts). The
 associated data is the key's purpose (an asset's key, or the relay operator's) and its
 address, so a ciphertext copied onto another row, or from an asset row onto the operator
-row and back, fails authentication; after every decryption the address derived from the
-key must equal the row's address. Plaintext key bytes exist only inside the functions
-below, for the moment of sealing or signing; callers get addresses, sealed envelopes
-and signatures, never keys. No message raised here contains key bytes or their hex,
-and every function that touches key material is marked `sensitive_variables`, so
-Django's error reports (the DEBUG page, error mails, tools that read them) show its
-locals and arguments as stars.
+row and back, fails authentication; after the first decryption of an envelope the
+address derived from the key must equal the row's address (the same envelope, still
+authenticated on every use, is not derived again). Plaintext key bytes exist only
+inside the functions below, for the moment of sealing or signing; callers get
+addresses, sealed envelopes and signatures, never keys. No message raised here
+contains key bytes or their hex, and every function that touches key material is
+marked `sensitive_variables`, so Django's error reports (the DEBUG page, error mails,
+tools that read them) show its locals and arguments as stars.
 
 secp256k1 work goes straight to libsecp256k1 through coincurve's cffi binding:
 `coincurve.PrivateKey()` derives both the ECDSA and the x-only public key on
@@ -19,6 +20,7 @@ construction, which would double the cost of a decrypt-and-sign.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from collections.abc import Mapping
@@ -207,26 +209,31 @@ def _address_of(secret: bytes) -> str:
     return checksum_address(keccak256(_public_key(secret))[-20:])
 
 
-# Public keys already proven (by keccak) to belong to an address, keyed by the
-# lowercase address. A later decrypt then compares the derived public key with this
-# one instead of hashing again: equal public keys give equal addresses. Public keys
-# are not secret; the cache is bounded so a huge fleet cannot grow it without limit.
-_VERIFIED_PUBLIC_KEYS: dict[str, bytes] = {}
-_VERIFIED_LIMIT = 100_000
+# Envelopes already proven, by a decryption, to hold the key of their address: a
+# digest of everything AES-GCM authenticates (master key id, nonce, ciphertext with its
+# tag, associated data). Decryption is deterministic and authenticated, so the same
+# envelope opened again yields the same key and needs no second derivation (an
+# elliptic-curve multiplication, as costly as the signature itself). An envelope is
+# still decrypted, and so still authenticated, on every use; a forged or altered one
+# has another digest and is checked in full. Bounded: a larger fleet clears and proves
+# again.
+_PROVEN_ENVELOPES: set[bytes] = set()
+_PROVEN_LIMIT = 100_000
+
+
+def _envelope_digest(sealed: SealedKey, aad: bytes) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (sealed.key_id.encode(), bytes(sealed.nonce), bytes(sealed.ciphertext)):
+        digest.update(len(part).to_bytes(4, "big"))
+        digest.update(part)
+    digest.update(aad)
+    return digest.digest()
 
 
 @sensitive_variables()
 def _check_derives(secret: bytes, address: str) -> None:
-    lowered = address.lower()
-    public = _public_key(secret)
-    known = _VERIFIED_PUBLIC_KEYS.get(lowered)
-    if known is not None and known == public:
-        return
-    if keccak256(public)[-20:].hex() != lowered[2:]:
+    if keccak256(_public_key(secret))[-20:].hex() != address.lower()[2:]:
         raise KeyAddressMismatch(ADDRESS_MISMATCH.format(address=address))
-    if len(_VERIFIED_PUBLIC_KEYS) >= _VERIFIED_LIMIT:
-        _VERIFIED_PUBLIC_KEYS.clear()
-    _VERIFIED_PUBLIC_KEYS[lowered] = public
 
 
 @sensitive_variables()
@@ -286,17 +293,21 @@ def _open(sealed: SealedKey, address: str, purpose: str) -> bytes:
     if sealed.algorithm != ALGORITHM:
         raise KeyCustodyError(UNSUPPORTED_ALGORITHM.format(algorithm=sealed.algorithm))
     cipher = _decrypting_key(sealed.key_id)
+    aad = _aad(address, purpose)
     try:
-        secret = cipher.decrypt(
-            bytes(sealed.nonce), bytes(sealed.ciphertext), _aad(address, purpose)
-        )
+        secret = cipher.decrypt(bytes(sealed.nonce), bytes(sealed.ciphertext), aad)
     except InvalidTag:
         raise KeyDecryptionFailed(
             DECRYPT_FAILED.format(address=address, key_id=sealed.key_id)
         ) from None
     if len(secret) != 32:
         raise KeyAddressMismatch(ADDRESS_MISMATCH.format(address=address))
-    _check_derives(secret, address)
+    proof = _envelope_digest(sealed, aad)
+    if proof not in _PROVEN_ENVELOPES:
+        _check_derives(secret, address)
+        if len(_PROVEN_ENVELOPES) >= _PROVEN_LIMIT:
+            _PROVEN_ENVELOPES.clear()
+        _PROVEN_ENVELOPES.add(proof)
     return secret
 
 

@@ -309,3 +309,37 @@ def test_django_error_reports_hide_key_material(rf, settings, debug):
         LEAK_GUARD.assert_clean(report, "error report")
         assert secret.hex() not in report
         assert base64.b64encode(secret).decode() not in report
+
+
+def test_an_envelope_is_derived_once_and_a_forged_one_in_full(monkeypatch):
+    key, other = make_key(), make_key()
+    address, sealed = crypto.seal_private_key(key.hex)
+    crypto._PROVEN_ENVELOPES.clear()
+    derived: list[bytes] = []
+    real = crypto._public_key
+    monkeypatch.setattr(
+        crypto, "_public_key", lambda secret: derived.append(b"") or real(secret)
+    )
+    first = crypto.sign_hash(sealed, address=address, digest=b"\x02" * 32)
+    again = crypto.sign_hash(sealed, address=address, digest=b"\x02" * 32)
+    assert first == again
+    assert len(derived) == 1  # the second use of the same envelope derives nothing
+    # Another envelope for the same address (authentic, wrong key) is checked again.
+    nonce = os.urandom(12)
+    ciphertext = AESGCM(dict(settings.EVOPS_KEY_ENCRYPTION_KEYS)["test1"]).encrypt(
+        nonce,
+        bytes.fromhex(other.hex[2:]),
+        b"evops/asset-key/v1|" + address.lower().encode(),
+    )
+    forged = crypto.SealedKey("test1", crypto.ALGORITHM, nonce, ciphertext)
+    for _ in range(2):  # refused every time, never remembered
+        with pytest.raises(crypto.KeyAddressMismatch):
+            crypto.sign_hash(forged, address=address, digest=b"\x02" * 32)
+    assert len(derived) == 3
+    # An altered envelope still fails authentication before anything else.
+    tampered = dataclasses.replace(
+        sealed,
+        ciphertext=bytes(sealed.ciphertext)[:-1] + bytes([sealed.ciphertext[-1] ^ 1]),
+    )
+    with pytest.raises(crypto.KeyDecryptionFailed):
+        crypto.sign_hash(tampered, address=address, digest=b"\x02" * 32)
