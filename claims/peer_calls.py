@@ -34,10 +34,13 @@ def log_extra(asset: Asset | None = None, **context: Any) -> dict[str, Any]:
 
 
 async def asset_signer(integrations: Integrations, asset: Asset) -> Signer:
-    if asset.signer_backend == SignerBackend.LOCAL_ENCRYPTED and Asset.key.is_cached(
-        asset
+    if asset.signer_backend == SignerBackend.PKCS11 or (
+        asset.signer_backend == SignerBackend.LOCAL_ENCRYPTED
+        and Asset.key.is_cached(asset)
     ):
-        # The sealed key came with the asset: building the signer reads nothing.
+        # A token key is named by the row's own columns, and a sealed key that came
+        # with the asset is loaded: building the signer reads nothing, so no thread
+        # hop for it.
         return integrations.signer_for(asset)
     return await db(integrations.signer_for)(asset)
 
