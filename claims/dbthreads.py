@@ -32,6 +32,7 @@ from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
+from cachetools import LRUCache
 from django.db import close_old_connections, connections
 
 P = ParamSpec("P")
@@ -39,6 +40,8 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 _CLOSE_TIMEOUT = 30.0
+# Coroutine wrappers a pool keeps (the pipeline calls a few dozen functions).
+_WRAPPED_KEPT = 256
 
 _current: ContextVar[DatabaseThreads | None] = ContextVar(
     "claims_database_threads", default=None
@@ -61,6 +64,9 @@ class DatabaseThreads:
         self._batched: dict[Callable[..., Any], Coalesced[Any, Any]] = {
             single: Coalesced(many) for single, many in (batched or {}).items()
         }
+        self._wrapped: LRUCache[Callable[..., Any], Callable[..., Awaitable[Any]]] = (
+            LRUCache(maxsize=_WRAPPED_KEPT)
+        )
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._executor = ThreadPoolExecutor(
@@ -73,12 +79,25 @@ class DatabaseThreads:
             self._threads.append(threading.current_thread())
 
     def wrap(self, fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
-        """`fn` as a coroutine function running on one of the pool's threads."""
+        """`fn` as a coroutine function running on one of the pool's threads.
+
+        Built once per function (building one inspects and copies the function: a
+        few per cent of a burst's CPU when done for every call) and kept in a small
+        LRU, so functions made per call (lambdas, partials) cannot grow it.
+        """
         if self.closed:
             raise RuntimeError("the database threads are closed")
-        return sync_to_async(
-            _with_fresh_connection(fn), thread_sensitive=False, executor=self._executor
-        )
+        with self._lock:
+            wrapped = self._wrapped.get(fn)
+        if wrapped is None:
+            wrapped = sync_to_async(
+                _with_fresh_connection(fn),
+                thread_sensitive=False,
+                executor=self._executor,
+            )
+            with self._lock:
+                self._wrapped[fn] = wrapped
+        return wrapped
 
     def batched(self, fn: Callable[..., R]) -> Callable[..., Awaitable[R]] | None:
         """`fn`'s calls gathered with other tasks' into one many-row call, if set."""

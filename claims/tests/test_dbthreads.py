@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from claims import dbthreads
 from claims.dbthreads import Coalesced, DatabaseThreads, db, using
 
 pytestmark = pytest.mark.asyncio
@@ -133,3 +134,22 @@ async def test_writers_are_not_left_waiting_when_the_call_is_cancelled():
     )
     release.set()
     assert all(isinstance(r, asyncio.CancelledError) for r in results)
+
+
+async def test_a_function_is_wrapped_once_and_wrappers_kept_are_bounded():
+    pool = DatabaseThreads(2, name="test-wrap")
+    try:
+
+        def double(n: int) -> int:
+            return n * 2
+
+        first = pool.wrap(double)
+        assert pool.wrap(double) is first  # built once, not per call
+        assert await first(4) == 8
+        # Functions made per call (lambdas) run, and cannot grow what is kept.
+        for n in range(dbthreads._WRAPPED_KEPT + 50):
+            assert await pool.wrap(lambda n=n: n + 1)() == n + 1
+        assert len(pool._wrapped) == dbthreads._WRAPPED_KEPT
+        assert await pool.wrap(Recorder())([1, 2]) == [10, 20]
+    finally:
+        await pool.aclose()
