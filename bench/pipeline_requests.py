@@ -35,6 +35,7 @@ from pipeline_common import (
     Yardstick,
     cpu_seconds,
     describe,
+    machine_cpu_seconds,
     machine_line,
     mine,
     setup_django,
@@ -49,8 +50,9 @@ SUBJECT = "bench.prequalification.exchange"
 
 async def _evops(
     stand_in: StandIn, nats_url: str, count: int, limit: float
-) -> tuple[float, int, float, float]:
-    """The listener's time for the burst, requests filed, CPU of evops and stand-in.
+) -> tuple[float, int, float, float, float]:
+    """The listener's time for the burst, requests filed, CPU of evops, of the
+    stand-in and of the rest of the machine (PostgreSQL, NATS, anvil).
 
     CPU is counted from the first publish to the last filing (not the set-up: key
     generation, connections). The wait counts the records' `claim_changed` signals
@@ -81,6 +83,7 @@ async def _evops(
     task = await start_listener(listener)
     client = await nats.connect(nats_url)
     own_cpu, server_cpu = cpu_seconds(), stand_in.cpu_seconds()
+    machine_cpu = machine_cpu_seconds()
     clock = Stopwatch()
     for asset in assets:
         await client.publish(SUBJECT, json.dumps({"did": asset.did}).encode())
@@ -94,13 +97,14 @@ async def _evops(
     await wait_done(all_filed, limit, f"{count} prequalification requests")
     elapsed = clock()
     own_cpu, server_cpu = cpu_seconds() - own_cpu, stand_in.cpu_seconds() - server_cpu
+    others = machine_cpu_seconds() - machine_cpu - own_cpu - server_cpu
     filed = await ClaimRecord.objects.acount()
     listener.stop.set()
     await task
     await client.close()
     await integrations.aclose()
     claim_changed.disconnect(dispatch_uid="bench-requests")
-    return elapsed, filed, own_cpu, server_cpu
+    return elapsed, filed, own_cpu, server_cpu, others
 
 
 async def _baseline(url: str, rpc_url: str, count: int) -> tuple[float, list[float]]:
@@ -192,7 +196,7 @@ def _run(count: int, backend: str, limit: float, args: argparse.Namespace) -> No
 
             stream = settings.NATS_JETSTREAM_STREAM
 
-            elapsed, filed, own_cpu, server_cpu = asyncio.run(
+            elapsed, filed, own_cpu, server_cpu, others = asyncio.run(
                 _evops(stand_in, nats_server.url, count, limit)
             )
             base_elapsed, each = (
@@ -217,7 +221,9 @@ def _run(count: int, backend: str, limit: float, args: argparse.Namespace) -> No
         f"({filed / elapsed:6.0f} requests/s); CPU during the burst: evops "
         f"{own_cpu:.1f} s ({per_request * 1000:.2f} ms per request = "
         f"{yardstick.ratio(per_request):.0f} raw signatures, goal <= 20), "
-        f"stand-in {server_cpu:.1f} s"
+        f"stand-in {server_cpu:.1f} s, the rest of the machine (PostgreSQL, NATS, "
+        f"anvil) {others:.1f} s; {(own_cpu + server_cpu + others) / elapsed:.2f} "
+        f"of {os.cpu_count()} cores busy"
     )
     # Latency floor: each request makes about 2 calls (a login shared by none in
     # a burst of fresh assets, and the request) at 20 ms, 50 at once.
