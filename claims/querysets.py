@@ -102,14 +102,24 @@ def insert_rows(rows: Sequence[M]) -> Sequence[M]:
     # The database wrapper itself, not the `connection` proxy: every read through
     # the proxy is a context-local lookup, and each value's preparation makes several.
     db = connections[connection.alias]
-    params = [
-        tuple(
-            None if value is None and plain else field.get_db_prep_save(value, db)
-            for field, plain in fields
-            for value in (field.pre_save(row, True),)
-        )
-        for row in rows
-    ]
+    params = []
+    for row in rows:
+        values: list[Any] = []
+        for field, plain, attname, passing in fields:
+            if passing:
+                # Field.pre_save is this getattr; a str in a CharField, an int in an
+                # IntegerField, ... is its own database value.
+                value = getattr(row, attname)
+                if type(value) in passing or (value is None and plain):
+                    values.append(value)
+                    continue
+            else:
+                value = field.pre_save(row, True)
+                if value is None and plain:
+                    values.append(None)
+                    continue
+            values.append(field.get_db_prep_save(value, db))
+        params.append(tuple(values))
     ids: list[Any] = []
     with bound_cursor(db) as cursor:
         cursor.executemany(sql, params, returning=True)
@@ -128,9 +138,10 @@ def insert_rows(rows: Sequence[M]) -> Sequence[M]:
 @functools.cache
 def _insert_sql(
     model: type[models.Model],
-) -> tuple[str, tuple[tuple[Field[Any, Any], bool], ...]]:
+) -> tuple[str, tuple[tuple[Field[Any, Any], bool, str, tuple[type, ...]], ...]]:
     """The INSERT, and each field with whether None needs no preparing for it (its
-    database value is None, as for every field but a JSONField: maybe JSON null)."""
+    database value is None, as for every field but a JSONField: maybe JSON null),
+    its attribute name and the value types sent as they are (`_passing_types`)."""
     meta = model._meta
     quote = connection.ops.quote_name
     pk = meta.pk
@@ -149,8 +160,42 @@ def _insert_sql(
         f"VALUES ({values}) RETURNING {quote(pk.column)}"
     )
     return sql, tuple(
-        (field, not isinstance(field, models.JSONField)) for field in fields
+        (
+            field,
+            not isinstance(field, models.JSONField),
+            field.attname,
+            _passing_types(field),
+        )
+        for field in fields
     )
+
+
+# Field classes (exactly these, not subclasses) whose database value is the Python
+# value itself for the types given: their preparation only checks that.
+_PASSING: dict[type[Field[Any, Any]], tuple[type, ...]] = {
+    models.CharField: (str,),
+    models.TextField: (str,),
+    models.BooleanField: (bool,),
+    models.IntegerField: (int,),
+    models.BigIntegerField: (int,),
+    models.SmallIntegerField: (int,),
+    models.PositiveIntegerField: (int,),
+    models.PositiveBigIntegerField: (int,),
+    models.PositiveSmallIntegerField: (int,),
+}
+
+
+def _passing_types(field: Field[Any, Any]) -> tuple[type, ...]:
+    """The value types `insert_rows` may send as they are for `field` (none: every
+    value goes through the field's `pre_save` and `get_db_prep_save`)."""
+    if type(field).pre_save is not Field.pre_save:
+        return ()
+    if isinstance(field, models.ForeignKey):
+        target = field.target_field
+        if type(target) in (models.AutoField, models.BigAutoField):
+            return (int,)
+        return ()
+    return _PASSING.get(type(field), ())
 
 
 def skip_locked(query: Any) -> Any:

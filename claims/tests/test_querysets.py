@@ -95,3 +95,56 @@ def test_a_refused_row_raises_djangos_integrity_error_and_inserts_nothing(
 def test_nothing_to_insert_is_no_query(django_assert_num_queries):
     with django_assert_num_queries(0):
         assert insert_rows([]) == []
+
+
+def test_values_sent_as_they_are_match_what_bulk_create_writes(make_asset):
+    # Plain str / int / bool values skip the fields' preparation; a choices member
+    # (a str subclass), a lazy string, a big integer, None in a nullable column and
+    # a row given its foreign key as an object must all come out as bulk_create's.
+    from django.utils.functional import lazy
+
+    from claims.models import MessageKind, MessageOutcome
+
+    asset = make_asset()
+    (record,) = insert_rows(_records(asset, "fk", 1))
+    lazy_text = lazy(lambda: "lazy listener", str)()
+
+    def messages(tag: str) -> list[InboundMessage]:
+        return [
+            InboundMessage(
+                subject=f"{tag}.prequalification.exchange",
+                payload='{"did": "ü"}',
+                payload_size=2**31 - 1,
+                truncated=True,
+                dedupe_key=f"{tag}-1",
+                stream_key=f"{tag}:1",
+                stream_sequence=2**62,
+                kind=MessageKind.PREQUALIFICATION,
+                outcome=MessageOutcome.PENDING,
+                listener=lazy_text,
+                record=record,
+            ),
+            InboundMessage(
+                subject=f"{tag}.x",
+                payload="",
+                dedupe_key=f"{tag}-2",
+                stream_sequence=None,
+                kind="unknown",
+                attempts=0,
+                record_id=None,
+            ),
+        ]
+
+    ours = insert_rows(messages("ours"))
+    theirs = InboundMessage.objects.bulk_create(messages("theirs"))
+    skip = {"id", "received_at", "subject", "dedupe_key", "stream_key"}
+    for mine, other in zip(ours, theirs, strict=True):
+        saved, expected = (
+            InboundMessage.objects.get(pk=mine.pk),
+            InboundMessage.objects.get(pk=other.pk),
+        )
+        assert {k: v for k, v in _columns(saved).items() if k not in skip} == {
+            k: v for k, v in _columns(expected).items() if k not in skip
+        }
+    assert InboundMessage.objects.get(pk=ours[0].pk).listener == "lazy listener"
+    assert InboundMessage.objects.get(pk=ours[0].pk).record_id == record.pk
