@@ -30,6 +30,7 @@ from pipeline_common import (
     BenchFailure,
     Stopwatch,
     Yardstick,
+    machine_cpu_seconds,
     machine_line,
     mine,
     process_cpu_seconds,
@@ -43,7 +44,7 @@ SUBJECT = "bench.prequalification.exchange"
 
 def _run_once(
     processes: int, count: int, nats_url: str, limit: float
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     import nats
     from asgiref.sync import sync_to_async
 
@@ -89,6 +90,7 @@ def _run_once(
         if processes == 1:
             pids.append(proc.pid)
         cpu_before = sum(process_cpu_seconds(pid) for pid in pids)
+        machine_before = machine_cpu_seconds()
 
         async def burst() -> float:
             client = await nats.connect(nats_url)
@@ -107,6 +109,7 @@ def _run_once(
 
         elapsed = asyncio.run(burst())
         cpu = sum(process_cpu_seconds(pid) for pid in pids) - cpu_before
+        machine = machine_cpu_seconds() - machine_before
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -117,7 +120,7 @@ def _run_once(
     ClaimRecord.objects.all().delete()
     InboundMessage.objects.all().delete()
     Asset.objects.all().delete()
-    return elapsed, cpu
+    return elapsed, cpu, machine
 
 
 def main(argv: list[str]) -> None:
@@ -155,7 +158,7 @@ def main(argv: list[str]) -> None:
                 PREQUALIFICATION_ROLE=ROLE,
             )
             for processes in plan:
-                elapsed, cpu = _run_once(
+                elapsed, cpu, machine = _run_once(
                     processes, args.count, nats_server.url, 60 + 0.2 * args.count
                 )
                 results.append((processes, elapsed, cpu))
@@ -163,13 +166,15 @@ def main(argv: list[str]) -> None:
                     f"  {processes} process(es): {args.count} filed in {elapsed:.2f} s "
                     f"wall ({args.count / elapsed:.0f}/s), listener CPU {cpu:.1f} s "
                     f"({yardstick.ratio(cpu / args.count):.0f} raw signatures per "
-                    "request)",
+                    f"request); the whole machine (with the stand-in, PostgreSQL, "
+                    f"NATS, anvil) {machine:.1f} s of CPU: {machine / elapsed:.2f} of "
+                    f"{os.cpu_count()} cores busy",
                     flush=True,
                 )
     yardstick.close()
     print(f"  {yardstick.describe()}")
     base = results[0][1]
-    for processes, elapsed, _ in results[1:]:
+    for processes, elapsed, *_ in results[1:]:
         print(
             f"  {processes} processes vs {results[0][0]}: {base / elapsed:.2f}x "
             f"(goal >= 1.7x with 2 on 2 cores)"
