@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import F
 
 from assets.models import Asset
 from claims import inbox, issued, moves, transitions
 from claims.history import announce, event_row
 from claims.models import Actor, ClaimRecord, ClaimStatus, InboundMessage
-from claims.querysets import insert_rows
+from claims.querysets import AnyOf, insert_rows
 from claims.transitions import REQUESTED_MESSAGE
 
 
@@ -116,12 +117,14 @@ def _recorded_claims(
     requests: Sequence[RequestedClaim],
 ) -> dict[tuple[int, str], ClaimRecord]:
     """The records that already exist for these requests, by (asset id, claim id)."""
+    ids = ClaimRecord.objects.ids_named(
+        sorted({r.claim_id for r in requests}), sorted({r.asset.pk for r in requests})
+    )
+    if not ids:  # a burst of new requests: no record to load
+        return {}
     return {
         (record.asset_id, record.claim_id): record
-        for record in ClaimRecord.objects.filter(
-            claim_id__in={r.claim_id for r in requests},
-            asset_id__in={r.asset.pk for r in requests},
-        )
+        for record in ClaimRecord.objects.filter(AnyOf(F("pk"), ids))
     }
 
 

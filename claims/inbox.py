@@ -28,7 +28,7 @@ from claims.models import (
     MessageKind,
     MessageOutcome,
 )
-from claims.querysets import insert_rows
+from claims.querysets import AnyOf, insert_rows
 from claims.retry import REASON_GAVE_UP, readable_error, retry_policy
 from evops.protocol import messages as wire
 from evops.protocol.dids import DID
@@ -95,13 +95,7 @@ def _originals(keys: Iterable[str]) -> dict[str, int]:
     window_seconds = float(settings.DUPLICATE_WINDOW_SECONDS)
     window = timezone.now() - timedelta(seconds=window_seconds)
     found: dict[str, int] = {}
-    rows = (
-        InboundMessage.objects.filter(dedupe_key__in=set(keys), received_at__gte=window)
-        .exclude(outcome=MessageOutcome.IGNORED, reason__startswith="duplicate")
-        .order_by("id")
-        .values_list("dedupe_key", "pk")
-    )
-    for key, pk in rows:
+    for key, pk in InboundMessage.objects.first_stored(sorted(set(keys)), window):
         found.setdefault(key, pk)
     return found
 
@@ -325,7 +319,9 @@ def inbound_lease_due_with_assets(
         addresses.add(hint.did.address)
     assets: dict[str, Asset | None] = dict.fromkeys(addresses)
     if addresses:
-        for asset in Asset.objects.select_related("key").filter(address__in=addresses):
+        for asset in Asset.objects.select_related("key").filter(
+            AnyOf(F("address"), sorted(addresses))
+        ):
             assets[asset.address] = asset
     return LeasedMessages(messages, assets)
 

@@ -209,6 +209,27 @@ def skip_locked(query: Any) -> Any:
 
 
 class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
+    def ids_named(
+        self, claim_ids: Sequence[str], asset_ids: Sequence[int]
+    ) -> list[int]:
+        """Ids of the records with one of these claim ids for one of these assets.
+
+        A burst asks this for every batch of filed requests and nearly always finds
+        none: one prepared statement instead of an ORM query built each time.
+        """
+        if connection.vendor == "postgresql":
+            with bound_cursor() as cursor:
+                cursor.execute(
+                    _ids_named_sql(self.model), [list(claim_ids), list(asset_ids)]
+                )
+                return [pk for (pk,) in cursor.fetchall()]
+        return list(
+            self.filter(
+                AnyOf(F("claim_id"), list(claim_ids)),
+                AnyOf(F("asset_id"), list(asset_ids)),
+            ).values_list("pk", flat=True)
+        )
+
     def update_each(self, rows: Sequence[tuple[int, Mapping[str, Any]]]) -> None:
         """Give each record (by pk) its own values, the same columns for all.
 
@@ -261,7 +282,7 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
             ).order_by("next_retry_at")
             ids = list(skip_locked(query).values_list("pk", flat=True)[:limit])
             if ids:
-                self.filter(pk__in=ids).update(next_retry_at=until)
+                self.filter(AnyOf(F("pk"), ids)).update(next_retry_at=until)
         return ids
 
 
@@ -286,17 +307,51 @@ class InboundMessageQuerySet(models.QuerySet["InboundMessage"]):
         from claims.models import MessageOutcome
 
         now = timezone.now()
+        until = now + timedelta(seconds=lease_seconds)
+        if connection.vendor == "postgresql" and not self.query.where:
+            # One statement: the rows as they were, locked and leased (an ORM
+            # SELECT and UPDATE cost a millisecond of CPU per lease to build).
+            db = connections[self.db]
+            fields = self.model._meta.concrete_fields
+            with transaction.atomic(using=self.db), bound_cursor(db) as cursor:
+                cursor.execute(
+                    _lease_sql(self.model), [MessageOutcome.PENDING, now, limit, until]
+                )
+                rows = cursor.fetchall()
+            names = [field.attname for field in fields]
+            return [self.model.from_db(self.db, names, row) for row in rows]
         with transaction.atomic():
             query = self.filter(
                 outcome=MessageOutcome.PENDING, next_attempt_at__lte=now
             ).order_by("id")
             messages = list(skip_locked(query)[:limit])
             if messages:
-                self.filter(pk__in=[m.pk for m in messages]).update(
-                    next_attempt_at=now + timedelta(seconds=lease_seconds),
-                    attempts=F("attempts") + 1,
+                self.filter(AnyOf(F("pk"), [m.pk for m in messages])).update(
+                    next_attempt_at=until, attempts=F("attempts") + 1
                 )
         return messages
+
+    def first_stored(
+        self, keys: Sequence[str], since: datetime
+    ) -> list[tuple[str, int]]:
+        """(dedupe key, id) of the messages stored with these keys since `since`
+        that are not themselves duplicates, oldest first (the inbox's dedupe)."""
+        # The models module imports this one for its managers.
+        from claims.models import MessageOutcome
+
+        if connection.vendor == "postgresql":
+            with bound_cursor() as cursor:
+                cursor.execute(
+                    _first_stored_sql(self.model),
+                    [list(keys), since, MessageOutcome.IGNORED, "duplicate%"],
+                )
+                return [(key, pk) for key, pk in cursor.fetchall()]
+        return list(
+            self.filter(AnyOf(F("dedupe_key"), list(keys)), received_at__gte=since)
+            .exclude(outcome=MessageOutcome.IGNORED, reason__startswith="duplicate")
+            .order_by("id")
+            .values_list("dedupe_key", "pk")
+        )
 
     def finish_many(self, rows: Sequence[FinishRow]) -> None:
         """Record many messages' outcomes: one statement, run for each, one commit.
@@ -368,6 +423,65 @@ def _update_sql(model: type[models.Model], names: tuple[str, ...]) -> str:
     # Only quoted identifiers from the model's own metadata are formatted in; every
     # value is a parameter.
     return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {pk} = %s"  # noqa: S608
+
+
+def _column(model: type[models.Model], name: str) -> str:
+    field = model._meta.get_field(name)
+    assert isinstance(field, Field)
+    return connection.ops.quote_name(field.column)
+
+
+@functools.cache
+def _lease_sql(model: type[InboundMessage]) -> str:
+    """Lock and lease due messages, returning them as they were before the lease."""
+    meta = model._meta
+    table = connection.ops.quote_name(meta.db_table)
+    columns = ", ".join(
+        connection.ops.quote_name(field.column) for field in meta.concrete_fields
+    )
+    pk, outcome, due, attempts = (
+        _column(model, name)
+        for name in ("id", "outcome", "next_attempt_at", "attempts")
+    )
+    # Only quoted identifiers from the model's own metadata are formatted in; every
+    # value is a parameter.
+    return (
+        f"WITH picked AS (SELECT {columns} FROM {table} "  # noqa: S608
+        f"WHERE {outcome} = %s AND {due} <= %s ORDER BY {pk} LIMIT %s "
+        f"FOR UPDATE SKIP LOCKED), "
+        f"leased AS (UPDATE {table} SET {due} = %s, "
+        f"{attempts} = {table}.{attempts} + 1 "
+        f"FROM picked WHERE {table}.{pk} = picked.{pk}) "
+        f"SELECT * FROM picked ORDER BY {pk}"
+    )
+
+
+@functools.cache
+def _ids_named_sql(model: type[ClaimRecord]) -> str:
+    table = connection.ops.quote_name(model._meta.db_table)
+    pk, claim, asset = (_column(model, name) for name in ("id", "claim_id", "asset"))
+    # Only quoted identifiers from the model's own metadata are formatted in; every
+    # value is a parameter.
+    return (
+        f"SELECT {pk} FROM {table} "  # noqa: S608
+        f"WHERE {claim} = ANY(%s) AND {asset} = ANY(%s)"
+    )
+
+
+@functools.cache
+def _first_stored_sql(model: type[InboundMessage]) -> str:
+    table = connection.ops.quote_name(model._meta.db_table)
+    pk, key, received, outcome, reason = (
+        _column(model, name)
+        for name in ("id", "dedupe_key", "received_at", "outcome", "reason")
+    )
+    # Only quoted identifiers from the model's own metadata are formatted in; every
+    # value is a parameter.
+    return (
+        f"SELECT {key}, {pk} FROM {table} WHERE {key} = ANY(%s) "  # noqa: S608
+        f"AND {received} >= %s AND NOT ({outcome} = %s AND {reason} LIKE %s) "
+        f"ORDER BY {pk}"
+    )
 
 
 @functools.cache

@@ -518,3 +518,88 @@ def test_a_message_that_does_not_parse_keeps_no_columns_and_waits_for_a_worker()
     with pytest.raises(wire.MessageError) as info:
         message_columns.message_hint(row)
     assert info.value.reason == wire.REASON_NOT_OBJECT
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lease_returns_messages_as_they_were_skips_held_rows_and_leases_them():
+    from django.db import connections, transaction
+
+    now = timezone.now()
+    rows = [
+        InboundMessage.objects.create(
+            subject=f"lease{n}.prequalification.exchange",
+            payload=json.dumps({"n": n}),
+            dedupe_key=f"lease-{n}",
+            attempts=n,
+            next_attempt_at=now - timedelta(seconds=10 - n),
+        )
+        for n in range(4)
+    ]
+    InboundMessage.objects.create(  # not due yet
+        subject="later.prequalification.exchange",
+        dedupe_key="lease-later",
+        next_attempt_at=now + timedelta(hours=1),
+    )
+    locked, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                InboundMessage.objects.select_for_update().get(pk=rows[1].pk)
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=holder)
+    worker.start()
+    try:
+        assert locked.wait(10)
+        leased = InboundMessage.objects.lease_due(limit=2, lease_seconds=60)
+    finally:
+        release.set()
+        worker.join(30)
+    # Oldest first, the held row skipped, at most `limit`.
+    assert [m.pk for m in leased] == [rows[0].pk, rows[2].pk]
+    for message in leased:
+        before = next(r for r in rows if r.pk == message.pk)
+        stored = InboundMessage.objects.get(pk=message.pk)
+        # The instance is the row as it was before the lease, loaded whole.
+        for field in InboundMessage._meta.concrete_fields:
+            assert getattr(message, field.attname) == getattr(before, field.attname)
+        assert not message._state.adding
+        # The row itself is leased: one more attempt, due after the lease.
+        assert stored.attempts == before.attempts + 1
+        assert stored.next_attempt_at >= now + timedelta(seconds=59)
+    assert InboundMessage.objects.get(pk=rows[1].pk).attempts == 1  # untouched
+    assert [
+        m.pk for m in InboundMessage.objects.lease_due(limit=5, lease_seconds=60)
+    ] == [
+        rows[1].pk,
+        rows[3].pk,
+    ]
+
+
+def test_first_stored_skips_duplicates_and_old_messages():
+    now = timezone.now()
+    original = InboundMessage.objects.create(subject="a.b", dedupe_key="same")
+    InboundMessage.objects.create(
+        subject="a.b",
+        dedupe_key="same",
+        outcome=MessageOutcome.IGNORED,
+        reason=f"duplicate of message {original.pk}",
+    )
+    ignored_other = InboundMessage.objects.create(
+        subject="a.c",
+        dedupe_key="other",
+        outcome=MessageOutcome.IGNORED,
+        reason="not for this listener",
+    )
+    old = InboundMessage.objects.create(subject="a.d", dedupe_key="old")
+    InboundMessage.objects.filter(pk=old.pk).update(
+        received_at=now - timedelta(hours=1)
+    )
+    found = InboundMessage.objects.first_stored(
+        ["same", "other", "old", "none"], now - timedelta(minutes=5)
+    )
+    assert found == [("same", original.pk), ("other", ignored_other.pk)]
