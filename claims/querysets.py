@@ -2,10 +2,12 @@
 
 The app's only raw SQL lives here. Leases take rows with `SELECT ... FOR UPDATE SKIP
 LOCKED` (PostgreSQL) and push their due time forward in the same transaction, so two
-workers never take the same row; `InboundMessageQuerySet.finish_many` records many
-messages' outcomes with one prepared UPDATE sent together, and `insert_rows` inserts
-the listener's batches of new rows the same way. `claims.models` attaches them as
-the managers of its models.
+workers never take the same row (the inbox's in one prepared statement);
+`InboundMessageQuerySet.finish_many` records many messages' outcomes with one
+prepared UPDATE sent together, and `insert_rows` inserts the listener's batches of
+new rows the same way; the burst's lookups (`first_stored`, `ids_named`) are
+prepared statements too. Each has the ORM query it replaces as its SQLite path.
+`claims.models` attaches them as the managers of its models.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ M = TypeVar("M", bound=models.Model)
 
 @contextlib.contextmanager
 def bound_cursor(db: BaseDatabaseWrapper | None = None) -> Iterator[Any]:
-    """A cursor for `executemany` that binds its parameters on the server.
+    """A cursor that binds its parameters on the server: the batched writes'
+    `executemany` and the hot path's prepared statements (lease, dedupe).
 
     Django's cursors bind on the client: every row of an `executemany` becomes a new
     statement text, its values quoted in Python, that PostgreSQL parses and plans
