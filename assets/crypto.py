@@ -35,6 +35,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.views.decorators.debug import sensitive_variables
 
+from evops.protocol.hashing import checksum_address as _checksum
 from evops.protocol.hashing import keccak256
 
 if TYPE_CHECKING:
@@ -191,17 +192,8 @@ def _public_key(secret: bytes) -> bytes:
 
 
 def checksum_address(address20: bytes) -> str:
-    """EIP-55 form of a raw 20-byte address.
-
-    eth-utils' `to_checksum_address` validates and converts its input several times
-    (~20 us); imports derive thousands of addresses, so do just the EIP-55 rule.
-    """
-    lowered = address20.hex()
-    nibbles = keccak256(lowered.encode("ascii")).hex()
-    return "0x" + "".join(
-        char.upper() if nibble in "89abcdef" else char
-        for char, nibble in zip(lowered, nibbles, strict=False)
-    )
+    """EIP-55 form of a raw 20-byte address (the protocol core's fast rule)."""
+    return _checksum(address20)
 
 
 @sensitive_variables()

@@ -13,8 +13,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from eth_utils.address import to_checksum_address
-
+from evops.protocol._crypto import checksum
 from evops.protocol.errors import DIDError
 
 VOLTA = "volta"
@@ -107,7 +106,7 @@ def _normalize_address(address: str) -> str:
     if not _ADDRESS_RE.match(address):
         raise DIDError(ERR_ADDRESS)
     hexpart = address[2:]
-    checksummed = to_checksum_address("0x" + hexpart.lower())
+    checksummed = checksum(bytes.fromhex(hexpart))
     mixed = hexpart not in (hexpart.lower(), hexpart.upper())
     if mixed and checksummed != address:
         raise DIDError(ERR_CHECKSUM)
