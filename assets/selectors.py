@@ -6,14 +6,17 @@ operator lookup returns the row whose sealed envelope `assets.signers` wraps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterable, Iterator
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection, connections, models
 from django.db.models import QuerySet
 
 from assets.crypto import KeyCustodyError
-from assets.models import Asset, OperatorAccount
+from assets.models import Asset, AssetKey, OperatorAccount
+from evops.database import bound_cursor
 from evops.protocol.dids import DID, chain_name_for
 from evops.protocol.errors import DIDError
 
@@ -32,6 +35,62 @@ def asset_get_by_did(did: DID | str) -> Asset:
 def asset_find_by_did(did: DID | str) -> Asset | None:
     """Like `asset_get_by_did`, but None when there is no such asset."""
     return Asset.objects.filter(address=DID.coerce(did).address).first()
+
+
+def assets_with_keys(addresses: Iterable[str]) -> list[Asset]:
+    """The assets of these EIP-55 addresses, each with its sealed key loaded (None
+    cached for an asset without one, as `select_related("key")` leaves it).
+
+    The listener's lease asks this for every batch of messages: on PostgreSQL one
+    prepared statement whose rows are built with `from_db` (the ORM query took about
+    70 us of CPU per asset to build and load); elsewhere the ORM query.
+    """
+    wanted = sorted(set(addresses))
+    if not wanted:
+        return []
+    if connection.vendor != "postgresql":
+        return list(Asset.objects.select_related("key").filter(address__in=wanted))
+    asset_fields = Asset._meta.concrete_fields
+    key_fields = AssetKey._meta.concrete_fields
+    link = AssetKey._meta.get_field("asset")
+    assert isinstance(link, models.OneToOneField)
+    asset_names = [field.attname for field in asset_fields]
+    key_names = [field.attname for field in key_fields]
+    split = len(asset_fields)
+    db = connections[connection.alias]
+    with bound_cursor(db) as cursor:
+        cursor.execute(_assets_with_keys_sql(), [wanted])
+        rows = cursor.fetchall()
+    found: list[Asset] = []
+    for row in rows:
+        asset = Asset.from_db(db.alias, asset_names, row[:split])
+        key = None
+        if row[split] is not None:
+            key = AssetKey.from_db(db.alias, key_names, row[split:])
+            link.set_cached_value(key, asset)
+        link.remote_field.set_cached_value(asset, key)
+        found.append(asset)
+    return found
+
+
+@functools.cache
+def _assets_with_keys_sql() -> str:
+    quote = connection.ops.quote_name
+    asset_table = quote(Asset._meta.db_table)
+    key_table = quote(AssetKey._meta.db_table)
+    columns = [f"a.{quote(f.column)}" for f in Asset._meta.concrete_fields] + [
+        f"k.{quote(f.column)}" for f in AssetKey._meta.concrete_fields
+    ]
+    link = quote(AssetKey._meta.get_field("asset").column)
+    asset_pk = quote(Asset._meta.get_field("id").column)
+    address = quote(Asset._meta.get_field("address").column)
+    # Only quoted identifiers from the models' own metadata are formatted in; the
+    # addresses are a parameter.
+    return (
+        f"SELECT {', '.join(columns)} FROM {asset_table} a "  # noqa: S608
+        f"LEFT JOIN {key_table} k ON k.{link} = a.{asset_pk} "
+        f"WHERE a.{address} = ANY(%s)"
+    )
 
 
 def asset_list(

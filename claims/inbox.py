@@ -22,13 +22,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from assets.models import Asset
+from assets.selectors import assets_with_keys
 from claims import message_columns
 from claims.models import (
     InboundMessage,
     MessageKind,
     MessageOutcome,
 )
-from claims.querysets import AnyOf, insert_rows
+from claims.querysets import insert_rows
 from claims.retry import REASON_GAVE_UP, readable_error, retry_policy
 from evops.protocol import messages as wire
 from evops.protocol.dids import DID
@@ -318,11 +319,8 @@ def inbound_lease_due_with_assets(
             continue
         addresses.add(hint.did.address)
     assets: dict[str, Asset | None] = dict.fromkeys(addresses)
-    if addresses:
-        for asset in Asset.objects.select_related("key").filter(
-            AnyOf(F("address"), sorted(addresses))
-        ):
-            assets[asset.address] = asset
+    for asset in assets_with_keys(addresses):
+        assets[asset.address] = asset
     return LeasedMessages(messages, assets)
 
 

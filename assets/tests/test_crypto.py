@@ -317,9 +317,12 @@ def test_an_envelope_is_derived_once_and_a_forged_one_in_full(monkeypatch):
     crypto._PROVEN_ENVELOPES.clear()
     derived: list[bytes] = []
     real = crypto._public_key
-    monkeypatch.setattr(
-        crypto, "_public_key", lambda secret: derived.append(b"") or real(secret)
-    )
+
+    def counted(secret: bytes) -> bytes:
+        derived.append(b"")
+        return real(secret)
+
+    monkeypatch.setattr(crypto, "_public_key", counted)
     first = crypto.sign_hash(sealed, address=address, digest=b"\x02" * 32)
     again = crypto.sign_hash(sealed, address=address, digest=b"\x02" * 32)
     assert first == again

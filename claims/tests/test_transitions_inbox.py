@@ -570,6 +570,7 @@ def test_a_lease_returns_messages_as_they_were_skips_held_rows_and_leases_them()
         assert not message._state.adding
         # The row itself is leased: one more attempt, due after the lease.
         assert stored.attempts == before.attempts + 1
+        assert stored.next_attempt_at is not None
         assert stored.next_attempt_at >= now + timedelta(seconds=59)
     assert InboundMessage.objects.get(pk=rows[1].pk).attempts == 1  # untouched
     assert [
