@@ -16,6 +16,7 @@ database call, and checks that the recorded public key derives the asset's addre
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -136,6 +137,13 @@ def signer_for_asset(asset: Asset) -> Signer:
 register_backend(SignerBackend.LOCAL_ENCRYPTED, EncryptedKeySigner.for_asset)
 
 
+@functools.lru_cache(maxsize=65536)
+def _address_of_public_key(public_key: bytes) -> str:
+    """The account of a stored public key (a pure function of public data, kept:
+    the listener builds a token asset's signer for every message it handles)."""
+    return crypto.checksum_address(keccak256(public_key)[-20:])
+
+
 def token_signer_for_asset(asset: Asset) -> pkcs11.TokenSigner:
     """The PKCS#11 signer of `asset`, from the ids and public key on its row."""
     try:
@@ -145,7 +153,7 @@ def token_signer_for_asset(asset: Asset) -> pkcs11.TokenSigner:
         raise crypto.KeyCustodyError(BAD_ROW.format(did=asset.did)) from None
     if not key_id or len(public_key) != 64 or not asset.token_label:
         raise crypto.KeyCustodyError(BAD_ROW.format(did=asset.did))
-    if crypto.checksum_address(keccak256(public_key)[-20:]) != asset.address:
+    if _address_of_public_key(public_key) != asset.address:
         raise crypto.KeyAddressMismatch(
             crypto.ADDRESS_MISMATCH.format(address=asset.address)
         )
