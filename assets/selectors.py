@@ -42,7 +42,7 @@ def assets_with_keys(addresses: Iterable[str]) -> list[Asset]:
     cached for an asset without one, as `select_related("key")` leaves it).
 
     The listener's lease asks this for every batch of messages: on PostgreSQL one
-    prepared statement whose rows are built with `from_db` (the ORM query took about
+    fixed statement whose rows are built with `from_db` (the ORM query took about
     70 us of CPU per asset to build and load); elsewhere the ORM query.
     """
     wanted = sorted(set(addresses))

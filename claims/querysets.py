@@ -2,11 +2,12 @@
 
 The app's only raw SQL lives here. Leases take rows with `SELECT ... FOR UPDATE SKIP
 LOCKED` (PostgreSQL) and push their due time forward in the same transaction, so two
-workers never take the same row (the inbox's in one prepared statement);
+workers never take the same row (the inbox's in one statement);
 `InboundMessageQuerySet.finish_many` records many messages' outcomes with one
-prepared UPDATE sent together, and `insert_rows` inserts the listener's batches of
-new rows the same way; the burst's lookups (`first_stored`, `ids_named`) are
-prepared statements too. Each has the ORM query it replaces as its SQLite path.
+UPDATE, its values bound, sent for every row together, and `insert_rows` inserts
+the listener's batches of new rows the same way; the burst's lookups
+(`first_stored`, `ids_named`) are fixed statements too. Each has the ORM query it
+replaces as its SQLite path.
 `claims.models` attaches them as the managers of its models.
 """
 
@@ -191,7 +192,7 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
         """Ids of the records with one of these claim ids for one of these assets.
 
         A burst asks this for every batch of filed requests and nearly always finds
-        none: one prepared statement instead of an ORM query built each time.
+        none: one fixed statement instead of an ORM query built each time.
         """
         if connection.vendor == "postgresql":
             with bound_cursor() as cursor:
@@ -209,7 +210,7 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
     def update_each(self, rows: Sequence[tuple[int, Mapping[str, Any]]]) -> None:
         """Give each record (by pk) its own values, the same columns for all.
 
-        One UPDATE prepared once and run for each row (psycopg pipelines
+        One UPDATE text, its values bound, run for each row (psycopg pipelines
         `executemany`), rather than an ORM query built per record: a burst's moves
         set a different CID, token or transaction on every row. Plain values only
         (no expressions); the rows are expected to be locked by the caller.
@@ -332,7 +333,7 @@ class InboundMessageQuerySet(models.QuerySet["InboundMessage"]):
     def finish_many(self, rows: Sequence[FinishRow]) -> None:
         """Record many messages' outcomes: one statement, run for each, one commit.
 
-        One UPDATE per row still, but prepared once and sent together (psycopg
+        One UPDATE per row still, but one text, values bound, sent together (psycopg
         pipelines `executemany`) rather than an ORM query built per message. A row
         is (outcome, reason, kind or None, asset DID, claim id, record id or None,
         message id); kind, asset DID, claim id and record id keep what the row has
