@@ -299,6 +299,7 @@ def test_plain_peer_is_fine_without_deploy():
         ("CHAIN_RPC_MAX_RESPONSE_BYTES", "x", "CHAIN_RPC_MAX_RESPONSE_BYTES"),
         ("CHAIN_DOCUMENT_CACHE_SIZE", "-1", "CHAIN_DOCUMENT_CACHE_SIZE must be at"),
         ("CREDENTIAL_STORE_MAX_RESPONSE_BYTES", "-1", "CREDENTIAL_STORE_MAX"),
+        ("DATABASE_PREPARE_THRESHOLD", "soon", "DATABASE_PREPARE_THRESHOLD must be"),
     ],
 )
 def test_malformed_trust_and_limit_settings_are_named(variable, value, fragment):
@@ -313,3 +314,27 @@ def test_trusted_issuers_accepts_every_did_form():
     value = f"did:ethr:volta:{address}, did:ethr:{address},{upper}"
     result = _check({**GOOD, "TRUSTED_ISSUERS": value})
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "threshold", "expected"),
+    [
+        ("postgres://evops@127.0.0.1:5432/evops", "", None),
+        ("postgres://evops@127.0.0.1:5432/evops", "0", None),
+        ("postgres://evops@127.0.0.1:5432/evops", "5", 5),
+        ("sqlite:////tmp/evops-settings-test.sqlite3", "5", None),
+    ],
+)
+def test_prepared_statements_are_off_unless_asked_for_on_postgresql(
+    url, threshold, expected
+):
+    result = _manage(
+        {**GOOD, "DATABASE_URL": url, "DATABASE_PREPARE_THRESHOLD": threshold},
+        "shell",
+        "-c",
+        "from django.conf import settings; "
+        "print(settings.DATABASES['default'].get('OPTIONS', {})"
+        ".get('prepare_threshold'))",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(expected)
