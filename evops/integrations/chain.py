@@ -459,7 +459,6 @@ class Chain:
         does not take batches). Limits as for one call: `request_timeout` for the
         exchange, `max_response_bytes` for the whole answer (`_BatchTooLarge` past it,
         and the calls go out one by one)."""
-        assert self._session is not None
         body = json.dumps(
             [
                 {"jsonrpc": "2.0", "method": c.method, "params": c.params, "id": i}
@@ -469,16 +468,7 @@ class Chain:
         ).encode()
         methods = ",".join(sorted({c.method for c in calls}))
         try:
-            async with (
-                asyncio.timeout(self.request_timeout),
-                self._session.post(
-                    self.rpc_url,
-                    data=body,
-                    headers=self._headers,
-                    timeout=aiohttp.ClientTimeout(total=self.request_timeout),
-                ) as answer,
-            ):
-                raw = await read_limited(answer, self.max_response_bytes)
+            raw = await self._post(body)
         except BodyTooLarge as exc:
             raise _BatchTooLarge(methods) from exc
         except _TRANSPORT_ERRORS as exc:
@@ -503,6 +493,22 @@ class Chain:
             for i, c in enumerate(calls)
         ]
 
+    async def _post(self, body: bytes) -> bytes:
+        """POST one JSON-RPC body (a call or a batch): the answer's bytes, the whole
+        exchange within `request_timeout`, at most `max_response_bytes` read
+        (`BodyTooLarge` past it; transport errors as aiohttp raises them)."""
+        assert self._session is not None
+        async with (
+            asyncio.timeout(self.request_timeout),
+            self._session.post(
+                self.rpc_url,
+                data=body,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+            ) as answer,
+        ):
+            return await read_limited(answer, self.max_response_bytes)
+
     async def _exchange(
         self, method: str, params: list[Any], *, tx_hash: str | None = None
     ) -> Mapping[str, Any]:
@@ -511,19 +517,9 @@ class Chain:
         The whole exchange ends within `request_timeout` and reads at most
         `max_response_bytes`, whatever the node sends.
         """
-        assert self._session is not None
         body = self._provider.encode_rpc_request(RPCEndpoint(method), params)
         try:
-            async with (
-                asyncio.timeout(self.request_timeout),
-                self._session.post(
-                    self.rpc_url,
-                    data=body,
-                    headers=self._headers,
-                    timeout=aiohttp.ClientTimeout(total=self.request_timeout),
-                ) as answer,
-            ):
-                raw = await read_limited(answer, self.max_response_bytes)
+            raw = await self._post(body)
         except BodyTooLarge as exc:
             raise ChainError(
                 f"{RPC_TOO_LARGE}: {method}: {exc}", permanent=False, tx_hash=tx_hash
