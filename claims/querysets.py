@@ -288,14 +288,11 @@ class InboundMessageQuerySet(models.QuerySet["InboundMessage"]):
         if connection.vendor == "postgresql" and not self.query.where:
             # One statement: the rows as they were, locked and leased (an ORM
             # SELECT and UPDATE cost a millisecond of CPU per lease to build).
+            sql, names = _lease_sql(self.model)
             db = connections[self.db]
-            fields = self.model._meta.concrete_fields
             with transaction.atomic(using=self.db), bound_cursor(db) as cursor:
-                cursor.execute(
-                    _lease_sql(self.model), [MessageOutcome.PENDING, now, limit, until]
-                )
+                cursor.execute(sql, [MessageOutcome.PENDING, now, limit, until])
                 rows = cursor.fetchall()
-            names = [field.attname for field in fields]
             return [self.model.from_db(self.db, names, row) for row in rows]
         with transaction.atomic():
             query = self.filter(
@@ -390,16 +387,14 @@ class ListenerHeartbeatQuerySet(models.QuerySet["ListenerHeartbeat"]):
 @functools.cache
 def _update_sql(model: type[models.Model], names: tuple[str, ...]) -> str:
     meta, quote = model._meta, connection.ops.quote_name
-    columns = []
-    for name in (*names, "pk"):
-        field = meta.pk if name == "pk" else meta.get_field(name)
-        assert isinstance(field, Field)
-        columns.append(quote(field.column))
-    *sets, pk = columns
-    assignments = ", ".join(f"{column} = %s" for column in sets)
+    assert meta.pk is not None
+    assignments = ", ".join(f"{_column(model, name)} = %s" for name in names)
     # Only quoted identifiers from the model's own metadata are formatted in; every
     # value is a parameter.
-    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {pk} = %s"  # noqa: S608
+    return (
+        f"UPDATE {quote(meta.db_table)} SET {assignments} "  # noqa: S608
+        f"WHERE {quote(meta.pk.column)} = %s"
+    )
 
 
 def _column(model: type[models.Model], name: str) -> str:
@@ -409,8 +404,9 @@ def _column(model: type[models.Model], name: str) -> str:
 
 
 @functools.cache
-def _lease_sql(model: type[InboundMessage]) -> str:
-    """Lock and lease due messages, returning them as they were before the lease."""
+def _lease_sql(model: type[InboundMessage]) -> tuple[str, list[str]]:
+    """Lock and lease due messages, returning them as they were before the lease;
+    and the attribute names of the columns it returns, in order (for `from_db`)."""
     meta = model._meta
     table = connection.ops.quote_name(meta.db_table)
     columns = ", ".join(
@@ -422,7 +418,7 @@ def _lease_sql(model: type[InboundMessage]) -> str:
     )
     # Only quoted identifiers from the model's own metadata are formatted in; every
     # value is a parameter.
-    return (
+    sql = (
         f"WITH picked AS (SELECT {columns} FROM {table} "  # noqa: S608
         f"WHERE {outcome} = %s AND {due} <= %s ORDER BY {pk} LIMIT %s "
         f"FOR UPDATE SKIP LOCKED), "
@@ -431,6 +427,7 @@ def _lease_sql(model: type[InboundMessage]) -> str:
         f"FROM picked WHERE {table}.{pk} = picked.{pk}) "
         f"SELECT * FROM picked ORDER BY {pk}"
     )
+    return sql, [field.attname for field in meta.concrete_fields]
 
 
 @functools.cache
@@ -463,25 +460,18 @@ def _first_stored_sql(model: type[InboundMessage]) -> str:
 
 @functools.cache
 def _finish_sql(model: type[InboundMessage]) -> str:
-    meta = model._meta
-    quote = connection.ops.quote_name
-
-    def column(name: str) -> str:
-        field = meta.get_field(name)
-        assert isinstance(field, Field)
-        return quote(field.column)
-
     outcome, reason, processed_at, next_attempt_at, kind = (
-        column(name)
+        _column(model, name)
         for name in ("outcome", "reason", "processed_at", "next_attempt_at", "kind")
     )
     asset_did, claim_id, record_id, pk = (
-        column(name) for name in ("asset_did", "claim_id", "record", "id")
+        _column(model, name) for name in ("asset_did", "claim_id", "record", "id")
     )
+    table = connection.ops.quote_name(model._meta.db_table)
     # Only quoted identifiers from the model's own metadata are formatted in; every
     # value is a parameter.
     return (
-        f"UPDATE {quote(meta.db_table)} SET {outcome} = %s, {reason} = %s, "  # noqa: S608
+        f"UPDATE {table} SET {outcome} = %s, {reason} = %s, "  # noqa: S608
         f"{processed_at} = %s, {next_attempt_at} = NULL, "
         f"{kind} = COALESCE(%s, {kind}), "
         f"{asset_did} = COALESCE(NULLIF(%s, ''), {asset_did}), "
