@@ -20,6 +20,7 @@ construction, which would double the cost of a decrypt-and-sign.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -196,9 +197,16 @@ def checksum_address(address20: bytes) -> str:
     return _checksum(address20)
 
 
+@functools.lru_cache(maxsize=65536)
+def address_of_public_key(public_key: bytes) -> str:
+    """The EIP-55 account of a 64-byte public key (x || y). Public data, kept: the
+    listener builds a token asset's signer from its stored key for every message."""
+    return checksum_address(keccak256(public_key)[-20:])
+
+
 @sensitive_variables()
 def _address_of(secret: bytes) -> str:
-    return checksum_address(keccak256(_public_key(secret))[-20:])
+    return address_of_public_key(_public_key(secret))
 
 
 # Envelopes already proven, by a decryption, to hold the key of their address: a

@@ -42,10 +42,9 @@ from typing import Any
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
-from assets.crypto import KeyCustodyError, checksum_address, eip191_digest
+from assets.crypto import KeyCustodyError, address_of_public_key, eip191_digest
 from evops.protocol import ethsig
 from evops.protocol.errors import SignatureError
-from evops.protocol.hashing import keccak256
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ class TokenKey:
 
     @property
     def address(self) -> str:
-        return checksum_address(keccak256(self.public_key)[-20:])
+        return address_of_public_key(self.public_key)
 
 
 # --- the module and its lock ---------------------------------------------------------

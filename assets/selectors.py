@@ -50,16 +50,13 @@ def assets_with_keys(addresses: Iterable[str]) -> list[Asset]:
         return []
     if connection.vendor != "postgresql":
         return list(Asset.objects.select_related("key").filter(address__in=wanted))
-    asset_fields = Asset._meta.concrete_fields
-    key_fields = AssetKey._meta.concrete_fields
+    sql, asset_names, key_names = _assets_with_keys_query()
+    split = len(asset_names)
     link = AssetKey._meta.get_field("asset")
     assert isinstance(link, models.OneToOneField)
-    asset_names = [field.attname for field in asset_fields]
-    key_names = [field.attname for field in key_fields]
-    split = len(asset_fields)
     db = connections[connection.alias]
     with bound_cursor(db) as cursor:
-        cursor.execute(_assets_with_keys_sql(), [wanted])
+        cursor.execute(sql, [wanted])
         rows = cursor.fetchall()
     found: list[Asset] = []
     for row in rows:
@@ -74,22 +71,30 @@ def assets_with_keys(addresses: Iterable[str]) -> list[Asset]:
 
 
 @functools.cache
-def _assets_with_keys_sql() -> str:
+def _assets_with_keys_query() -> tuple[str, list[str], list[str]]:
+    """The join, and the attribute names of the asset's and the key's columns it
+    returns, in order (for `from_db`)."""
     quote = connection.ops.quote_name
-    asset_table = quote(Asset._meta.db_table)
-    key_table = quote(AssetKey._meta.db_table)
-    columns = [f"a.{quote(f.column)}" for f in Asset._meta.concrete_fields] + [
-        f"k.{quote(f.column)}" for f in AssetKey._meta.concrete_fields
+    asset_fields = Asset._meta.concrete_fields
+    key_fields = AssetKey._meta.concrete_fields
+    columns = [f"a.{quote(f.column)}" for f in asset_fields] + [
+        f"k.{quote(f.column)}" for f in key_fields
     ]
     link = quote(AssetKey._meta.get_field("asset").column)
     asset_pk = quote(Asset._meta.get_field("id").column)
     address = quote(Asset._meta.get_field("address").column)
     # Only quoted identifiers from the models' own metadata are formatted in; the
     # addresses are a parameter.
-    return (
-        f"SELECT {', '.join(columns)} FROM {asset_table} a "  # noqa: S608
-        f"LEFT JOIN {key_table} k ON k.{link} = a.{asset_pk} "
+    sql = (
+        f"SELECT {', '.join(columns)} "  # noqa: S608
+        f"FROM {quote(Asset._meta.db_table)} a "
+        f"LEFT JOIN {quote(AssetKey._meta.db_table)} k ON k.{link} = a.{asset_pk} "
         f"WHERE a.{address} = ANY(%s)"
+    )
+    return (
+        sql,
+        [field.attname for field in asset_fields],
+        [field.attname for field in key_fields],
     )
 
 

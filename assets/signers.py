@@ -16,7 +16,6 @@ database call, and checks that the recorded public key derives the asset's addre
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,7 +26,6 @@ from django.db import connections
 from assets import crypto, pkcs11
 from assets.models import Asset, AssetKey, OperatorAccount, SignerBackend
 from assets.selectors import OperatorNotConfigured, operator_account_for
-from evops.protocol.hashing import keccak256
 from evops.protocol.signer import Signer
 
 __all__ = [
@@ -137,13 +135,6 @@ def signer_for_asset(asset: Asset) -> Signer:
 register_backend(SignerBackend.LOCAL_ENCRYPTED, EncryptedKeySigner.for_asset)
 
 
-@functools.lru_cache(maxsize=65536)
-def _address_of_public_key(public_key: bytes) -> str:
-    """The account of a stored public key (a pure function of public data, kept:
-    the listener builds a token asset's signer for every message it handles)."""
-    return crypto.checksum_address(keccak256(public_key)[-20:])
-
-
 def token_signer_for_asset(asset: Asset) -> pkcs11.TokenSigner:
     """The PKCS#11 signer of `asset`, from the ids and public key on its row."""
     try:
@@ -153,7 +144,7 @@ def token_signer_for_asset(asset: Asset) -> pkcs11.TokenSigner:
         raise crypto.KeyCustodyError(BAD_ROW.format(did=asset.did)) from None
     if not key_id or len(public_key) != 64 or not asset.token_label:
         raise crypto.KeyCustodyError(BAD_ROW.format(did=asset.did))
-    if _address_of_public_key(public_key) != asset.address:
+    if crypto.address_of_public_key(public_key) != asset.address:
         raise crypto.KeyAddressMismatch(
             crypto.ADDRESS_MISMATCH.format(address=asset.address)
         )
