@@ -173,17 +173,21 @@ def test_a_ciphertext_moved_to_another_asset_fails():
     assert other.address in str(info.value)
 
 
-def test_a_key_that_derives_another_address_is_refused():
-    # Forged with the master key itself: authentic, but for the wrong account.
-    key, other = make_key(), make_key()
+def _forged(key_hex: str, address: str) -> crypto.SealedKey:
+    """`key_hex` sealed for `address` with the master key itself: an envelope that
+    authenticates, holding the key of another account."""
     nonce = os.urandom(12)
-    material = dict(settings.EVOPS_KEY_ENCRYPTION_KEYS)
-    ciphertext = AESGCM(material["test1"]).encrypt(
+    ciphertext = AESGCM(dict(settings.EVOPS_KEY_ENCRYPTION_KEYS)["test1"]).encrypt(
         nonce,
-        bytes.fromhex(key.hex[2:]),
-        b"evops/asset-key/v1|" + other.address.lower().encode(),
+        bytes.fromhex(key_hex[2:]),
+        b"evops/asset-key/v1|" + address.lower().encode(),
     )
-    forged = crypto.SealedKey("test1", crypto.ALGORITHM, nonce, ciphertext)
+    return crypto.SealedKey("test1", crypto.ALGORITHM, nonce, ciphertext)
+
+
+def test_a_key_that_derives_another_address_is_refused():
+    key, other = make_key(), make_key()
+    forged = _forged(key.hex, other.address)
     with pytest.raises(crypto.KeyAddressMismatch) as info:
         crypto.sign_message(forged, address=other.address, message=b"x")
     assert str(info.value) == crypto.ADDRESS_MISMATCH.format(address=other.address)
@@ -246,13 +250,7 @@ def test_a_forged_key_is_refused_even_after_the_address_was_verified():
     key, other = make_key(), make_key()
     address, sealed = crypto.seal_private_key(other.hex)
     crypto.verify(sealed, address=address)  # remembers other's public key
-    nonce = os.urandom(12)
-    ciphertext = AESGCM(dict(settings.EVOPS_KEY_ENCRYPTION_KEYS)["test1"]).encrypt(
-        nonce,
-        bytes.fromhex(key.hex[2:]),
-        b"evops/asset-key/v1|" + address.lower().encode(),
-    )
-    forged = crypto.SealedKey("test1", crypto.ALGORITHM, nonce, ciphertext)
+    forged = _forged(key.hex, address)
     with pytest.raises(crypto.KeyAddressMismatch):
         crypto.sign_hash(forged, address=address, digest=b"\x01" * 32)
     crypto.verify(sealed, address=address)
@@ -328,13 +326,7 @@ def test_an_envelope_is_derived_once_and_a_forged_one_in_full(monkeypatch):
     assert first == again
     assert len(derived) == 1  # the second use of the same envelope derives nothing
     # Another envelope for the same address (authentic, wrong key) is checked again.
-    nonce = os.urandom(12)
-    ciphertext = AESGCM(dict(settings.EVOPS_KEY_ENCRYPTION_KEYS)["test1"]).encrypt(
-        nonce,
-        bytes.fromhex(other.hex[2:]),
-        b"evops/asset-key/v1|" + address.lower().encode(),
-    )
-    forged = crypto.SealedKey("test1", crypto.ALGORITHM, nonce, ciphertext)
+    forged = _forged(other.hex, address)
     for _ in range(2):  # refused every time, never remembered
         with pytest.raises(crypto.KeyAddressMismatch):
             crypto.sign_hash(forged, address=address, digest=b"\x02" * 32)

@@ -32,6 +32,7 @@ from claims.models import (
     ListenerHeartbeat,
     MessageOutcome,
 )
+from claims.tests.rowlocks import row_held
 from evops.integrations import nats as nats_integration
 from evops.integrations.nats import NatsOptions, StreamSpec
 from evops.protocol import messages as wire
@@ -610,10 +611,6 @@ async def test_jetstream_stream_is_created_then_fixed_and_conflicts_refused(
 
 async def test_renewing_leases_skips_a_row_being_finished(make_asset, settings):
     """The heartbeat never waits for a row another transaction holds (no deadlock)."""
-    import threading
-
-    from django.db import connections, transaction
-
     settings.INBOX_LEASE_SECONDS = 30
     soon = timezone.now() + timedelta(seconds=1)
     held, free = [
@@ -624,27 +621,11 @@ async def test_renewing_leases_skips_a_row_being_finished(make_asset, settings):
         )
         for n in range(2)
     ]
-    locked, release = threading.Event(), threading.Event()
-
-    def finishing_worker() -> None:
-        try:
-            with transaction.atomic():
-                InboundMessage.objects.select_for_update().get(pk=held.pk)
-                locked.set()
-                release.wait(timeout=30)
-        finally:
-            connections.close_all()
-
-    worker = threading.Thread(target=finishing_worker)
-    worker.start()
-    try:
-        assert await asyncio.to_thread(locked.wait, 10)
+    # A worker finishing `held` holds its row meanwhile.
+    with row_held(InboundMessage, held.pk):
         await sync_to_async(transitions.leases_renew, thread_sensitive=False)(
             message_ids=[held.pk, free.pk], record_ids=[]
         )
-    finally:
-        release.set()
-        await asyncio.to_thread(worker.join, 30)
     await held.arefresh_from_db()
     await free.arefresh_from_db()
     floor = timezone.now() + timedelta(seconds=20)

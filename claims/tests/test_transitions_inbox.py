@@ -23,6 +23,7 @@ from claims.models import (
     MessageOutcome,
     staff_actor,
 )
+from claims.tests.rowlocks import row_held
 from evops.protocol import messages as wire
 from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
@@ -522,8 +523,6 @@ def test_a_message_that_does_not_parse_keeps_no_columns_and_waits_for_a_worker()
 
 @pytest.mark.django_db(transaction=True)
 def test_a_lease_returns_messages_as_they_were_skips_held_rows_and_leases_them():
-    from django.db import connections, transaction
-
     now = timezone.now()
     rows = [
         InboundMessage.objects.create(
@@ -540,25 +539,8 @@ def test_a_lease_returns_messages_as_they_were_skips_held_rows_and_leases_them()
         dedupe_key="lease-later",
         next_attempt_at=now + timedelta(hours=1),
     )
-    locked, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        try:
-            with transaction.atomic():
-                InboundMessage.objects.select_for_update().get(pk=rows[1].pk)
-                locked.set()
-                release.wait(timeout=30)
-        finally:
-            connections.close_all()
-
-    worker = threading.Thread(target=holder)
-    worker.start()
-    try:
-        assert locked.wait(10)
+    with row_held(InboundMessage, rows[1].pk):
         leased = InboundMessage.objects.lease_due(limit=2, lease_seconds=60)
-    finally:
-        release.set()
-        worker.join(30)
     # Oldest first, the held row skipped, at most `limit`.
     assert [m.pk for m in leased] == [rows[0].pk, rows[2].pk]
     for message in leased:

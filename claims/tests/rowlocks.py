@@ -1,0 +1,34 @@
+"""A row held by another transaction, for the tests of SKIP LOCKED paths."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from django.db import connections, models, transaction
+
+
+@contextlib.contextmanager
+def row_held(model: type[models.Model], pk: int) -> Iterator[None]:
+    """Row `pk` of `model` locked `FOR UPDATE` by another transaction (its own
+    thread and connection) while the block runs; released and committed after."""
+    locked, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                model._default_manager.select_for_update().get(pk=pk)
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=holder)
+    worker.start()
+    try:
+        assert locked.wait(10), "the row was not locked within 10 s"
+        yield
+    finally:
+        release.set()
+        worker.join(30)
