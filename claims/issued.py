@@ -14,17 +14,15 @@ case (a requested record holding no token yet) and one by one for any other.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from assets.models import Asset
 from claims import lifecycle_records, moves, transitions
 from claims.models import Actor, ClaimRecord
-from claims.querysets import AnyOf
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,11 @@ def claim_record_verified(**fields: Any) -> ClaimRecord:
     return record
 
 
+def _with_facts(move: moves.Move, facts: Mapping[str, Any], now: Any) -> moves.Move:
+    """`move` also writing the token's facts (`record_credential_facts`' columns)."""
+    return replace(move, fields={**move.fields, **facts, "lifecycle_checked_at": now})
+
+
 def claim_record_verified_many(calls: Sequence[Mapping[str, Any]]) -> list[ClaimRecord]:
     """`claim_record_verified` for a burst; the records in the order given.
 
@@ -79,45 +82,51 @@ def claim_record_verified_many(calls: Sequence[Mapping[str, Any]]) -> list[Claim
     results: list[ClaimRecord | None] = [None] * len(wanted)
     with transaction.atomic():
         rows = {
-            (r.asset_id, r.claim_id): r
-            for r in ClaimRecord.objects.select_for_update()
-            .filter(
-                AnyOf(F("asset_id"), sorted({v.asset.pk for v in wanted})),
-                AnyOf(F("claim_id"), sorted({v.claim_id for v in wanted})),
+            (asset_id, claim_id): (pk, token_sha256)
+            for pk, asset_id, claim_id, token_sha256 in ClaimRecord.objects.lock_named(
+                [v.asset.pk for v in wanted], [v.claim_id for v in wanted]
             )
-            .order_by("pk")
-            .only("pk", "asset_id", "claim_id", "token_sha256")
         }
         together: dict[int, tuple[int, Verified]] = {}
         for i, v in enumerate(wanted):
             row = rows.get((v.asset.pk, v.claim_id))
-            if row is not None and not row.token_sha256 and row.pk not in together:
-                together[row.pk] = (i, v)
+            if row is not None and not row[1] and row[0] not in together:
+                together[row[0]] = (i, v)
         now, lease = timezone.now(), moves.publish_lease()
+        # The token's facts go with the move (the same UPDATE); a status entry it
+        # could not read is noted once the move happened, as the single path does.
+        facts = {
+            pk: lifecycle_records.credential_facts(v.token, v.hub_expiry)
+            for pk, (_, v) in together.items()
+        }
+        errors = {pk: fact.pop("error", "") for pk, fact in facts.items()}
         moved = moves.transition_together(
             [
-                moves.issued_move(
-                    record_id=pk,
-                    token=v.token,
-                    token_sha256=v.token_sha256,
-                    issuer_did=v.issuer_did,
-                    role=v.role,
-                    role_version=v.role_version,
-                    actor=v.actor,
-                    details=v.details,
-                    now=now,
-                    lease=lease,
+                _with_facts(
+                    moves.issued_move(
+                        record_id=pk,
+                        token=v.token,
+                        token_sha256=v.token_sha256,
+                        issuer_did=v.issuer_did,
+                        role=v.role,
+                        role_version=v.role_version,
+                        actor=v.actor,
+                        details=v.details,
+                        now=now,
+                        lease=lease,
+                    ),
+                    facts[pk],
+                    now,
                 )
                 for pk, (_, v) in together.items()
             ]
         )
         for (pk, (_, v)), done in zip(together.items(), moved, strict=True):
-            if done:
-                lifecycle_records.record_credential_facts(
-                    pk, v.token, hub_expiry=v.hub_expiry, actor=v.actor
-                )
-        fresh = ClaimRecord.objects.filter(AnyOf(F("pk"), list(together)))
-        by_pk = {record.pk: record for record in fresh}
+            if done and errors[pk]:
+                lifecycle_records.note_unusable_entry(pk, errors[pk], actor=v.actor)
+        by_pk = {
+            record.pk: record for record in ClaimRecord.objects.loaded(list(together))
+        }
         for pk, (i, _) in together.items():
             results[i] = by_pk[pk]
     for i, call in enumerate(calls):

@@ -129,7 +129,12 @@ def record_credential_facts(
         lifecycle_checked_at=timezone.now(), **facts
     )
     if error:
-        claim_note(record_id, actor=actor, kind="status_entry_unusable", message=error)
+        note_unusable_entry(record_id, error, actor=actor)
+
+
+def note_unusable_entry(record_id: int, error: str, *, actor: Actor) -> None:
+    """Note on the record that its token's status-list entry could not be read."""
+    claim_note(record_id, actor=actor, kind="status_entry_unusable", message=error)
 
 
 def claim_prepare_reissue(

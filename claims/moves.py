@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from claims.history import announce, event_row
@@ -34,7 +34,7 @@ from claims.models import (
     InboundMessage,
     MessageOutcome,
 )
-from claims.querysets import AnyOf, insert_rows
+from claims.querysets import insert_rows
 from evops.protocol import erc1056
 
 ERR_NOT_ALLOWED = "A claim does not move from {current} to {to}."
@@ -240,12 +240,7 @@ def transition_together(moves: Sequence[Move]) -> list[bool]:
     """`claim_transition_many`'s work, inside the caller's transaction (which
     `claims.issued` shares with its other writes)."""
     moved = [False] * len(moves)
-    status: dict[int, str] = dict(
-        ClaimRecord.objects.select_for_update()
-        .filter(AnyOf(F("pk"), sorted({m.record_id for m in moves})))
-        .order_by("pk")
-        .values_list("pk", "status")
-    )
+    status = ClaimRecord.objects.lock_statuses([m.record_id for m in moves])
     groups: dict[Any, list[Move]] = {}
     events = []
     for i, move in enumerate(moves):
@@ -277,8 +272,9 @@ def transition_together(moves: Sequence[Move]) -> list[bool]:
             row = {"status": first.to, "updated_at": now, **first.fields}
             each.setdefault(tuple(row), []).append((first.record_id, row))
             continue
-        ClaimRecord.objects.filter(AnyOf(F("pk"), [m.record_id for m in group])).update(
-            status=first.to, updated_at=now, **first.fields
+        ClaimRecord.objects.update_together(
+            [m.record_id for m in group],
+            {"status": first.to, "updated_at": now, **first.fields},
         )
     for rows in each.values():
         ClaimRecord.objects.update_each(rows)
@@ -304,30 +300,10 @@ def _same_update(move: Move, index: int) -> Any:
 
 
 def inbound_settle_for_many(record_ids: Sequence[int]) -> int:
-    """`transitions.inbound_settle_for` for many published records, in two queries
-    when no failed message names them (the usual case: one)."""
-    if not record_ids:
-        return 0
-    records = {
-        pk: (claim_id, did)
-        for pk, claim_id, did in ClaimRecord.objects.filter(
-            AnyOf(F("pk"), list(record_ids))
-        ).values_list("pk", "claim_id", "asset__did")
-    }
-    by_claim = {value: pk for pk, value in records.items()}
-    # A superset (any of the claim ids with any of the DIDs), narrowed below.
-    named = Q(AnyOf(F("record_id"), list(records))) | Q(
-        AnyOf(F("claim_id"), sorted({c for c, _ in records.values()})),
-        AnyOf(F("asset_did"), sorted({d for _, d in records.values()})),
-    )
+    """`transitions.inbound_settle_for` for many published records: one query when
+    no failed message names them (the usual case)."""
     settled = 0
-    failed = InboundMessage.objects.filter(outcome=MessageOutcome.FAILED).filter(named)
-    for message_id, record_id, claim_id, did in failed.values_list(
-        "pk", "record_id", "claim_id", "asset_did"
-    ):
-        owner = record_id if record_id in records else by_claim.get((claim_id, did))
-        if owner is None:
-            continue
+    for message_id, owner in InboundMessage.objects.failed_naming(record_ids):
         settled += InboundMessage.objects.filter(
             pk=message_id, outcome=MessageOutcome.FAILED
         ).update(

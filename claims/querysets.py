@@ -21,7 +21,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.db import connection, connections, models, transaction
-from django.db.models import F, Field, Lookup
+from django.db.models import F, Field, Lookup, Q, Value
+from django.db.models.expressions import CombinedExpression
 from django.utils import timezone
 
 from evops.database import bound_cursor
@@ -207,6 +208,92 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
             ).values_list("pk", flat=True)
         )
 
+    def lock_statuses(self, ids: Sequence[int]) -> dict[int, str]:
+        """Lock these records (`FOR UPDATE`, in id order) and return their statuses.
+
+        Every batched move starts here: one fixed statement on PostgreSQL rather
+        than an ORM query built per batch. Call inside a transaction.
+        """
+        ids = sorted(set(ids))
+        if connection.vendor == "postgresql":
+            with bound_cursor() as cursor:
+                cursor.execute(_lock_statuses_sql(self.model), [ids])
+                return dict(cursor.fetchall())
+        return dict(
+            self.select_for_update()
+            .filter(AnyOf(F("pk"), ids))
+            .order_by("pk")
+            .values_list("pk", "status")
+        )
+
+    def lock_named(
+        self, asset_ids: Sequence[int], claim_ids: Sequence[str]
+    ) -> list[tuple[int, int, str, str]]:
+        """Lock the records of any of these assets with any of these claim ids (in
+        id order): (id, asset id, claim id, token digest) of each. Call inside a
+        transaction."""
+        assets, claims = sorted(set(asset_ids)), sorted(set(claim_ids))
+        if connection.vendor == "postgresql":
+            with bound_cursor() as cursor:
+                cursor.execute(_lock_named_sql(self.model), [assets, claims])
+                return [tuple(row) for row in cursor.fetchall()]
+        return list(
+            self.select_for_update()
+            .filter(AnyOf(F("asset_id"), assets), AnyOf(F("claim_id"), claims))
+            .order_by("pk")
+            .values_list("pk", "asset_id", "claim_id", "token_sha256")
+        )
+
+    def loaded(self, ids: Sequence[int]) -> list[ClaimRecord]:
+        """These records, whole, in id order: one fixed statement on PostgreSQL
+        (`from_db`, as the ORM loads them) while no field of the model has a database
+        converter `from_db` would skip; the ORM query otherwise."""
+        ids = sorted(set(ids))
+        if connection.vendor == "postgresql" and not self.query.where:
+            plain = _plain_select_sql(self.model)
+            if plain is not None:
+                sql, names = plain
+                with bound_cursor() as cursor:
+                    cursor.execute(sql, [ids])
+                    rows = cursor.fetchall()
+                return [self.model.from_db(self.db, names, row) for row in rows]
+        return list(self.filter(AnyOf(F("pk"), ids)).order_by("pk"))
+
+    def update_together(self, ids: Sequence[int], values: Mapping[str, Any]) -> None:
+        """Set the same values on these (locked) records: one UPDATE.
+
+        On PostgreSQL a fixed statement when each value is plain or adds an integer
+        to its own column (`F("attempts") + 1`); the ORM's UPDATE for anything else.
+        """
+        increments: dict[str, int] = {}
+        plain: dict[str, Any] = {}
+        for name, value in values.items():
+            step = _own_increment(name, value)
+            if step is not None:
+                increments[name] = step
+            elif hasattr(value, "resolve_expression"):
+                break
+            else:
+                plain[name] = value
+        else:
+            if connection.vendor == "postgresql":
+                fields = [
+                    cast("Field[Any, Any]", self.model._meta.get_field(name))
+                    for name in plain
+                ]
+                params = [
+                    field.get_db_prep_save(plain[field.name], connection)
+                    for field in fields
+                ]
+                sql = _update_together_sql(
+                    self.model, tuple(plain), tuple(sorted(increments))
+                )
+                steps = [increments[name] for name in sorted(increments)]
+                with transaction.atomic(), bound_cursor() as cursor:
+                    cursor.execute(sql, [*params, *steps, list(ids)])
+                return
+        self.filter(AnyOf(F("pk"), list(ids))).update(**values)
+
     def update_each(self, rows: Sequence[tuple[int, Mapping[str, Any]]]) -> None:
         """Give each record (by pk) its own values, the same columns for all.
 
@@ -355,6 +442,57 @@ class InboundMessageQuerySet(models.QuerySet["InboundMessage"]):
         with transaction.atomic(), bound_cursor() as cursor:
             cursor.executemany(_finish_sql(self.model), params)
 
+    def failed_naming(self, record_ids: Sequence[int]) -> list[tuple[int, int]]:
+        """(message id, record id) of the failed messages about these records: by
+        their record, or by the claim id and asset DID of one (a message that failed
+        before its record existed). A message naming a record by id belongs to it.
+
+        Publication asks this for every batch and nearly always finds none: one
+        fixed statement on PostgreSQL, the ORM's queries elsewhere.
+        """
+        # The models module imports this one for its managers.
+        from claims.models import ClaimRecord, MessageOutcome
+
+        ids = sorted(set(record_ids))
+        if not ids:
+            return []
+        if connection.vendor == "postgresql":
+            with bound_cursor() as cursor:
+                cursor.execute(
+                    _failed_naming_sql(self.model, ClaimRecord),
+                    [ids, MessageOutcome.FAILED],
+                )
+                found = cursor.fetchall()
+        else:
+            records = {
+                pk: (claim_id, did)
+                for pk, claim_id, did in ClaimRecord.objects.filter(
+                    AnyOf(F("pk"), ids)
+                ).values_list("pk", "claim_id", "asset__did")
+            }
+            by_claim = {value: pk for pk, value in records.items()}
+            named = Q(AnyOf(F("record_id"), list(records))) | Q(
+                AnyOf(F("claim_id"), sorted({c for c, _ in records.values()})),
+                AnyOf(F("asset_did"), sorted({d for _, d in records.values()})),
+            )
+            found = [
+                (pk, record_id, by_claim.get((claim_id, did)))
+                for pk, record_id, claim_id, did in self.filter(
+                    outcome=MessageOutcome.FAILED
+                )
+                .filter(named)
+                .values_list("pk", "record_id", "claim_id", "asset_did")
+            ]
+        # A message may meet two records (by id, and by name); its id wins. A claim
+        # id and DID name one record at most (unique per asset).
+        owners: dict[int, int] = {}
+        wanted = set(ids)
+        for message_id, record_id, by_name in found:
+            owner = record_id if record_id in wanted else by_name
+            if owner is not None:
+                owners[message_id] = owner
+        return sorted(owners.items())
+
 
 FinishRow = tuple[str, str, "str | None", str, str, "int | None", int]
 
@@ -478,4 +616,120 @@ def _finish_sql(model: type[InboundMessage]) -> str:
         f"{claim_id} = COALESCE(NULLIF(%s, ''), {claim_id}), "
         f"{record_id} = COALESCE(%s, {record_id}) "
         f"WHERE {pk} = %s"
+    )
+
+
+def _own_increment(name: str, value: Any) -> int | None:
+    """n when `value` is `F(name) + n` (an integer n), else None."""
+    if (
+        isinstance(value, CombinedExpression)
+        and value.connector == CombinedExpression.ADD
+        and isinstance(value.lhs, F)
+        and value.lhs.name == name
+        and isinstance(value.rhs, Value)
+        and type(value.rhs.value) is int
+    ):
+        return value.rhs.value
+    return None
+
+
+@functools.cache
+def _update_together_sql(
+    model: type[models.Model], names: tuple[str, ...], increments: tuple[str, ...]
+) -> str:
+    meta, quote = model._meta, connection.ops.quote_name
+    assert meta.pk is not None
+    table = quote(meta.db_table)
+    assignments = [f"{_column(model, name)} = %s" for name in names] + [
+        f"{_column(model, name)} = {table}.{_column(model, name)} + %s"
+        for name in increments
+    ]
+    # Only quoted identifiers from the model's own metadata are formatted in; every
+    # value is a parameter.
+    return (
+        f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608
+        f"WHERE {quote(meta.pk.column)} = ANY(%s)"
+    )
+
+
+@functools.cache
+def _lock_statuses_sql(model: type[ClaimRecord]) -> str:
+    table = connection.ops.quote_name(model._meta.db_table)
+    pk, status = (_column(model, name) for name in ("id", "status"))
+    # Only quoted identifiers from the model's own metadata are formatted in; every
+    # value is a parameter.
+    return (
+        f"SELECT {pk}, {status} FROM {table} "  # noqa: S608
+        f"WHERE {pk} = ANY(%s) ORDER BY {pk} FOR UPDATE"
+    )
+
+
+@functools.cache
+def _lock_named_sql(model: type[ClaimRecord]) -> str:
+    table = connection.ops.quote_name(model._meta.db_table)
+    pk, asset, claim, digest = (
+        _column(model, name) for name in ("id", "asset", "claim_id", "token_sha256")
+    )
+    # Only quoted identifiers from the model's own metadata are formatted in; every
+    # value is a parameter.
+    return (
+        f"SELECT {pk}, {asset}, {claim}, {digest} FROM {table} "  # noqa: S608
+        f"WHERE {asset} = ANY(%s) AND {claim} = ANY(%s) ORDER BY {pk} FOR UPDATE"
+    )
+
+
+@functools.cache
+def _plain_select_sql(model: type[models.Model]) -> tuple[str, list[str]] | None:
+    """SELECT of the whole rows with these ids, and the attribute names of its
+    columns; None when a field has a database converter (`from_db` would skip it)."""
+    meta = model._meta
+    fields = meta.concrete_fields
+    for field in fields:
+        # What the ORM applies to a column it loads: the field's converters
+        # (`from_db_value`) and the backend's for its type.
+        column = cast(Any, field).get_col(meta.db_table)
+        if column.get_db_converters(connection) or connection.ops.get_db_converters(
+            column
+        ):
+            return None
+    assert meta.pk is not None
+    table = connection.ops.quote_name(meta.db_table)
+    pk = connection.ops.quote_name(meta.pk.column)
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    # Only quoted identifiers from the model's own metadata are formatted in; every
+    # value is a parameter.
+    sql = (
+        f"SELECT {columns} FROM {table} "  # noqa: S608
+        f"WHERE {pk} = ANY(%s) ORDER BY {pk}"
+    )
+    return sql, [field.attname for field in fields]
+
+
+@functools.cache
+def _failed_naming_sql(model: type[InboundMessage], records: type[ClaimRecord]) -> str:
+    """The failed messages naming any of the records: (message id, the record id it
+    names or NULL, the record whose claim id and asset DID it carries or NULL)."""
+    quote = connection.ops.quote_name
+    asset_model = records._meta.get_field("asset").related_model
+    assert isinstance(asset_model, type)
+    inbox, claims, assets = (
+        quote(m._meta.db_table) for m in (model, records, asset_model)
+    )
+    m_pk, m_record, m_claim, m_did, m_outcome = (
+        _column(model, name)
+        for name in ("id", "record", "claim_id", "asset_did", "outcome")
+    )
+    r_pk, r_claim, r_asset = (
+        _column(records, name) for name in ("id", "claim_id", "asset")
+    )
+    a_pk, a_did = (_column(asset_model, name) for name in ("id", "did"))
+    # Only quoted identifiers from the models' own metadata are formatted in; every
+    # value is a parameter.
+    return (
+        f"WITH r AS (SELECT c.{r_pk} AS pk, c.{r_claim} AS claim, "  # noqa: S608
+        f"a.{a_did} AS did FROM {claims} c JOIN {assets} a ON a.{a_pk} = c.{r_asset} "
+        f"WHERE c.{r_pk} = ANY(%s)) "
+        f"SELECT m.{m_pk}, m.{m_record}, r.pk FROM {inbox} m JOIN r ON "
+        f"(m.{m_record} = r.pk OR (m.{m_claim} = r.claim AND m.{m_did} = r.did)) "
+        f"WHERE m.{m_outcome} = %s ORDER BY m.{m_pk}"
     )

@@ -6,7 +6,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from django.db import connections, models, transaction
+from django.db import DatabaseError, connections, models, transaction
 
 
 @contextlib.contextmanager
@@ -32,3 +32,25 @@ def row_held(model: type[models.Model], pk: int) -> Iterator[None]:
     finally:
         release.set()
         worker.join(30)
+
+
+def locked_elsewhere(model: type[models.Model], pk: int) -> bool:
+    """Whether another transaction (its own thread and connection) finds row `pk`
+    of `model` locked: its `SELECT ... FOR UPDATE NOWAIT` is refused."""
+    refused: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with transaction.atomic():
+                model._default_manager.select_for_update(nowait=True).get(pk=pk)
+            refused.append(False)
+        except DatabaseError:
+            refused.append(True)
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=probe)
+    worker.start()
+    worker.join(30)
+    assert refused, "the probe did not finish within 30 s"
+    return refused[0]

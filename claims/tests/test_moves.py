@@ -4,6 +4,7 @@ listener's database threads (claims.batches.BATCHED)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -188,20 +189,57 @@ def _verified(asset, claim_id: str, sha: str) -> dict[str, Any]:
     }
 
 
+_SOON = 2_000_000_000
+_STATUS_URL = "https://hub/v1/status-list/urn:uuid:7"
+
+
+def _signed_token(**payload: Any) -> str:
+    from evops.protocol.dids import DID
+    from evops.protocol.jwt import HEADER_ES256K, sign_token
+    from evops.protocol.keys import LocalKeySigner
+
+    signer = LocalKeySigner.generate()
+    did = DID.for_address(signer.address).canonical
+    body = {"claimData": {"claimType": "r", "claimTypeVersion": 1}, "did": did}
+    return sign_token(HEADER_ES256K, {**body, **payload, "iss": did}, signer)
+
+
+# Tokens whose facts differ: an expiry and a status entry, an entry that cannot be
+# used (noted on the record), and no token at all to read.
+_TOKENS = {
+    "a1": _signed_token(
+        exp=_SOON,
+        credentialStatus={
+            "type": "StatusList2021Entry",
+            "statusListIndex": "4",
+            "statusListCredential": _STATUS_URL,
+        },
+    ),
+    "a2": _signed_token(credentialStatus={"type": "Nope"}),
+}
+
+
 def _burst_scene(asset) -> list[dict[str, Any]]:
-    """A requested claim, another, a published one re-issued, an unknown one."""
+    """A requested claim, another, a published one re-issued, an unknown one, and
+    a requested claim whose token cannot be read."""
     _record(asset, "c-1", ClaimStatus.REQUESTED)
     _record(asset, "c-2", ClaimStatus.REQUESTED)
     ClaimRecord.objects.create(
         asset=asset, claim_id="c-3", status=ClaimStatus.PUBLISHED, token_sha256="old"
     )
-    return [
+    _record(asset, "c-5", ClaimStatus.REQUESTED)
+    scene = [
         _verified(asset, "c-1", "a1"),
         _verified(asset, "c-2", "a2"),
         _verified(asset, "c-3", "a3"),
         _verified(asset, "c-4", "a4"),
         _verified(asset, "c-1", "a1"),  # the same notice again
+        _verified(asset, "c-5", "a5"),
     ]
+    for call in scene:
+        call["token"] = _TOKENS.get(call["token_sha256"], call["token"])
+    scene[0]["hub_expiry"] = str((_SOON - 60) * 1000)  # the hub's earlier expiry
+    return scene
 
 
 def _outcome(asset) -> list[Any]:
@@ -211,7 +249,10 @@ def _outcome(asset) -> list[Any]:
             r.status,
             r.token_sha256,
             r.lifecycle_checked_at is not None,
-            [e[:3] for e in _history(r)],
+            r.expires_at,
+            r.status_list_url,
+            r.status_list_index,
+            [(*e[:3], e[3].split(":")[0]) for e in _history(r)],
         )
         for r in ClaimRecord.objects.filter(asset=asset).order_by("claim_id")
     ]
@@ -226,8 +267,19 @@ def test_a_burst_of_verified_credentials_is_recorded_as_one_by_one(make_asset):
     assert [(r.claim_id, r.status) for r in batched] == [
         (r.claim_id, r.status) for r in singles
     ]
-    assert [r.status for r in batched] == [ClaimStatus.ISSUED] * 5
+    assert [r.status for r in batched] == [ClaimStatus.ISSUED] * 6
     assert _outcome(one_by_one) == _outcome(together)
+    facts = {r.claim_id: r for r in batched}
+    # The facts written with the move are those of the token (and the hub's expiry).
+    assert facts["c-1"].expires_at == datetime.fromtimestamp(_SOON - 60, tz=UTC)
+    assert (facts["c-1"].status_list_url, facts["c-1"].status_list_index) == (
+        _STATUS_URL,
+        4,
+    )
+    stored = ClaimRecord.objects.filter(asset=together, status=ClaimStatus.ISSUED)
+    assert all(r.lifecycle_checked_at is not None for r in stored)
+    kinds = list(facts["c-2"].events.values_list("kind", flat=True))
+    assert kinds == ["issued", "status_entry_unusable"]
     names = ClaimRecord.objects.filter(asset=together).values_list("claim_id")
     assert any(n.startswith("c-3@") for (n,) in names)  # the earlier one set aside
 
