@@ -28,7 +28,7 @@ from urllib.parse import quote
 import httpx
 
 from evops.integrations.http import AiohttpTransport, ResponseTooLarge
-from evops.protocol.cids import CIDError, sha256_hex, validate_cid
+from evops.protocol.cids import CIDError, ipfs_file_cid, sha256_hex, validate_cid
 
 DEFAULT_TIMEOUT = 10.0
 # The IPFS node gives up on a CID it cannot find after this long; must stay below the
@@ -177,15 +177,24 @@ def _valid_cid(cid: str, what: str) -> str:
 
 
 async def confirm_stored(store: CredentialStore, cid: str, token: str) -> None:
-    """Read `cid` back through `store` and check it is `token`, before the chain write.
+    """Check that `cid` is the token's before the chain write: its content address
+    when the store can say what that is, otherwise by reading it back.
 
     The CID goes on chain for every reader to fetch; if what the store serves for
     it is not the token (a store that lies, a truncated write, a CID of something
-    else), the service entry's `hash` would point nowhere. Compared by sha256, the
-    hash the service entry carries. Every failure is transient (`permanent=False`):
-    storing again may fix it, and nothing was written on chain yet.
+    else), the service entry's `hash` would point nowhere. An IPFS node's CID is
+    the hash of what it stored: when it equals the CID the token's own bytes give
+    (`IpfsStore.expected_cid`), the node stored exactly the token and nothing need
+    be read. Any other answer (a node with other add settings, a token of more than
+    one block, the cache server's store) is read back and compared by sha256, the
+    hash the service entry carries. Every failure is transient
+    (`permanent=False`): storing again may fix it, and nothing was written on chain
+    yet.
     """
     valid = _valid_cid(cid, "confirm")
+    expected = getattr(store, "expected_cid", None)
+    if expected is not None and expected(token) == valid:
+        return
     content = await store.get(valid)
     if sha256_hex(content) != sha256_hex(token):
         raise CredentialStoreError(f"{ERR_CONTENT_MISMATCH}: {valid}", permanent=False)
@@ -284,6 +293,12 @@ class IpfsStore:
                 f"{ERR_BAD_RESPONSE}: ipfs add: no Hash in the answer", permanent=True
             )
         return _valid_cid(cid, "ipfs add")
+
+    def expected_cid(self, token: str) -> str | None:
+        """The CID `put(token)` gets from a node with IPFS's default add settings
+        (None when the token spans more than one block: the node's answer is then
+        read back instead)."""
+        return ipfs_file_cid(token.encode("utf-8"), self.cid_version)
 
     async def get(self, cid: str) -> str:
         what = f"ipfs cat {cid}"

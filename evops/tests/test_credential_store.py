@@ -30,6 +30,7 @@ from evops.integrations.credential_store import (
     confirm_stored,
     credential_store_from_settings,
 )
+from evops.protocol.cids import IPFS_CHUNK_BYTES
 from evops.protocol.dids import DID
 from evops.protocol.keys import LocalKeySigner
 from evops.sandbox.cache_server import CacheServerStandIn
@@ -78,6 +79,62 @@ async def test_confirm_stored_against_ipfs(ipfs):
     other = await ipfs.put(TOKEN + ".")
     with pytest.raises(CredentialStoreError) as info:
         await confirm_stored(ipfs, other, TOKEN)
+    assert info.value.permanent is False
+    assert str(info.value).startswith(ERR_CONTENT_MISMATCH)
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("version", [0, 1])
+async def test_the_cid_a_token_gets_is_known_before_the_node_answers(
+    ipfs_node, version
+):
+    """`expected_cid` against the real node: one byte, a token, multibyte text,
+    exactly one block; past one block it does not guess."""
+    async with IpfsStore(ipfs_node.api_url, timeout=10, cid_version=version) as store:
+        for token in ("x", TOKEN, "Zählerstand ⚡ " * 300, "q" * IPFS_CHUNK_BYTES):
+            assert store.expected_cid(token) == await store.put(token)
+        assert store.expected_cid("q" * (IPFS_CHUNK_BYTES + 1)) is None
+        assert store.expected_cid("") is None
+
+
+@pytest.mark.peers
+async def test_confirm_stored_reads_back_only_what_it_cannot_tell(ipfs, monkeypatch):
+    reads: list[str] = []
+    real_get = ipfs.get
+
+    async def counted(cid: str) -> str:
+        reads.append(cid)
+        return await real_get(cid)
+
+    monkeypatch.setattr(ipfs, "get", counted)
+    await confirm_stored(ipfs, await ipfs.put(TOKEN), TOKEN)
+    assert reads == []  # the node's CID is the token's own: nothing to read
+    big = "b" * (IPFS_CHUNK_BYTES + 10)
+    cid = await ipfs.put(big)
+    await confirm_stored(ipfs, cid, big)
+    assert reads == [cid]  # more than one block: read back and compared
+    with pytest.raises(CredentialStoreError) as info:
+        await confirm_stored(ipfs, cid, TOKEN)
+    assert str(info.value).startswith(ERR_CONTENT_MISMATCH)
+
+
+async def test_confirm_stored_reads_back_a_cid_that_is_not_the_tokens():
+    """A node answering another CID (other add settings, or a lie) is read back:
+    accepted when it serves the token, refused when it serves anything else."""
+    other_cid = "QmWfVY9y3xjsixTgbd9AorQxH7VtMpzfx2HaWtsoUYecaX"  # "hello"'s
+    served = {"body": TOKEN}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v0/cat"
+        assert request.url.params["arg"] == other_cid
+        return httpx.Response(200, text=served["body"])
+
+    store = IpfsStore("http://ipfs.test", client=_mock_client(handler))
+    assert store.expected_cid(TOKEN) != other_cid
+    await confirm_stored(store, other_cid, TOKEN)
+    served["body"] = "hello"
+    with pytest.raises(CredentialStoreError) as info:
+        await confirm_stored(store, other_cid, TOKEN)
     assert info.value.permanent is False
     assert str(info.value).startswith(ERR_CONTENT_MISMATCH)
 
