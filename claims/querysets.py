@@ -176,6 +176,20 @@ def _passing_types(field: Field[Any, Any]) -> tuple[type, ...]:
     return _PASSING.get(type(field), ())
 
 
+@functools.cache
+def _prepared_fields(
+    model: type[models.Model], names: tuple[str, ...]
+) -> tuple[tuple[str, Field[Any, Any], tuple[type, ...]], ...]:
+    """Each name with its field of `model` and the value types it takes as they
+    are (`_passing_types`)."""
+    fields = []
+    for name in names:
+        field = model._meta.get_field(name)
+        assert isinstance(field, Field)
+        fields.append((name, field, _passing_types(field)))
+    return tuple(fields)
+
+
 def skip_locked(query: Any) -> Any:
     """`query` locking its rows, skipping those another worker holds.
 
@@ -289,7 +303,7 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
                     self.model, tuple(plain), tuple(sorted(increments))
                 )
                 steps = [increments[name] for name in sorted(increments)]
-                with transaction.atomic(), bound_cursor() as cursor:
+                with transaction.atomic(savepoint=False), bound_cursor() as cursor:
                     cursor.execute(sql, [*params, *steps, list(ids)])
                 return
         self.filter(AnyOf(F("pk"), list(ids))).update(**values)
@@ -305,19 +319,24 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
         if not rows:
             return
         names = tuple(rows[0][1])
-        fields = [
-            cast("Field[Any, Any]", self.model._meta.get_field(name)) for name in names
-        ]
-        assert all(isinstance(field, Field) for field in fields)
-        params = [
-            [
-                field.get_db_prep_save(values[name], connection)
-                for name, field in zip(names, fields, strict=True)
-            ]
-            + [pk]
-            for pk, values in rows
-        ]
-        with transaction.atomic(), bound_cursor() as cursor:
+        fields = _prepared_fields(self.model, names)
+        # The database wrapper itself, not the `connection` proxy (a context-local
+        # lookup on every read), as `insert_rows` does.
+        db = connections[connection.alias]
+        params = []
+        for pk, values in rows:
+            row: list[Any] = []
+            for name, field, passing in fields:
+                value = values[name]
+                if type(value) in passing:
+                    row.append(value)  # its own database value (`_passing_types`)
+                else:
+                    row.append(field.get_db_prep_save(value, db))
+            row.append(pk)
+            params.append(row)
+        # Inside the caller's transaction (every batched move has one) this adds
+        # no savepoint; alone, it is its own transaction.
+        with transaction.atomic(savepoint=False), bound_cursor(db) as cursor:
             cursor.executemany(_update_sql(self.model, names), params)
 
     def lease_due(self, *, limit: int, until: datetime) -> list[int]:
