@@ -104,7 +104,8 @@ async def test_confirm_stored_reads_back_only_what_it_cannot_tell(ipfs, monkeypa
 
     async def counted(cid: str) -> str:
         reads.append(cid)
-        return await real_get(cid)
+        content: str = await real_get(cid)
+        return content
 
     monkeypatch.setattr(ipfs, "get", counted)
     await confirm_stored(ipfs, await ipfs.put(TOKEN), TOKEN)
@@ -116,6 +117,29 @@ async def test_confirm_stored_reads_back_only_what_it_cannot_tell(ipfs, monkeypa
     with pytest.raises(CredentialStoreError) as info:
         await confirm_stored(ipfs, cid, TOKEN)
     assert str(info.value).startswith(ERR_CONTENT_MISMATCH)
+
+
+def test_the_direct_add_sends_the_body_httpx_would():
+    """The store's own pool is called without httpx; its multipart body is byte for
+    byte the one httpx encodes for `files=` with the same boundary."""
+    from evops.integrations import credential_store
+
+    files = {"file": ("credential", TOKEN.encode(), "application/octet-stream")}
+    boundary, body = credential_store._multipart(files)
+    expected = httpx.Request(
+        "POST",
+        "http://ipfs.test/api/v0/add",
+        files=files,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert body == expected.read()
+    assert credential_store._multipart(files)[0] != boundary  # fresh every time
+
+
+@pytest.mark.parametrize("url", ["ftp://ipfs.test:5001", "ipfs.test:5001", ""])
+def test_a_store_url_that_is_not_http_is_refused_at_once(url):
+    with pytest.raises(ValueError, match="must start with http"):
+        IpfsStore(url)
 
 
 async def test_confirm_stored_reads_back_a_cid_that_is_not_the_tokens():
