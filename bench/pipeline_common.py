@@ -112,8 +112,13 @@ def stand_in_process(
     latency: float,
     registry_address: str | None = None,
     seed_endpoint: bool = False,
+    blocks_back: int | None = None,
 ) -> Iterator[StandIn]:
-    """The cache-server stand-in in its own process."""
+    """The cache-server stand-in in its own process.
+
+    `blocks_back`: how many blocks old a login's block number may be (the server's
+    `STRATEGY_NUM_BLOCKS_BACK`; the stand-in's default is the public deployments'
+    10, about 50 s of 5 s blocks)."""
     from evops.sandbox.peers import free_port
 
     port = free_port()
@@ -130,6 +135,8 @@ def stand_in_process(
         command += ["--registry-address", registry_address]
     if seed_endpoint:
         command += ["--seed-endpoint"]
+    if blocks_back is not None:
+        command += ["--blocks-back", str(blocks_back)]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT
     )
