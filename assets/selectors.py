@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 
 from assets.crypto import KeyCustodyError
 from assets.models import Asset, AssetKey, OperatorAccount
-from evops.database import bound_cursor
+from evops.database import bound_cursor, loads_plainly
 from evops.protocol.dids import DID, chain_name_for
 from evops.protocol.errors import DIDError
 
@@ -48,7 +48,9 @@ def assets_with_keys(addresses: Iterable[str]) -> list[Asset]:
     wanted = sorted(set(addresses))
     if not wanted:
         return []
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or not (
+        loads_plainly(Asset) and loads_plainly(AssetKey)
+    ):
         return list(Asset.objects.select_related("key").filter(address__in=wanted))
     sql, asset_names, key_names = _assets_with_keys_query()
     split = len(asset_names)

@@ -25,7 +25,7 @@ from django.db.models import F, Field, Lookup, Q, Value
 from django.db.models.expressions import CombinedExpression
 from django.utils import timezone
 
-from evops.database import bound_cursor
+from evops.database import bound_cursor, loads_plainly
 
 if TYPE_CHECKING:
     # Named as strings in the base classes below, which ruff does not read.
@@ -391,7 +391,11 @@ class InboundMessageQuerySet(models.QuerySet["InboundMessage"]):
 
         now = timezone.now()
         until = now + timedelta(seconds=lease_seconds)
-        if connection.vendor == "postgresql" and not self.query.where:
+        if (
+            connection.vendor == "postgresql"
+            and not self.query.where
+            and loads_plainly(self.model)
+        ):
             # One statement: the rows as they were, locked and leased (an ORM
             # SELECT and UPDATE cost a millisecond of CPU per lease to build).
             sql, names = _lease_sql(self.model)
@@ -701,16 +705,10 @@ def _lock_named_sql(model: type[ClaimRecord]) -> str:
 def _plain_select_sql(model: type[models.Model]) -> tuple[str, list[str]] | None:
     """SELECT of the whole rows with these ids, and the attribute names of its
     columns; None when a field has a database converter (`from_db` would skip it)."""
+    if not loads_plainly(model):
+        return None
     meta = model._meta
     fields = meta.concrete_fields
-    for field in fields:
-        # What the ORM applies to a column it loads: the field's converters
-        # (`from_db_value`) and the backend's for its type.
-        column = cast(Any, field).get_col(meta.db_table)
-        if column.get_db_converters(connection) or connection.ops.get_db_converters(
-            column
-        ):
-            return None
     assert meta.pk is not None
     table = connection.ops.quote_name(meta.db_table)
     pk = connection.ops.quote_name(meta.pk.column)
