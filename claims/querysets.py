@@ -285,7 +285,11 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
             step = _own_increment(name, value)
             if step is not None:
                 increments[name] = step
-            elif hasattr(value, "resolve_expression"):
+            elif hasattr(value, "resolve_expression") or hasattr(
+                value, "prepare_database_save"
+            ):
+                # An expression, or a model instance for a foreign key: the ORM
+                # knows how to write those.
                 break
             else:
                 plain[name] = value

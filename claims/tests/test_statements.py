@@ -168,6 +168,14 @@ def test_update_together_hands_other_expressions_to_the_orm(make_asset):
     assert querysets._own_increment("attempts", F("attempts") + 1) == 1
 
 
+def test_update_together_hands_a_model_instance_to_the_orm(make_asset):
+    asset = make_asset()
+    old, new = _records(asset, 2)
+    ClaimRecord.objects.update_together([old.pk], {"superseded_by": new})
+    old.refresh_from_db()
+    assert old.superseded_by_id == new.pk
+
+
 def _message(outcome: str, **fields: Any) -> InboundMessage:
     return InboundMessage.objects.create(
         subject="s", payload="{}", outcome=outcome, **fields
