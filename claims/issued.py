@@ -48,21 +48,26 @@ def claim_record_verified(**fields: Any) -> ClaimRecord:
         asset=v.asset, claim_id=v.claim_id, token_sha256=v.token_sha256, actor=v.actor
     )
     record, _ = transitions.claim_record_issued(
-        asset=v.asset,
-        claim_id=v.claim_id,
-        token=v.token,
-        token_sha256=v.token_sha256,
-        issuer_did=v.issuer_did,
-        role=v.role,
-        role_version=v.role_version,
-        actor=v.actor,
-        details=v.details,
+        asset=v.asset, claim_id=v.claim_id, **_issued(v)
     )
     if record.token_sha256 == v.token_sha256:
         lifecycle_records.record_credential_facts(
             record.pk, v.token, hub_expiry=v.hub_expiry, actor=v.actor
         )
     return record
+
+
+def _issued(v: Verified) -> dict[str, Any]:
+    """What the requested → issued move takes from a verified credential."""
+    return {
+        "token": v.token,
+        "token_sha256": v.token_sha256,
+        "issuer_did": v.issuer_did,
+        "role": v.role,
+        "role_version": v.role_version,
+        "actor": v.actor,
+        "details": v.details,
+    }
 
 
 def _with_facts(move: moves.Move, facts: Mapping[str, Any], now: Any) -> moves.Move:
@@ -103,18 +108,7 @@ def claim_record_verified_many(calls: Sequence[Mapping[str, Any]]) -> list[Claim
         moved = moves.transition_together(
             [
                 _with_facts(
-                    moves.issued_move(
-                        record_id=pk,
-                        token=v.token,
-                        token_sha256=v.token_sha256,
-                        issuer_did=v.issuer_did,
-                        role=v.role,
-                        role_version=v.role_version,
-                        actor=v.actor,
-                        details=v.details,
-                        now=now,
-                        lease=lease,
-                    ),
+                    moves.issued_move(record_id=pk, now=now, lease=lease, **_issued(v)),
                     facts[pk],
                     now,
                 )
