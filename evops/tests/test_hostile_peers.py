@@ -180,11 +180,14 @@ async def test_cache_server_flood_is_cut_at_the_limit(hostile, mode):
 
 
 @pytest.mark.parametrize("mode", ["flood", "declared", "gzip"])
-async def test_ipfs_flood_is_cut_at_the_limit(hostile, mode):
+@pytest.mark.parametrize("call", ["add", "cat"])
+async def test_ipfs_flood_is_cut_at_the_limit(hostile, mode, call):
     url, behaviour = hostile
     behaviour.mode = mode
     async with IpfsStore(url, timeout=5, max_response_bytes=LIMIT) as store:
-        error, peak, _ = await bounded(lambda: store.get(CID))
+        error, peak, _ = await bounded(
+            lambda: store.put("the token") if call == "add" else store.get(CID)
+        )
     assert isinstance(error, CredentialStoreError), error
     assert error.permanent is False
     assert str(error).startswith(credential_store.ERR_TOO_LARGE)
@@ -243,11 +246,14 @@ async def test_cache_server_attempt_ends_at_its_timeout_even_when_dripping(hosti
     assert elapsed < 4.0
 
 
-async def test_ipfs_drip_ends_at_the_deadline(hostile):
+@pytest.mark.parametrize("call", ["add", "cat"])
+async def test_ipfs_drip_ends_at_the_deadline(hostile, call):
     url, behaviour = hostile
     behaviour.mode = "drip"
     async with IpfsStore(url, timeout=1.0) as store:
-        error, _, elapsed = await bounded(lambda: store.get(CID))
+        error, _, elapsed = await bounded(
+            lambda: store.put("the token") if call == "add" else store.get(CID)
+        )
     assert isinstance(error, CredentialStoreError), error
     assert error.permanent is False
     assert str(error).startswith(credential_store.ERR_TIMEOUT)
