@@ -18,7 +18,7 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import connection, connections, models, transaction
 from django.db.models import F, Field, Lookup, Q, Value
@@ -190,6 +190,22 @@ def _prepared_fields(
     return tuple(fields)
 
 
+def _db_values(
+    fields: Sequence[tuple[str, Field[Any, Any], tuple[type, ...]]],
+    values: Mapping[str, Any],
+    db: Any,
+) -> list[Any]:
+    """The database values of `values` for `_prepared_fields`' fields, in order."""
+    out: list[Any] = []
+    for name, field, passing in fields:
+        value = values[name]
+        if type(value) in passing:
+            out.append(value)  # its own database value (`_passing_types`)
+        else:
+            out.append(field.get_db_prep_save(value, db))
+    return out
+
+
 def skip_locked(query: Any) -> Any:
     """`query` locking its rows, skipping those another worker holds.
 
@@ -212,7 +228,10 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
         if connection.vendor == "postgresql":
             with bound_cursor() as cursor:
                 cursor.execute(
-                    _ids_named_sql(self.model), [list(claim_ids), list(asset_ids)]
+                    _select_sql(
+                        self.model, ("id",), ("claim_id", "asset"), ordered=False
+                    ),
+                    [list(claim_ids), list(asset_ids)],
                 )
                 return [pk for (pk,) in cursor.fetchall()]
         return list(
@@ -231,7 +250,8 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
         ids = sorted(set(ids))
         if connection.vendor == "postgresql":
             with bound_cursor() as cursor:
-                cursor.execute(_lock_statuses_sql(self.model), [ids])
+                sql = _select_sql(self.model, ("id", "status"), ("id",), locked=True)
+                cursor.execute(sql, [ids])
                 return dict(cursor.fetchall())
         return dict(
             self.select_for_update()
@@ -249,7 +269,13 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
         assets, claims = sorted(set(asset_ids)), sorted(set(claim_ids))
         if connection.vendor == "postgresql":
             with bound_cursor() as cursor:
-                cursor.execute(_lock_named_sql(self.model), [assets, claims])
+                sql = _select_sql(
+                    self.model,
+                    ("id", "asset", "claim_id", "token_sha256"),
+                    ("asset", "claim_id"),
+                    locked=True,
+                )
+                cursor.execute(sql, [assets, claims])
                 return [tuple(row) for row in cursor.fetchall()]
         return list(
             self.select_for_update()
@@ -295,14 +321,9 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
                 plain[name] = value
         else:
             if connection.vendor == "postgresql":
-                fields = [
-                    cast("Field[Any, Any]", self.model._meta.get_field(name))
-                    for name in plain
-                ]
-                params = [
-                    field.get_db_prep_save(plain[field.name], connection)
-                    for field in fields
-                ]
+                db = connections[connection.alias]
+                fields = _prepared_fields(self.model, tuple(plain))
+                params = _db_values(fields, plain, db)
                 sql = _update_together_sql(
                     self.model, tuple(plain), tuple(sorted(increments))
                 )
@@ -327,17 +348,7 @@ class ClaimRecordQuerySet(models.QuerySet["ClaimRecord"]):
         # The database wrapper itself, not the `connection` proxy (a context-local
         # lookup on every read), as `insert_rows` does.
         db = connections[connection.alias]
-        params = []
-        for pk, values in rows:
-            row: list[Any] = []
-            for name, field, passing in fields:
-                value = values[name]
-                if type(value) in passing:
-                    row.append(value)  # its own database value (`_passing_types`)
-                else:
-                    row.append(field.get_db_prep_save(value, db))
-            row.append(pk)
-            params.append(row)
+        params = [[*_db_values(fields, values, db), pk] for pk, values in rows]
         # Inside the caller's transaction (every batched move has one) this adds
         # no savepoint; alone, it is its own transaction.
         with transaction.atomic(savepoint=False), bound_cursor(db) as cursor:
@@ -596,15 +607,30 @@ def _lease_sql(model: type[InboundMessage]) -> tuple[str, list[str]]:
 
 
 @functools.cache
-def _ids_named_sql(model: type[ClaimRecord]) -> str:
-    table = connection.ops.quote_name(model._meta.db_table)
-    pk, claim, asset = (_column(model, name) for name in ("id", "claim_id", "asset"))
+def _select_sql(
+    model: type[models.Model],
+    columns: tuple[str, ...],
+    matched: tuple[str, ...],
+    *,
+    ordered: bool = True,
+    locked: bool = False,
+) -> str:
+    """SELECT `columns` of the rows whose every `matched` column equals one of an
+    array parameter (one parameter per name, in order); in primary key order unless
+    `ordered` is False; `FOR UPDATE` when `locked`."""
+    meta = model._meta
+    assert meta.pk is not None
+    selected = ", ".join(_column(model, name) for name in columns)
+    where = " AND ".join(f"{_column(model, name)} = ANY(%s)" for name in matched)
     # Only quoted identifiers from the model's own metadata are formatted in; every
     # value is a parameter.
-    return (
-        f"SELECT {pk} FROM {table} "  # noqa: S608
-        f"WHERE {claim} = ANY(%s) AND {asset} = ANY(%s)"
-    )
+    table = connection.ops.quote_name(meta.db_table)
+    sql = f"SELECT {selected} FROM {table} WHERE {where}"  # noqa: S608
+    if ordered:
+        sql += f" ORDER BY {_column(model, meta.pk.name)}"
+    if locked:
+        sql += " FOR UPDATE"
+    return sql
 
 
 @functools.cache
@@ -680,49 +706,15 @@ def _update_together_sql(
 
 
 @functools.cache
-def _lock_statuses_sql(model: type[ClaimRecord]) -> str:
-    table = connection.ops.quote_name(model._meta.db_table)
-    pk, status = (_column(model, name) for name in ("id", "status"))
-    # Only quoted identifiers from the model's own metadata are formatted in; every
-    # value is a parameter.
-    return (
-        f"SELECT {pk}, {status} FROM {table} "  # noqa: S608
-        f"WHERE {pk} = ANY(%s) ORDER BY {pk} FOR UPDATE"
-    )
-
-
-@functools.cache
-def _lock_named_sql(model: type[ClaimRecord]) -> str:
-    table = connection.ops.quote_name(model._meta.db_table)
-    pk, asset, claim, digest = (
-        _column(model, name) for name in ("id", "asset", "claim_id", "token_sha256")
-    )
-    # Only quoted identifiers from the model's own metadata are formatted in; every
-    # value is a parameter.
-    return (
-        f"SELECT {pk}, {asset}, {claim}, {digest} FROM {table} "  # noqa: S608
-        f"WHERE {asset} = ANY(%s) AND {claim} = ANY(%s) ORDER BY {pk} FOR UPDATE"
-    )
-
-
-@functools.cache
 def _plain_select_sql(model: type[models.Model]) -> tuple[str, list[str]] | None:
     """SELECT of the whole rows with these ids, and the attribute names of its
     columns; None when a field has a database converter (`from_db` would skip it)."""
     if not loads_plainly(model):
         return None
     meta = model._meta
-    fields = meta.concrete_fields
     assert meta.pk is not None
-    table = connection.ops.quote_name(meta.db_table)
-    pk = connection.ops.quote_name(meta.pk.column)
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    # Only quoted identifiers from the model's own metadata are formatted in; every
-    # value is a parameter.
-    sql = (
-        f"SELECT {columns} FROM {table} "  # noqa: S608
-        f"WHERE {pk} = ANY(%s) ORDER BY {pk}"
-    )
+    fields = meta.concrete_fields
+    sql = _select_sql(model, tuple(field.name for field in fields), (meta.pk.name,))
     return sql, [field.attname for field in fields]
 
 
