@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
 
 from assets.models import Asset
 from claims import inbox, issued, moves, transitions
 from claims.history import announce, event_row
 from claims.models import Actor, ClaimRecord, ClaimStatus, InboundMessage
-from claims.querysets import AnyOf, insert_rows
+from claims.querysets import insert_rows
 from claims.transitions import REQUESTED_MESSAGE
 
 
@@ -124,7 +123,7 @@ def _recorded_claims(
         return {}
     return {
         (record.asset_id, record.claim_id): record
-        for record in ClaimRecord.objects.filter(AnyOf(F("pk"), ids))
+        for record in ClaimRecord.objects.loaded(ids)
     }
 
 
