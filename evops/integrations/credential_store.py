@@ -212,10 +212,10 @@ async def confirm_stored(store: CredentialStore, cid: str, token: str) -> None:
     (`permanent=False`): storing again may fix it, and nothing was written on chain
     yet.
     """
-    valid = _valid_cid(cid, "confirm")
     expected = getattr(store, "expected_cid", None)
-    if expected is not None and expected(token) == valid:
-        return
+    if expected is not None and expected(token) == cid:
+        return  # a CID built here, valid by construction
+    valid = _valid_cid(cid, "confirm")
     content = await store.get(valid)
     if sha256_hex(content) != sha256_hex(token):
         raise CredentialStoreError(f"{ERR_CONTENT_MISMATCH}: {valid}", permanent=False)
@@ -257,19 +257,22 @@ class IpfsStore:
         # The node's own search limit stays under ours, so we get its answer.
         self.cat_timeout = min(cat_timeout, timeout / 2)
         self._owns_client = client is None
-        transport = AiohttpTransport(
-            limit=_IPFS_CONNECTIONS,
-            max_response_bytes=max_response_bytes,
-            deadline=timeout,
-        )
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), transport=transport
-        )
         # Its own pool is called directly (`_post`): httpx's request and response
         # models and its multipart encoder cost about 300 us of CPU per add, as much
         # as the exchange itself. A client given (shared, or a test's mock) is
         # called through httpx.
-        self._direct = transport if client is None else None
+        self._direct = (
+            AiohttpTransport(
+                limit=_IPFS_CONNECTIONS,
+                max_response_bytes=max_response_bytes,
+                deadline=timeout,
+            )
+            if client is None
+            else None
+        )
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), transport=self._direct
+        )
 
     def __repr__(self) -> str:
         return f"IpfsStore({self.api_url!r}, cid_version={self.cid_version})"
